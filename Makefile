@@ -1,0 +1,40 @@
+# Two commands on a fresh machine:  `make run` (the proxy on its defaults) and `make test`.
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON ?= $(shell scripts/find-python)
+
+.PHONY: run test check lint typecheck bench clean
+
+run: $(VENV)/.installed
+	$(BIN)/shim run $(ARGS)
+
+test: check
+	$(BIN)/pytest
+
+check: lint typecheck
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy shim tests/support bench
+
+bench: $(VENV)/.dev-installed tests/servers/node_modules/.installed
+	$(BIN)/python -m bench.bench_s3 $(ARGS)
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed tests/servers/node_modules/.installed
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+tests/servers/node_modules/.installed: tests/servers/package-lock.json
+	npm ci --prefix tests/servers --no-audit --no-fund --loglevel=error
+	touch $@
+
+clean:
+	rm -rf $(VENV) tests/servers/node_modules

@@ -1,0 +1,241 @@
+"""Single-flight fills: one origin fetch per object, however many clients ask at once.
+
+A fill streams the origin's body into a temporary file and tells its readers as bytes
+arrive, so each client streams at the origin's pace. It belongs to no client: a client that
+goes away does not cancel it. It becomes a cache entry only when every byte promised by
+Content-Length arrived and, where the ETag is a plain MD5, the digest matches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import aiohttp
+import yarl
+
+from shim._errors import ShimError, UpstreamError
+from shim.cache.store import CacheStore, EntryMeta
+from shim.metrics import Metrics
+
+log = logging.getLogger("shim.cache")
+
+_MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')
+# Origin headers that describe the object itself and are kept with the entry.
+KEPT_HEADERS = ("Content-Type", "Content-Encoding", "ETag", "Last-Modified")
+
+
+class OriginStatus(ShimError):
+    """The origin answered with a status other than 200; passed through, never cached."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        super().__init__(f"origin answered {status}")
+        self.status = status
+        self.headers = dict(headers)
+        self.body = body
+
+
+class Fill:
+    """One object being fetched. Readers wait on it; the fetch task writes to it."""
+
+    def __init__(self, key: str, identity_url: str, temp: Path) -> None:
+        self.key = key
+        self.identity_url = identity_url
+        self.path = temp  # readers open this; it becomes the entry's path on commit
+        self.headers_ready = asyncio.Event()
+        self.size: int | None = None
+        self.headers: dict[str, str] = {}
+        self.headers_published = False
+        self.written = 0
+        self.finished = False
+        self.error: ShimError | None = None
+        self._changed = asyncio.Event()
+
+    @classmethod
+    def complete(cls, key: str, path: Path, size: int) -> Fill:
+        """A fill that already ended: how a cache entry is read through the same code."""
+        fill = cls(key, "", path)
+        fill.size = fill.written = size
+        fill.finished = True
+        fill.headers_ready.set()
+        return fill
+
+    def _notify(self) -> None:
+        # Swap in a fresh event so a reader's cancellation never touches the others.
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def publish(self, size: int | None, headers: dict[str, str]) -> None:
+        self.size, self.headers = size, headers
+        self.headers_published = True
+        self.headers_ready.set()
+
+    def advance(self, count: int) -> None:
+        self.written += count
+        self._notify()
+
+    def finish(self, path: Path) -> None:
+        self.path = path
+        self.finished = True
+        self._notify()
+
+    def fail(self, error: ShimError) -> None:
+        self.error = error
+        self.headers_ready.set()
+        self._notify()
+
+    @property
+    def readable(self) -> int:
+        """Bytes readers may send. The last byte waits until the whole body is verified, so no
+        client holds a complete-looking response that the fill then rejects."""
+        return self.written if self.finished else max(self.written - 1, 0)
+
+    async def wait_past(self, offset: int) -> None:
+        """Return once more than ``offset`` bytes are readable, or the fill ended."""
+        while self.readable <= offset and not self.finished and self.error is None:
+            await self._changed.wait()
+
+
+class FillRunner:
+    """Starts at most one fill per key and runs it to the end."""
+
+    def __init__(
+        self,
+        store: CacheStore,
+        metrics: Metrics,
+        session: aiohttp.ClientSession,
+        *,
+        extra_headers: Mapping[str, str],
+        chunk_size: int = 1 << 20,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._session = session
+        self._extra_headers = dict(extra_headers)
+        self._chunk_size = chunk_size
+        self._fills: dict[str, Fill] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        # One worker keeps digest updates in order, off the event loop (hashlib drops the GIL).
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shim-md5")
+
+    def get_or_start(self, key: str, identity_url: str, signed_url: str) -> Fill:
+        fill = self._fills.get(key)
+        if fill is None:
+            fill = Fill(key, identity_url, self._store.temp_path(key))
+            self._fills[key] = fill
+            task = asyncio.create_task(self._run(fill, signed_url), name=f"fill {key[:12]}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return fill
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._hasher.shutdown(wait=True)
+
+    async def _run(self, fill: Fill, signed_url: str) -> None:
+        reserved = 0
+        self._metrics.origin_fetches.inc()
+        try:
+            reserved = await self._fetch(fill, signed_url)
+        except ShimError as error:
+            fill.fail(error)
+        except asyncio.CancelledError:
+            fill.fail(UpstreamError("shim is shutting down"))
+            raise
+        except Exception as error:
+            log.exception("fill of %s failed unexpectedly", fill.identity_url)
+            fill.fail(UpstreamError(f"internal error: {type(error).__name__}"))
+        finally:
+            del self._fills[fill.key]
+            if not fill.finished:
+                self._store.release(reserved)
+                fill.path.unlink(missing_ok=True)
+            if fill.error is not None:
+                kind = "origin_status" if isinstance(fill.error, OriginStatus) else "origin"
+                self._metrics.errors.labels(kind=kind).inc()
+                log.warning("fetch of %s failed: %s", fill.identity_url, fill.error)
+
+    async def _fetch(self, fill: Fill, signed_url: str) -> int:
+        """Fetch into ``fill``; return the bytes reserved in the store (0: not cacheable)."""
+        headers = {**self._extra_headers, "Accept-Encoding": "identity"}
+        try:
+            response = await self._session.get(yarl.URL(signed_url, encoded=True), headers=headers)
+        except TimeoutError:
+            raise UpstreamError("origin timed out before answering", status=504) from None
+        except aiohttp.ClientError as error:
+            raise UpstreamError(f"origin unreachable: {type(error).__name__}") from None
+        async with response:
+            if response.status != 200:
+                body = await response.content.read(65536)
+                raise OriginStatus(response.status, kept_headers(response.headers), body)
+            size = response.content_length
+            reserved = size if size is not None and self._store.reserve(size) else 0
+            kept = kept_headers(response.headers)
+            fill.publish(size, kept)
+            digest = await self._copy_body(fill, response)
+            if size is not None and fill.written != size:
+                raise UpstreamError(f"origin sent {fill.written} of {size} bytes")
+            expected = _MD5_ETAG.fullmatch(kept.get("ETag", ""))
+            if digest is not None and expected and digest != expected.group(1).lower():
+                raise UpstreamError("body does not match the origin's ETag (MD5)")
+        if reserved:
+            meta = EntryMeta(
+                key=fill.key,
+                url=fill.identity_url,
+                size=fill.written,
+                etag=kept.get("ETag"),
+                content_type=kept.get("Content-Type"),
+                content_encoding=kept.get("Content-Encoding"),
+                last_modified=kept.get("Last-Modified"),
+                stored_at=time.time(),
+            )
+            self._store.commit(meta, fill.path, reserved)
+            fill.finish(self._store.data_path(fill.key))
+        else:
+            fill.finish(fill.path)  # served to its readers, then dropped: not cacheable
+        return reserved
+
+    async def _copy_body(self, fill: Fill, response: aiohttp.ClientResponse) -> str | None:
+        loop = asyncio.get_running_loop()
+        md5 = hashlib.md5(usedforsecurity=False) if "ETag" in response.headers else None
+        pending: asyncio.Future[None] | None = None
+        try:
+            with fill.path.open("wb") as out:
+                async for chunk in response.content.iter_chunked(self._chunk_size):
+                    out.write(chunk)
+                    out.flush()
+                    fill.advance(len(chunk))
+                    self._metrics.origin_bytes.inc(len(chunk))
+                    if md5 is not None:
+                        if pending is not None:
+                            await pending
+                        pending = loop.run_in_executor(self._hasher, md5.update, chunk)
+                if pending is not None:
+                    await pending
+                await asyncio.to_thread(os.fsync, out.fileno())
+        except TimeoutError:
+            raise UpstreamError(f"origin stalled after {fill.written} bytes") from None
+        except aiohttp.ClientError as error:
+            raise UpstreamError(
+                f"origin failed after {fill.written} bytes: {type(error).__name__}"
+            ) from None
+        finally:
+            if pending is not None and not pending.done():
+                with contextlib.suppress(Exception):
+                    await pending
+        return md5.hexdigest() if md5 is not None else None
+
+
+def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The origin headers that describe the object, to keep with it and pass on."""
+    return {name: headers[name] for name in KEPT_HEADERS if name in headers}

@@ -1,0 +1,284 @@
+"""The local cache server: where the proxy sends every embedded-cache request that it does
+not answer itself. It looks the object up, joins or starts the single-flight fill, and
+streams from the file as bytes arrive, honouring one Range. Listens on loopback only and
+serves only requests that carry the per-process token the proxy adds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+import yarl
+from aiohttp import web
+from cachetools import TTLCache
+
+from shim._errors import ShimError, UpstreamError
+from shim.cache.fill import Fill, FillRunner, OriginStatus, kept_headers
+from shim.cache.store import CacheStore, EntryMeta
+from shim.identity import TaskIdentity
+from shim.metrics import Metrics
+from shim.ranges import ByteRange, Unsatisfiable, parse_range
+
+log = logging.getLogger("shim.cache")
+
+TICKET_HEADER = "X-Shim-Ticket"
+CACHE_STATUS_HEADER = "X-Shim-Cache"
+TASK_ID_HEADER = "X-Shim-Task-Id"
+ERROR_HEADER = "X-Shim-Error"
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What the proxy wants fetched. Only an unguessable id crosses the loopback hop, so no
+    signed URL ever sits in a flow that mitmproxy might print."""
+
+    method: str
+    signed_url: str
+    identity: TaskIdentity
+
+
+_READ_SIZE = 1 << 20
+
+
+class TransferAborted(Exception):
+    """The body cannot be completed; the connection is dropped so no client sees a 200."""
+
+
+def object_headers(
+    kept: Mapping[str, str | None], size: int | None, byte_range: ByteRange | None
+) -> dict[str, str]:
+    """Response headers for the whole object (``byte_range`` None) or one range of it."""
+    headers = {name: value for name, value in kept.items() if value}
+    if size is not None:
+        headers["Accept-Ranges"] = "bytes"
+        headers["Content-Length"] = str(byte_range.length if byte_range else size)
+        if byte_range is not None:
+            headers["Content-Range"] = byte_range.content_range(size)
+    return headers
+
+
+def entry_headers(meta: EntryMeta, byte_range: ByteRange | None) -> dict[str, str]:
+    kept = {
+        "Content-Type": meta.content_type,
+        "Content-Encoding": meta.content_encoding,
+        "ETag": meta.etag,
+        "Last-Modified": meta.last_modified,
+    }
+    return object_headers(kept, meta.size, byte_range)
+
+
+def error_response(status: int, kind: str, message: str) -> web.Response:
+    return web.Response(status=status, text=f"shim: {message}\n", headers={ERROR_HEADER: kind})
+
+
+class CacheServer:
+    def __init__(
+        self,
+        store: CacheStore,
+        metrics: Metrics,
+        *,
+        extra_headers: Mapping[str, str],
+        origin_timeout: float,
+    ) -> None:
+        self.store = store
+        # Unclaimed tickets (a client that went away) expire instead of piling up.
+        self._tickets: TTLCache[str, Ticket] = TTLCache(maxsize=65536, ttl=300)
+        self._metrics = metrics
+        self._extra_headers = extra_headers
+        self._origin_timeout = origin_timeout
+        self._runner: web.AppRunner | None = None
+        self._fills: FillRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.address: tuple[str, int] = ("127.0.0.1", 0)
+
+    async def start(self) -> None:
+        self.store.open()
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=30, sock_connect=30, sock_read=self._origin_timeout
+            ),
+        )
+        self._fills = FillRunner(
+            self.store, self._metrics, self._session, extra_headers=self._extra_headers
+        )
+        app = web.Application()
+        app.router.add_get("/", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.Server)
+        self.address = server.sockets[0].getsockname()[:2]
+        self._update_gauges()
+
+    async def stop(self) -> None:
+        if self._fills is not None:
+            await self._fills.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    def _update_gauges(self) -> None:
+        self._metrics.cache_bytes.set(self.store.used)
+        self._metrics.cache_entries.set(len(self.store))
+
+    def issue_ticket(self, ticket: Ticket) -> str:
+        ticket_id = secrets.token_urlsafe(24)
+        self._tickets[ticket_id] = ticket
+        return ticket_id
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        ticket = self._tickets.pop(request.headers.get(TICKET_HEADER, ""), None)
+        if ticket is None or ticket.method != request.method:
+            return error_response(403, "forbidden", "this port serves the shim proxy only")
+        key = ticket.identity.task_id
+        meta = self.store.lookup(key)
+        if meta is not None:
+            self._metrics.cache_hits.inc()
+            if request.method == "HEAD":
+                headers = {**entry_headers(meta, None), CACHE_STATUS_HEADER: "HIT"}
+                return await _headers_only(request, 200, {**headers, TASK_ID_HEADER: key})
+            return await self._serve_entry(request, key, meta)
+        if request.method == "HEAD":
+            return await self._head_origin(request, ticket)
+        self._metrics.cache_misses.inc()
+        assert self._fills is not None
+        fill = self._fills.get_or_start(key, ticket.identity.url, ticket.signed_url)
+        return await self._serve_fill(request, key, fill)
+
+    async def _head_origin(self, request: web.Request, ticket: Ticket) -> web.StreamResponse:
+        """A HEAD for an object not in the cache: ask the origin; fill nothing."""
+        assert self._session is not None
+        key = ticket.identity.task_id
+        try:
+            async with self._session.head(
+                yarl.URL(ticket.signed_url, encoded=True), headers=self._extra_headers
+            ) as origin:
+                size = origin.content_length if origin.status == 200 else None
+                headers = object_headers(kept_headers(origin.headers), size, None)
+                if origin.status != 200 and origin.content_length is not None:
+                    headers["Content-Length"] = str(origin.content_length)
+                status = origin.status
+        except TimeoutError:
+            return _failure_response(UpstreamError("origin timed out", status=504), key)
+        except aiohttp.ClientError as error:
+            failure = UpstreamError(f"origin unreachable: {type(error).__name__}")
+            return _failure_response(failure, key)
+        headers.update({CACHE_STATUS_HEADER: "MISS", TASK_ID_HEADER: key})
+        return await _headers_only(request, status, headers)
+
+    async def _serve_entry(
+        self, request: web.Request, key: str, meta: EntryMeta
+    ) -> web.StreamResponse:
+        try:
+            byte_range = parse_range(request.headers.get("Range"), meta.size)
+        except Unsatisfiable:
+            return _unsatisfiable(meta.size)
+        response = web.StreamResponse(status=206 if byte_range else 200)
+        response.headers.update(entry_headers(meta, byte_range))
+        response.headers.update({CACHE_STATUS_HEADER: "HIT", TASK_ID_HEADER: key})
+        fill = Fill.complete(key, self.store.data_path(key), meta.size)
+        return await self._stream(request, response, fill, byte_range)
+
+    async def _serve_fill(self, request: web.Request, key: str, fill: Fill) -> web.StreamResponse:
+        await fill.headers_ready.wait()
+        if fill.error is not None and not fill.headers_published:
+            return _failure_response(fill.error, key)
+        try:
+            byte_range = (
+                parse_range(request.headers.get("Range"), fill.size)
+                if fill.size is not None
+                else None
+            )
+        except Unsatisfiable:
+            return _unsatisfiable(fill.size or 0)
+        response = web.StreamResponse(status=206 if byte_range else 200)
+        response.headers.update(object_headers(fill.headers, fill.size, byte_range))
+        response.headers.update({CACHE_STATUS_HEADER: "MISS", TASK_ID_HEADER: key})
+        return await self._stream(request, response, fill, byte_range)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        fill: Fill,
+        byte_range: ByteRange | None,
+    ) -> web.StreamResponse:
+        """Send ``byte_range`` of ``fill`` (all of it when None) as its bytes arrive."""
+        start = byte_range.start if byte_range else 0
+        stop = byte_range.end + 1 if byte_range else fill.size
+        position = start
+        fd: int | None = None
+        self.store.pin(fill.key)
+        try:
+            await response.prepare(request)
+            while stop is None or position < stop:
+                await fill.wait_past(position)
+                if fill.error is not None:
+                    raise TransferAborted(str(fill.error))
+                limit = fill.readable if stop is None else min(fill.readable, stop)
+                if position >= limit:
+                    if stop is None and fill.finished:
+                        break
+                    raise TransferAborted("the object ended before the promised length")
+                if fd is None:
+                    # Opened once: a commit renames the file, an eviction unlinks it; an
+                    # open descriptor reads on through both.
+                    fd = os.open(fill.path, os.O_RDONLY)
+                count = min(_READ_SIZE, limit - position)
+                data = await asyncio.to_thread(os.pread, fd, count, position)
+                if len(data) != count:
+                    raise TransferAborted("the cache file is shorter than its entry")
+                await response.write(data)
+                self._metrics.response_bytes.inc(count)
+                position += count
+            await response.write_eof()
+        except TransferAborted as error:
+            log.warning("aborting a response mid-body: %s", error)
+            self._metrics.errors.labels(kind="truncated").inc()
+            # Drop the connection: with Content-Length sent, the client sees a short body.
+            if request.transport is not None:
+                request.transport.abort()
+        except ConnectionError:
+            self._metrics.errors.labels(kind="client").inc()
+        finally:
+            if fd is not None:
+                os.close(fd)
+            self.store.unpin(fill.key)
+            self._update_gauges()
+        return response
+
+
+async def _headers_only(
+    request: web.Request, status: int, headers: Mapping[str, str]
+) -> web.StreamResponse:
+    """Answer a HEAD: the object's headers, Content-Length included, and no body."""
+    response = web.StreamResponse(status=status, headers=headers)
+    await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
+def _unsatisfiable(size: int) -> web.Response:
+    return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+
+
+def _failure_response(error: ShimError, key: str) -> web.Response:
+    if isinstance(error, OriginStatus):
+        # The origin's own status, headers and body, so the client sees the real failure.
+        headers = {k: v for k, v in error.headers.items() if k != "Content-Encoding"}
+        headers.update({ERROR_HEADER: "origin_status", TASK_ID_HEADER: key})
+        return web.Response(status=error.status, body=error.body, headers=headers)
+    status = error.status if isinstance(error, UpstreamError) else 502
+    response = error_response(status, "origin", str(error))
+    response.headers[TASK_ID_HEADER] = key
+    return response

@@ -1,0 +1,107 @@
+"""The ``shim`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from shim._errors import ConfigError
+from shim.config import Settings, load_settings
+from shim.taskid import go_task_id, rust_task_id
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    if args.listen:
+        overrides["listen"] = args.listen
+    if args.admin:
+        overrides["admin"] = args.admin
+    try:
+        settings = load_settings(args.config, env=os.environ, overrides=overrides)
+    except ConfigError as error:
+        print(f"shim: {error}", file=sys.stderr)
+        return 2
+    # As mitmproxy's own entry point does: its TermLog handler filters by verbosity.
+    logging.getLogger().setLevel(logging.DEBUG)
+    for noisy in ("asyncio", "hpack", "aiohttp", "botocore", "boto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> int:
+    # Imported here: mitmproxy is heavy, and other subcommands do not need it.
+    from mitmproxy import options
+    from mitmproxy.tools.dump import DumpMaster
+
+    from shim.addon import ShimAddon
+
+    host, port = settings.listen_address
+    opts = options.Options()
+    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+    master.addons.add(ShimAddon(settings))  # type: ignore[no-untyped-call]
+    # Addons declare most options, so they are set once the addons are in.
+    opts.update(  # type: ignore[no-untyped-call]
+        mode=[f"regular@{host}:{port}"],
+        confdir=str(settings.confdir),
+        connection_strategy="lazy",
+    )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, master.shutdown)
+    await master.run()
+    return 0
+
+
+def _task_id(args: argparse.Namespace) -> int:
+    filtered = args.filter.split(",") if args.filter else ()
+    try:
+        rust = rust_task_id(args.url, filtered=filtered)
+    except ValueError as error:
+        print(f"shim: cannot compute a task ID: {error}", file=sys.stderr)
+        return 2
+    go = go_task_id(args.url, filtered=filtered)
+    print(f"rust dfdaemon (dragonfly-client 0.2.28 and later): {rust}")
+    print(f"go dfdaemon (dfget 2.3.4 and earlier):             {go}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shim",
+        description="Caching proxy that signs object-storage downloads for model servers.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the proxy in the foreground")
+    run.add_argument(
+        "--config", type=Path, help="YAML config (default: $SHIM_CONFIG or built-in defaults)"
+    )
+    run.add_argument(
+        "--listen", metavar="HOST:PORT", help="proxy listener (default 127.0.0.1:8790)"
+    )
+    run.add_argument("--admin", metavar="HOST:PORT", help="admin listener (default 127.0.0.1:8791)")
+    run.set_defaults(handler=_run)
+    task_id = commands.add_parser(
+        "task-id", help="print the Dragonfly task IDs both dfdaemon generations compute for URL"
+    )
+    task_id.add_argument("url")
+    task_id.add_argument("--filter", default="", help="comma-separated query parameters to drop")
+    task_id.set_defaults(handler=_task_id)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = args.handler
+    result: int = handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

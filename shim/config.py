@@ -1,0 +1,298 @@
+"""Settings: one typed, validated object built from YAML, the environment, or a
+dragonfly-endpoint ``config.json``. Nothing else in shim reads files or the environment for
+configuration; everything downstream receives a ``Settings``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import platformdirs
+import yaml
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from shim._errors import ConfigError
+
+# Ports chosen to collide with neither TorchServe (8080-8082, 7070-7071) nor dfdaemon
+# (4000-4006, 65000-65004).
+DEFAULT_LISTEN = "127.0.0.1:8790"
+DEFAULT_ADMIN = "127.0.0.1:8791"
+
+
+# HOST:PORT with ASCII digits; an IPv6 host must be bracketed, or "::8790" would be ambiguous.
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s]+):([0-9]{1,5})")
+
+
+def _split_host_port(value: str) -> tuple[str, int]:
+    match = _HOST_PORT.fullmatch(value)
+    if match is None or int(match.group(2)) > 65535:
+        raise ValueError(
+            f"expected HOST:PORT (IPv6 as [ADDR]:PORT) with a port from 0 to 65535, got {value!r}"
+        )
+    return match.group(1).strip("[]"), int(match.group(2))
+
+
+class _Strict(BaseModel):
+    # A misspelt key must be an error, not silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Credentials(_Strict):
+    """How to obtain credentials for one bucket.
+
+    ``source: static`` takes the values given here; ``env`` reads the named environment
+    variables when the config is loaded; ``default`` leaves it to the SDK's default chain
+    (environment, profile, web identity, instance metadata...).
+    """
+
+    source: Literal["static", "env", "default"] = "default"
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    access_key_id_env: str = "AWS_ACCESS_KEY_ID"
+    secret_access_key_env: str = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 (a variable name)
+    session_token_env: str = "AWS_SESSION_TOKEN"  # noqa: S105 (a variable name)
+    profile: str | None = None
+
+    @model_validator(mode="after")
+    def _static_needs_both_keys(self) -> Self:
+        if self.source == "static" and not (self.access_key_id and self.secret_access_key):
+            raise ValueError("source 'static' needs both access_key_id and secret_access_key")
+        return self
+
+
+class BucketConfig(_Strict):
+    """One bucket shim may sign for."""
+
+    provider: Literal["s3"]
+    bucket: str = Field(min_length=1, max_length=255)
+    region: str = "us-east-1"
+    endpoint: str | None = Field(
+        default=None,
+        description="S3-compatible endpoint URL; absent means AWS (https://s3.REGION.amazonaws.com)",
+    )
+    addressing_style: Literal["auto", "virtual", "path"] = "auto"
+    upgrade_http: bool = Field(
+        default=True,
+        description="fetch plain http:// client URLs over https from the origin",
+    )
+    credentials: Credentials = Credentials()
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_is_one_name(cls, value: str) -> str:
+        if "/" in value or value != value.strip():
+            raise ValueError("a bucket name has no '/' and no surrounding spaces")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "://" not in value:
+            value = "https://" + value
+        scheme, _, rest = value.partition("://")
+        host = rest.split("/", 1)[0]
+        if scheme not in ("http", "https") or not host:
+            raise ValueError(
+                f"expected an http(s) URL such as https://s3.example.com, got {value!r}"
+            )
+        return f"{scheme}://{host}"
+
+
+class CacheSettings(_Strict):
+    dir: Path = Field(default_factory=lambda: Path(platformdirs.user_cache_dir("shim")))
+    max_size: ByteSize = ByteSize(20 * 1024**3)
+    zero_copy_hits: bool = Field(
+        default=True,
+        description="serve plain-HTTP cache hits from a memory map instead of a local stream",
+    )
+
+    @field_validator("max_size")
+    @classmethod
+    def _positive(cls, value: ByteSize) -> ByteSize:
+        if value <= 0:
+            raise ValueError("must be a positive size such as 20GiB")
+        return value
+
+
+class Settings(_Strict):
+    listen: str = DEFAULT_LISTEN
+    admin: str = DEFAULT_ADMIN
+    confdir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("shim")),
+        description="where the interception CA lives",
+    )
+    cache: CacheSettings = CacheSettings()
+    headers: dict[str, str] = Field(default_factory=dict, description="extra origin headers")
+    filter: tuple[str, ...] = Field(
+        default=(), description="extra query parameters left out of the task identity"
+    )
+    presign_expires: int = Field(default=3600, ge=60, le=604800)
+    origin_timeout: float = Field(default=60.0, gt=0, description="seconds without data")
+    buckets: tuple[BucketConfig, ...] = ()
+
+    @field_validator("listen", "admin")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        _split_host_port(value)
+        return value
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return _split_host_port(self.listen)
+
+    @property
+    def admin_address(self) -> tuple[str, int]:
+        return _split_host_port(self.admin)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or "(top level)"
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    problems = [f"{_location(e['loc'])}: {e['msg']}" for e in error.errors()]
+    return f"{source}: " + "; ".join(problems)
+
+
+_ENV_NAME_KEYS = frozenset({"access_key_id_env", "secret_access_key_env", "session_token_env"})
+
+
+def _resolve_env_credentials(raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    """Turn ``source: env`` credentials into static values, so only this module reads env."""
+    buckets = raw.get("buckets")
+    if not isinstance(buckets, list):
+        return raw
+    resolved = []
+    for index, bucket in enumerate(buckets):
+        creds = bucket.get("credentials") if isinstance(bucket, dict) else None
+        if not isinstance(creds, dict) or creds.get("source") != "env":
+            resolved.append(bucket)
+            continue
+        names = {
+            "access_key_id": creds.get("access_key_id_env", "AWS_ACCESS_KEY_ID"),
+            "secret_access_key": creds.get("secret_access_key_env", "AWS_SECRET_ACCESS_KEY"),
+            "session_token": creds.get("session_token_env", "AWS_SESSION_TOKEN"),
+        }
+        values = {key: env.get(name) for key, name in names.items()}
+        for key in ("access_key_id", "secret_access_key"):
+            if not values[key]:
+                raise ConfigError(
+                    f"buckets[{index}].credentials.{key}_env: environment variable "
+                    f"{names[key]!r} is not set"
+                )
+        # Only the known *_env keys go; a misspelt one stays, for validation to reject.
+        static = {k: v for k, v in creds.items() if k not in _ENV_NAME_KEYS}
+        static.update({k: v for k, v in values.items() if v})
+        static["source"] = "static"
+        resolved.append({**bucket, "credentials": static})
+    return {**raw, "buckets": resolved}
+
+
+def settings_from_mapping(raw: Any, *, env: Mapping[str, str], source: str = "config") -> Settings:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    try:
+        return Settings.model_validate(_resolve_env_credentials(raw, env))
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config file: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        # Position and problem only: PyYAML's message quotes the line, which may hold a secret.
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "syntax error"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+
+
+def dragonfly_endpoint_to_mapping(doc: Any, source: str) -> dict[str, Any]:
+    """Translate dragonfly-endpoint's config.json into shim's own keys, unchanged in meaning."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: expected a JSON object")
+    storage = doc.get("object_storage")
+    if not isinstance(storage, dict):
+        raise ConfigError(f"{source}: object_storage: required, an object with 'type'")
+    kind = storage.get("type")
+    if kind != "s3":
+        raise ConfigError(
+            f"{source}: object_storage.type: {kind!r} is not supported by this shim version; "
+            "supported: 's3'"
+        )
+    bucket: dict[str, Any] = {"provider": "s3", "bucket": storage.get("bucket_name")}
+    for ours, theirs in (("region", "region"), ("endpoint", "endpoint")):
+        if storage.get(theirs):
+            bucket[ours] = storage[theirs]
+    if storage.get("access_key") or storage.get("secret_key"):
+        bucket["credentials"] = {
+            "source": "static",
+            "access_key_id": storage.get("access_key"),
+            "secret_access_key": storage.get("secret_key"),
+        }
+    mapping: dict[str, Any] = {"buckets": [bucket]}
+    if doc.get("header"):
+        mapping["headers"] = doc["header"]
+    if doc.get("filter"):
+        mapping["filter"] = [p for p in str(doc["filter"]).split("&") if p]
+    return mapping
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build Settings from, in order of precedence: ``path`` (or ``SHIM_CONFIG``), else the
+    dragonfly-endpoint config named by ``DRAGONFLY_ENDPOINT_CONFIG``, else the defaults;
+    then ``overrides`` (command-line flags) on top.
+    """
+    raw: Any
+    if path is None and env.get("SHIM_CONFIG"):
+        path = Path(env["SHIM_CONFIG"])
+    if path is not None:
+        raw, source = _read_yaml(path), str(path)
+    elif env.get("DRAGONFLY_ENDPOINT_CONFIG"):
+        json_path = Path(env["DRAGONFLY_ENDPOINT_CONFIG"])
+        source = str(json_path)
+        try:
+            doc = json.loads(json_path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise ConfigError(f"{source}: cannot read the config file: {error.strerror}") from None
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{source}: not valid JSON: {error}") from None
+        raw = dragonfly_endpoint_to_mapping(doc, source)
+    else:
+        raw, source = {}, "defaults"
+    if overrides:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+        raw = {**raw, **overrides}
+    return settings_from_mapping(raw, env=env, source=source)

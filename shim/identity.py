@@ -1,0 +1,30 @@
+"""Task identity: what makes every re-signed URL of one object the same cache entry and the
+same Dragonfly task. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from shim.providers import SIGNATURE_PARAMS
+from shim.taskid import rust_filter_query, rust_task_id
+
+
+def filtered_params(provider: str, extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """The full filter list for one provider's URLs: its signature parameters plus ``extra``."""
+    return tuple(sorted(SIGNATURE_PARAMS[provider] | set(extra)))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskIdentity:
+    url: str  # the signed URL without its signature parameters
+    task_id: str  # the Rust dfdaemon's task ID for it: the cache key and the header value
+
+
+def identify(signed_url: str, filtered: Iterable[str]) -> TaskIdentity:
+    filtered = tuple(filtered)
+    return TaskIdentity(
+        url=rust_filter_query(signed_url, filtered),
+        task_id=rust_task_id(signed_url, filtered=filtered),
+    )

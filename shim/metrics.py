@@ -1,0 +1,48 @@
+"""Prometheus metrics, in a registry of shim's own so several proxies can share a process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "shim_requests",
+            "Requests by how they were routed (hit, miss, signed, pass).",
+            ["route"],
+            registry=self.registry,
+        )
+        self.response_bytes = Counter(
+            "shim_response_bytes",
+            "Body bytes sent to clients for signed objects.",
+            registry=self.registry,
+        )
+        self.cache_hits = Counter(
+            "shim_cache_hits", "Requests served from the embedded cache.", registry=self.registry
+        )
+        self.cache_misses = Counter(
+            "shim_cache_misses",
+            "Requests not in the embedded cache (joined or started a fill).",
+            registry=self.registry,
+        )
+        self.origin_bytes = Counter(
+            "shim_origin_bytes", "Body bytes received from origins.", registry=self.registry
+        )
+        self.origin_fetches = Counter(
+            "shim_origin_fetches", "Fetches started towards origins.", registry=self.registry
+        )
+        self.errors = Counter(
+            "shim_errors",
+            "Failures by kind (config, request, signing, origin_status, origin_unreachable, "
+            "origin_timeout, truncated, integrity, client).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.cache_bytes = Gauge(
+            "shim_cache_bytes", "Bytes held by the embedded cache.", registry=self.registry
+        )
+        self.cache_entries = Gauge(
+            "shim_cache_entries", "Complete entries in the embedded cache.", registry=self.registry
+        )

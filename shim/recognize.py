@@ -1,0 +1,132 @@
+"""Recognise object-storage URLs: a request URL -> the configured bucket and object key it
+names, or None when shim must pass the request through untouched. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from shim._errors import RequestError
+from shim.config import BucketConfig
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """One object of a configured bucket, as a client asked for it."""
+
+    bucket: BucketConfig
+    key: str
+    # Query parameters that select or shape the object (versionId, response-*), in order.
+    params: tuple[tuple[str, str], ...]
+    # The scheme the client used; plain http may be upgraded towards the origin.
+    client_scheme: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    host: str
+    port: int | None  # None: the scheme's default port, whichever scheme the client used
+
+
+def _aws_hosts(region: str) -> tuple[str, ...]:
+    # Every spelling AWS accepts for a regional endpoint, plus the legacy global one.
+    return (
+        f"s3.{region}.amazonaws.com",
+        f"s3-{region}.amazonaws.com",
+        f"s3.dualstack.{region}.amazonaws.com",
+        "s3.amazonaws.com",
+    )
+
+
+def _endpoints(bucket: BucketConfig) -> tuple[_Endpoint, ...]:
+    if bucket.endpoint is None:
+        return tuple(_Endpoint(host, None) for host in _aws_hosts(bucket.region))
+    parts = urlsplit(bucket.endpoint)
+    host = (parts.hostname or "").lower()
+    port = parts.port
+    if port is not None and port == _DEFAULT_PORTS.get(parts.scheme):
+        port = None
+    return (_Endpoint(host, port),)
+
+
+def _port_matches(endpoint: _Endpoint, scheme: str, port: int) -> bool:
+    if endpoint.port is None:
+        return port == _DEFAULT_PORTS.get(scheme)
+    return port == endpoint.port
+
+
+# Query parameters of a GET/HEAD that name or shape the object; everything else a client
+# might send (old signatures) is dropped, and anything unknown is refused rather than guessed.
+S3_OBJECT_PARAMS = frozenset(
+    {
+        "versionId",
+        "partNumber",
+        "response-cache-control",
+        "response-content-disposition",
+        "response-content-encoding",
+        "response-content-language",
+        "response-content-type",
+        "response-expires",
+    }
+)
+
+
+def _object_params(query: str, signature_params: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    kept = []
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name in S3_OBJECT_PARAMS:
+            kept.append((name, value))
+        elif name not in signature_params:
+            raise RequestError(
+                f"query parameter {name!r} is not supported on a signed bucket; "
+                f"supported: {', '.join(sorted(S3_OBJECT_PARAMS))}"
+            )
+    return tuple(kept)
+
+
+def _decode_key(raw_path: str) -> str:
+    key = unquote(raw_path, errors="strict") if raw_path else ""
+    if not key:
+        raise RequestError("the URL names a bucket but no object key")
+    if any(ord(c) < 0x20 or 0xD800 <= ord(c) <= 0xDFFF for c in key):
+        raise RequestError("the object key holds control characters or invalid UTF-8")
+    return key
+
+
+def recognize(
+    url: str, buckets: Iterable[BucketConfig], signature_params: frozenset[str]
+) -> ObjectRef | None:
+    """Return the object ``url`` names in one of ``buckets``, or None if it names none.
+
+    Both virtual-hosted (``bucket.host/key``) and path-style (``host/bucket/key``) URLs are
+    recognised. Raises RequestError for a URL of a configured bucket that cannot be served.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port if parts.port is not None else _DEFAULT_PORTS.get(parts.scheme, 0)
+    except ValueError:
+        return None
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in _DEFAULT_PORTS or not host:
+        return None
+    for bucket in buckets:
+        for endpoint in _endpoints(bucket):
+            if not _port_matches(endpoint, parts.scheme, port):
+                continue
+            if host == f"{bucket.bucket.lower()}.{endpoint.host}":
+                raw_key = parts.path[1:]
+            elif host == endpoint.host and parts.path.startswith(f"/{bucket.bucket}/"):
+                raw_key = parts.path[len(bucket.bucket) + 2 :]
+            else:
+                continue
+            try:
+                key = _decode_key(raw_key)
+            except UnicodeDecodeError:
+                raise RequestError("the object key is not valid UTF-8") from None
+            params = _object_params(parts.query, signature_params)
+            return ObjectRef(bucket, key, params, parts.scheme)
+    return None

@@ -1,0 +1,430 @@
+"""CacheStore: commit/lookup, crash leftovers, reopening, LRU eviction, pins, key safety."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from shim.cache.store import CacheStore, EntryMeta
+
+KEY_A = "a" * 64
+KEY_B = "b" * 64
+KEY_C = "c" * 64
+KEY_D = "d" * 64
+
+
+def _open(root: Path, max_size: int = 100) -> CacheStore:
+    store = CacheStore(root, max_size)
+    store.open()
+    return store
+
+
+def _meta(key: str, size: int) -> EntryMeta:
+    return EntryMeta(key=key, url=f"https://h/{key[:4]}", size=size)
+
+
+def _fill(store: CacheStore, key: str, size: int, *, content: bytes | None = None) -> EntryMeta:
+    """Reserve, write and commit an entry the way a fill does."""
+    body = content if content is not None else bytes([ord(key[0])]) * size
+    assert store.reserve(size)
+    temp = store.temp_path(key)
+    temp.write_bytes(body)
+    meta = _meta(key, size)
+    store.commit(meta, temp, size)
+    return meta
+
+
+def _keys(store: CacheStore) -> set[str]:
+    return {key for key in (KEY_A, KEY_B, KEY_C, KEY_D) if store.lookup(key) is not None}
+
+
+# -- commit and lookup ----------------------------------------------------------------------
+
+
+def test_commit_then_lookup_returns_the_entry_and_its_file(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    meta = EntryMeta(
+        key=KEY_A,
+        url="https://h/a",
+        size=5,
+        etag='"abc"',
+        content_type="application/octet-stream",
+        content_encoding=None,
+        last_modified="Mon, 01 Jan 2024 00:00:00 GMT",
+        stored_at=1700000000.0,
+    )
+    assert store.reserve(5)
+    temp = store.temp_path(KEY_A)
+    temp.write_bytes(b"hello")
+    store.commit(meta, temp, 5)
+
+    assert store.lookup(KEY_A) == meta
+    assert store.data_path(KEY_A).read_bytes() == b"hello"
+    assert not temp.exists()
+    assert len(store) == 1
+    assert store.used == 5
+
+
+def test_lookup_of_an_absent_key_is_none(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    assert store.lookup(KEY_A) is None
+    assert len(store) == 0
+
+
+def test_temp_paths_are_in_tmp_and_unique(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    first, second = store.temp_path(KEY_A), store.temp_path(KEY_A)
+    assert first != second
+    assert first.parent == second.parent == tmp_path / "tmp"
+
+
+def test_data_path_is_sharded_by_key_prefix(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    key = "0f" + "1" * 62
+    assert store.data_path(key) == tmp_path / "objects" / "0f" / key
+
+
+def test_recommit_replaces_the_entry_without_double_counting(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 10)
+    _fill(store, KEY_A, 4, content=b"new!")
+    assert store.used == 4
+    assert len(store) == 1
+    assert store.lookup(KEY_A) == _meta(KEY_A, 4)
+    assert store.data_path(KEY_A).read_bytes() == b"new!"
+
+
+def test_remove_deletes_entry_and_files(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 10)
+    path = store.data_path(KEY_A)
+    store.remove(KEY_A)
+    assert store.lookup(KEY_A) is None
+    assert store.used == 0
+    assert not path.exists()
+    assert not path.with_suffix(".json").exists()
+
+
+def test_remove_of_an_absent_key_is_harmless(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 10)
+    store.remove(KEY_B)
+    assert store.used == 10
+    assert len(store) == 1
+
+
+# -- key safety -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../x",
+        "../" + "a" * 61,
+        "a" * 63,
+        "a" * 65,
+        "A" * 64,
+        "g" * 64,
+        "",
+        "/" + "a" * 63,
+        "a" * 64 + "\n",
+        "aa/" + "a" * 61,
+    ],
+)
+def test_data_path_rejects_anything_but_a_sha256_hex_key(tmp_path: Path, key: str) -> None:
+    store = _open(tmp_path)
+    with pytest.raises(ValueError, match="SHA-256"):
+        store.data_path(key)
+
+
+def test_commit_with_a_bad_key_writes_nothing_into_objects(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    temp = store.temp_path("x")
+    temp.write_bytes(b"data")
+    with pytest.raises(ValueError, match="SHA-256"):
+        store.commit(_meta("../../evil", 4), temp, 4)
+    assert list((tmp_path / "objects").iterdir()) == []
+    assert not (tmp_path / "evil").exists()
+    assert len(store) == 0
+
+
+# -- opening: leftovers and survivors -------------------------------------------------------
+
+
+def test_open_creates_the_directories(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    _open(root)
+    assert (root / "objects").is_dir()
+    assert (root / "tmp").is_dir()
+
+
+def test_open_removes_temp_files_of_interrupted_fills(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    assert store.reserve(10)
+    temp = store.temp_path(KEY_A)
+    temp.write_bytes(b"half")
+    temp.with_suffix(".json").write_text("{}", encoding="utf-8")
+
+    reopened = _open(tmp_path)
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert reopened.lookup(KEY_A) is None
+    assert reopened.used == 0
+
+
+def test_an_entry_survives_reopening(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    meta = _fill(store, KEY_A, 7)
+
+    reopened = _open(tmp_path)
+    assert reopened.lookup(KEY_A) == meta
+    assert reopened.used == 7
+    assert len(reopened) == 1
+    assert reopened.data_path(KEY_A).read_bytes() == b"a" * 7
+
+
+def test_metadata_without_data_is_dropped_at_open(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 7)
+    _fill(store, KEY_B, 3)
+    store.data_path(KEY_A).unlink()
+
+    reopened = _open(tmp_path)
+    assert reopened.lookup(KEY_A) is None
+    assert not reopened.data_path(KEY_A).with_suffix(".json").exists()
+    assert reopened.lookup(KEY_B) is not None
+    assert reopened.used == 3
+
+
+@pytest.mark.parametrize("actual", [b"", b"short", b"much too long"])
+def test_size_mismatch_is_dropped_at_open(tmp_path: Path, actual: bytes) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 7)
+    store.data_path(KEY_A).write_bytes(actual)
+
+    reopened = _open(tmp_path)
+    assert reopened.lookup(KEY_A) is None
+    assert reopened.used == 0
+    assert not reopened.data_path(KEY_A).exists()
+    assert not reopened.data_path(KEY_A).with_suffix(".json").exists()
+
+
+def test_data_without_metadata_is_dropped_at_open(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 7)
+    store.data_path(KEY_A).with_suffix(".json").unlink()
+
+    reopened = _open(tmp_path)
+    assert reopened.lookup(KEY_A) is None
+    assert not reopened.data_path(KEY_A).exists()
+    assert reopened.used == 0
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        "[]",
+        json.dumps({"key": KEY_A, "url": "u"}),
+        json.dumps({"key": KEY_A, "url": "u", "size": 7, "unknown": 1}),
+        json.dumps({"key": KEY_B, "url": "u", "size": 7}),
+    ],
+)
+def test_unreadable_or_mismatched_metadata_is_dropped_at_open(tmp_path: Path, content: str) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 7)
+    store.data_path(KEY_A).with_suffix(".json").write_text(content, encoding="utf-8")
+
+    reopened = _open(tmp_path)
+    assert reopened.lookup(KEY_A) is None
+    assert reopened.lookup(KEY_B) is None
+    assert not reopened.data_path(KEY_A).exists()
+    assert reopened.used == 0
+
+
+@pytest.mark.parametrize("bad_key", [123, None])
+def test_metadata_with_a_non_string_key_is_dropped_at_open(
+    tmp_path: Path, bad_key: int | None
+) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 7)
+    meta_path = store.data_path(KEY_A).with_suffix(".json")
+    meta_path.write_text(json.dumps({"key": bad_key, "url": "u", "size": 7}), encoding="utf-8")
+
+    reopened = _open(tmp_path)
+    assert reopened.lookup(KEY_A) is None
+    assert reopened.used == 0
+
+
+def test_open_evicts_down_to_a_smaller_max_size(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 40)
+    _fill(store, KEY_B, 40)
+
+    reopened = _open(tmp_path, max_size=50)
+    assert reopened.used <= 50
+    assert len(reopened) == 1
+
+
+def test_reopening_orders_recency_by_access_time(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    for key in (KEY_A, KEY_B, KEY_C):
+        _fill(store, key, 30)
+    # B was read longest ago, then C, then A.
+    for key, when in ((KEY_B, 1_000_000), (KEY_C, 2_000_000), (KEY_A, 3_000_000)):
+        os.utime(store.data_path(key), (when, when))
+
+    reopened = _open(tmp_path)
+    assert reopened.reserve(20)
+    assert _keys(reopened) == {KEY_A, KEY_C}
+
+
+# -- reserve, release and eviction ----------------------------------------------------------
+
+
+def test_reserve_within_the_cap_evicts_nothing(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 40)
+    assert store.reserve(60)
+    assert _keys(store) == {KEY_A}
+
+
+def test_reserve_past_max_size_evicts_least_recently_used(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 30)
+    _fill(store, KEY_B, 30)
+    _fill(store, KEY_C, 30)
+
+    assert store.reserve(20)
+    assert _keys(store) == {KEY_B, KEY_C}
+    assert not store.data_path(KEY_A).exists()
+    assert store.used == 60
+
+
+def test_reserve_evicts_as_many_as_needed_in_lru_order(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    for key in (KEY_A, KEY_B, KEY_C):
+        _fill(store, key, 30)
+
+    assert store.reserve(50)
+    assert _keys(store) == {KEY_C}
+
+
+def test_lookup_refreshes_recency(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 30)
+    _fill(store, KEY_B, 30)
+    _fill(store, KEY_C, 30)
+    assert store.lookup(KEY_A) is not None
+
+    assert store.reserve(20)
+    assert store.lookup(KEY_B) is None
+    assert store.lookup(KEY_A) is not None
+    assert store.lookup(KEY_C) is not None
+
+
+def test_outstanding_reservations_count_against_the_cap(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 30)
+    assert store.reserve(60)
+    assert store.reserve(30)  # 30 + 60 + 30 > 100: A must go
+    assert store.lookup(KEY_A) is None
+    assert not store.reserve(20)  # 90 reserved, nothing left to evict
+
+
+def test_reserve_of_more_than_max_size_fails_and_evicts_nothing(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 30)
+    assert not store.reserve(101)
+    assert _keys(store) == {KEY_A}
+    assert store.reserve(70)
+
+
+def test_reserve_of_exactly_max_size_in_an_empty_store_succeeds(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    assert store.reserve(100)
+    assert not store.reserve(1)
+
+
+def test_release_gives_space_back(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    assert store.reserve(80)
+    assert not store.reserve(30)
+    store.release(80)
+    assert store.reserve(30)
+    assert store.reserve(70)
+
+
+def test_commit_turns_the_reservation_into_used_space(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 60)
+    assert store.used == 60
+    assert store.reserve(40)
+    assert store.lookup(KEY_A) is not None
+
+
+def test_pinned_entries_are_never_evicted(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 30)
+    _fill(store, KEY_B, 30)
+    _fill(store, KEY_C, 30)
+    store.pin(KEY_A)
+
+    assert store.reserve(20)
+    assert _keys(store) == {KEY_A, KEY_C}
+    assert store.data_path(KEY_A).exists()
+
+
+def test_reserve_fails_when_only_pinned_entries_could_make_room(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 50)
+    _fill(store, KEY_B, 50)
+    store.pin(KEY_A)
+    store.pin(KEY_B)
+
+    assert not store.reserve(10)
+    assert _keys(store) == {KEY_A, KEY_B}
+    assert store.used == 100
+
+
+def test_pins_are_counted(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 60)
+    store.pin(KEY_A)
+    store.pin(KEY_A)
+    store.unpin(KEY_A)
+    assert not store.reserve(50)
+    assert store.lookup(KEY_A) is not None
+    store.unpin(KEY_A)
+    assert store.reserve(50)
+    assert store.lookup(KEY_A) is None
+
+
+def test_pinned_context_unpins_even_on_error(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 60)
+    with pytest.raises(RuntimeError), store.pinned(KEY_A):
+        assert not store.reserve(50)
+        raise RuntimeError
+    assert store.reserve(50)
+    assert store.lookup(KEY_A) is None
+
+
+def test_unpin_of_an_unpinned_key_is_harmless(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 60)
+    store.unpin(KEY_A)
+    store.pin(KEY_A)
+    assert not store.reserve(50)
+
+
+def test_failed_reserve_evicts_nothing(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 40)
+    _fill(store, KEY_B, 40)
+    store.pin(KEY_A)
+
+    assert not store.reserve(70)  # even with B gone, 40 + 70 > 100
+    assert _keys(store) == {KEY_A, KEY_B}

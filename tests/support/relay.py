@@ -1,0 +1,325 @@
+"""A TCP relay to put in front of a real server: counts bytes and injects faults.
+
+The relay runs its own asyncio event loop in a background thread, so synchronous tests and
+benchmarks can use it directly. Counts are raw TCP payload bytes (HTTP headers included).
+"Down" is target -> client (responses), "up" is client -> target (requests).
+
+Faults, both adjustable while the relay runs:
+- `rate_limit_bytes_per_s`: a token bucket shared by all connections throttles the down
+  direction.
+- `cut_after_bytes`: once a connection has relayed that many down bytes, the relay resets both
+  sides of it (RST, not FIN), as a network failure mid-body would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import socket
+import struct
+import termios
+import threading
+import time
+from types import TracebackType
+from typing import Protocol
+
+# Large reads keep per-chunk overhead low enough for ~1 GB/s; asyncio never reads more than
+# 256 KiB at once anyway.
+_MAX_CHUNK = 256 * 1024
+# With a rate limit, chunks hold about this much time's worth of bytes so throttled output
+# flows smoothly instead of in big bursts.
+_CHUNK_SECONDS = 0.005
+# Credit the bucket keeps for idle time. It absorbs sleep overshoot so the average rate stays
+# on target, while bounding bursts to rate * this.
+_BURST_SECONDS = 0.02
+# Before a cut, how long to wait for the client to take the bytes it is owed.
+_CUT_FLUSH_TIMEOUT = 2.0
+
+
+class _Cut(Exception):
+    """The connection reached cut_after_bytes."""
+
+
+class _TokenBucket:
+    """Paces bytes at a rate that may change at any time (read from `Relay` on each call).
+
+    Tracks the time at which the bytes granted so far will have been "paid for"; callers sleep
+    until then. Only used from the relay's event loop thread, so no locking.
+    """
+
+    def __init__(self) -> None:
+        self._rate: float | None = None
+        self._paid_until = 0.0
+
+    async def take(self, rate: float | None, nbytes: int) -> None:
+        if rate is None:
+            return
+        now = time.monotonic()
+        if rate != self._rate:
+            self._rate = rate
+            self._paid_until = now
+        self._paid_until = max(self._paid_until, now - _BURST_SECONDS) + nbytes / rate
+        delay = self._paid_until - now
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class Relay:
+    """Relays TCP connections from a local port to `target_host:target_port`."""
+
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        *,
+        rate_limit_bytes_per_s: float | None = None,
+        cut_after_bytes: int | None = None,
+        listen_host: str = "127.0.0.1",
+    ) -> None:
+        self.target_host = target_host
+        self.target_port = target_port
+        self.listen_host = listen_host
+        # Plain attributes read by the loop thread on every chunk: assigning them from any
+        # thread takes effect from the next chunk on, for open connections too.
+        self.rate_limit_bytes_per_s = rate_limit_bytes_per_s
+        self.cut_after_bytes = cut_after_bytes
+        # Response-stream offset (per connection, headers included) of a byte to flip in
+        # transit, and of the point after which the relay goes silent without closing.
+        self.corrupt_at_byte: int | None = None
+        self.stall_after_bytes: int | None = None
+        self._counter_lock = threading.Lock()
+        self._bytes_down = 0
+        self._bytes_up = 0
+        self._connections = 0
+        self._request_heads: list[bytes] = []
+        self._bucket = _TokenBucket()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._address: tuple[str, int] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> tuple[str, int]:
+        """Start listening on a free port; returns the (host, port) clients should connect to."""
+        if self._address is not None:
+            return self._address
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="relay", daemon=True)
+        thread.start()
+        self._loop, self._thread = loop, thread
+        try:
+            self._server = asyncio.run_coroutine_threadsafe(
+                asyncio.start_server(self._handle, self.listen_host, 0), loop
+            ).result(timeout=10)
+        except BaseException:
+            self.stop()
+            raise
+        host, port = self._server.sockets[0].getsockname()[:2]
+        self._address = (host, port)
+        return self._address
+
+    def stop(self) -> None:
+        """Close the listener, reset open connections and end the loop thread. Idempotent."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if self._server is not None:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+        self._loop = self._thread = self._server = None
+        self._address = None
+
+    async def _shutdown(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def __enter__(self) -> Relay:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._address is None:
+            raise RuntimeError("relay is not running")
+        return self._address
+
+    @property
+    def endpoint(self) -> str:
+        """`http://host:port` of the relay, for HTTP clients."""
+        host, port = self.address
+        return f"http://{host}:{port}"
+
+    # -- counters ----------------------------------------------------------------------------
+
+    @property
+    def bytes_down(self) -> int:
+        """Bytes relayed target -> client since start or the last reset."""
+        with self._counter_lock:
+            return self._bytes_down
+
+    @property
+    def bytes_up(self) -> int:
+        """Bytes relayed client -> target since start or the last reset."""
+        with self._counter_lock:
+            return self._bytes_up
+
+    @property
+    def connections(self) -> int:
+        """Client connections accepted since start or the last reset."""
+        with self._counter_lock:
+            return self._connections
+
+    @property
+    def request_heads(self) -> list[bytes]:
+        """The first chunk (up to 8 KiB) each connection sent to the target: request heads."""
+        with self._counter_lock:
+            return list(self._request_heads)
+
+    def reset_counters(self) -> None:
+        with self._counter_lock:
+            self._bytes_down = self._bytes_up = self._connections = 0
+            self._request_heads.clear()
+
+    # -- relaying ----------------------------------------------------------------------------
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        with self._counter_lock:
+            self._connections += 1
+        try:
+            await self._relay(client_r, client_w)
+        except asyncio.CancelledError:
+            # Only stop() cancels us. Ending cancelled would make asyncio 3.12.1's stream
+            # callback raise and log a spurious traceback.
+            pass
+        finally:
+            self._handlers.discard(task)
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        target_w: asyncio.StreamWriter | None = None
+        clean = False
+        try:
+            target_r, target_w = await asyncio.open_connection(self.target_host, self.target_port)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._pump(client_r, target_w, down=False))
+                group.create_task(self._pump(target_r, client_w, down=True))
+            clean = True
+        except* _Cut:
+            await _flushed(client_w)
+        except* OSError:
+            pass  # a peer reset or refused: passed on below as a reset of the other side(s)
+        finally:
+            for writer in (client_w, target_w):
+                if writer is not None:
+                    _close(writer, reset=not clean)
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, down: bool
+    ) -> None:
+        relayed = 0
+        while True:
+            rate = self.rate_limit_bytes_per_s if down else None
+            size = (
+                _MAX_CHUNK
+                if rate is None
+                else max(1024, min(_MAX_CHUNK, int(rate * _CHUNK_SECONDS)))
+            )
+            data = await reader.read(size)
+            if not data:
+                if writer.can_write_eof():
+                    writer.write_eof()
+                return
+            cut = self.cut_after_bytes if down else None
+            if cut is not None:
+                data = data[: max(0, cut - relayed)]
+            stall = self.stall_after_bytes if down else None
+            if stall is not None and relayed + len(data) > stall:
+                writer.write(data[: max(0, stall - relayed)])
+                await asyncio.Event().wait()  # silent until the peer gives up or stop()
+            corrupt = self.corrupt_at_byte if down else None
+            if corrupt is not None and relayed <= corrupt < relayed + len(data):
+                flipped = bytearray(data)
+                flipped[corrupt - relayed] ^= 0xFF
+                data = bytes(flipped)
+            await self._bucket.take(rate, len(data))
+            # Count before writing: a reader of the counters that has just received the bytes
+            # (in another thread) must already see them counted.
+            with self._counter_lock:
+                if down:
+                    self._bytes_down += len(data)
+                else:
+                    if relayed == 0:
+                        self._request_heads.append(bytes(data[:8192]))
+                    self._bytes_up += len(data)
+            writer.write(data)
+            relayed += len(data)
+            if cut is not None and relayed >= cut:
+                raise _Cut
+            # Backpressure: waits while the peer is slow, so the reader side stops reading.
+            await writer.drain()
+
+
+async def _flushed(writer: asyncio.StreamWriter) -> None:
+    """Wait until the peer has received all written bytes, so a reset does not drop any.
+
+    A reset discards data still queued in our kernel send buffer, so wait for that queue to
+    empty too, not just asyncio's buffer.
+    """
+    deadline = time.monotonic() + _CUT_FLUSH_TIMEOUT
+    while time.monotonic() < deadline:
+        if writer.transport.is_closing():
+            return  # the client went away: nothing left to deliver
+        if writer.transport.get_write_buffer_size() == 0 and _unacked(writer) == 0:
+            return
+        await asyncio.sleep(0.001)
+
+
+def _unacked(writer: asyncio.StreamWriter) -> int:
+    """Bytes in the socket's kernel send queue not yet acknowledged by the peer (SIOCOUTQ)."""
+    fd = writer.get_extra_info("socket").fileno()
+    queued: int = struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    return queued
+
+
+def _close(writer: asyncio.StreamWriter, *, reset: bool) -> None:
+    if reset:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            # Linger 0 makes close() send RST rather than FIN: the peer sees a reset.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+    else:
+        writer.close()
+
+
+class RelayFactory(Protocol):
+    """Signature of the `relay_factory` fixture: makes a started `Relay`."""
+
+    def __call__(
+        self,
+        target_host: str,
+        target_port: int,
+        *,
+        rate_limit_bytes_per_s: float | None = None,
+        cut_after_bytes: int | None = None,
+    ) -> Relay: ...

@@ -1,0 +1,122 @@
+"""The ``shim`` command: task-id output and configuration errors of ``run``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from shim.cli import build_parser, main
+from shim.taskid import go_task_id, rust_task_id
+
+URL = (
+    "https://models.s3.eu-west-1.amazonaws.com/dir/model.bin?versionId=v1"
+    "&X-Amz-Signature=deadbeef&X-Amz-Date=20240101T000000Z"
+)
+HEX64 = re.compile(r"\b[0-9a-f]{64}\b")
+
+
+@pytest.fixture(autouse=True)
+def _no_shim_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SHIM_CONFIG", raising=False)
+    monkeypatch.delenv("DRAGONFLY_ENDPOINT_CONFIG", raising=False)
+
+
+def _printed_ids(out: str) -> tuple[str, str]:
+    rust_line, go_line = out.strip().splitlines()
+    assert rust_line.startswith("rust dfdaemon")
+    assert go_line.startswith("go dfdaemon")
+    (rust,) = HEX64.findall(rust_line)
+    (go,) = HEX64.findall(go_line)
+    return rust, go
+
+
+def test_task_id_prints_the_rust_and_go_ids(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["task-id", URL]) == 0
+    captured = capsys.readouterr()
+    assert _printed_ids(captured.out) == (rust_task_id(URL), go_task_id(URL))
+    assert captured.err == ""
+
+
+def test_task_id_filter_drops_the_named_params(capsys: pytest.CaptureFixture[str]) -> None:
+    filtered = ["X-Amz-Signature", "X-Amz-Date"]
+    assert main(["task-id", URL, "--filter", ",".join(filtered)]) == 0
+    rust, go = _printed_ids(capsys.readouterr().out)
+    assert rust == rust_task_id(URL, filtered=filtered)
+    assert go == go_task_id(URL, filtered=filtered)
+    assert rust != rust_task_id(URL)
+    assert rust == rust_task_id(
+        "https://models.s3.eu-west-1.amazonaws.com/dir/model.bin?versionId=v1"
+    )
+
+
+@pytest.mark.parametrize("url", ["not a url", "http://[::1"])
+def test_task_id_of_an_unparsable_url_is_one_message(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["task-id", url]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("shim: ")
+
+
+def test_run_with_broken_config_returns_2_and_names_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("buckets:\n  - provider: s3\n    bucket: models\n    regoin: x\n")
+    assert main(["run", "--config", str(broken)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"shim: {broken}: ")
+    assert "buckets[0].regoin" in lines[0]
+
+
+def test_run_with_missing_config_returns_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "absent.yaml"
+    assert main(["run", "--config", str(missing)]) == 2
+    assert "cannot read the config file" in capsys.readouterr().err
+
+
+def test_run_with_broken_shim_config_env_returns_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("presign_expires: 1\n")
+    monkeypatch.setenv("SHIM_CONFIG", str(broken))
+    assert main(["run"]) == 2
+    assert "presign_expires" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--listen", "--admin"])
+def test_run_with_bad_listen_flag_returns_2_naming_it(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", flag, "localhost"]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag.removeprefix('--')}: " in err
+    assert "HOST:PORT" in err
+
+
+@pytest.mark.parametrize("argv", [[], ["bogus"], ["task-id"]])
+def test_bad_usage_exits_with_argparse_status_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+
+
+def test_parser_knows_run_and_task_id() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["run", "--config", "x.yaml", "--listen", "0.0.0.0:1"])
+    assert (args.command, args.config, args.listen, args.admin) == (
+        "run",
+        Path("x.yaml"),
+        "0.0.0.0:1",
+        None,
+    )
+    assert parser.parse_args(["task-id", "http://h/"]).filter == ""
