@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import mode_specs
 
 from shim._errors import ConfigError, RequestError, SigningError
 from shim.admin import AdminServer
@@ -31,7 +32,7 @@ from shim.identity import TaskIdentity, filtered_params, identify
 from shim.metrics import Metrics
 from shim.providers import ALL_SIGNATURE_PARAMS, Signer, signer_for
 from shim.ranges import ByteRange, Unsatisfiable, parse_range
-from shim.recognize import recognize
+from shim.recognize import recognize, recognize_reverse
 from shim.redact import redact_url
 
 log = logging.getLogger("shim")
@@ -135,11 +136,20 @@ class ShimAddon:
         if flow.response or flow.error or not flow.live:
             return
         settings = self._settings()
-        url = flow.request.pretty_url
+        reverse = isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
+        # On the reverse listener the path names the bucket; elsewhere the whole URL does.
+        url = flow.request.path if reverse else flow.request.pretty_url
         try:
-            ref = recognize(url, settings.buckets, ALL_SIGNATURE_PARAMS)
+            if reverse:
+                ref = recognize_reverse(url, settings.buckets, ALL_SIGNATURE_PARAMS)
+            else:
+                ref = recognize(url, settings.buckets, ALL_SIGNATURE_PARAMS)
         except RequestError as error:
             self._reply(flow, 400, "request", str(error))
+            return
+        if ref is None and reverse:
+            aliases = ", ".join(b.reverse_alias for b in settings.buckets) or "none configured"
+            self._reply(flow, 404, "request", f"no bucket alias in {url!r}; aliases: {aliases}")
             return
         if ref is None or flow.request.method not in ("GET", "HEAD"):
             self.metrics.requests.labels(route="pass").inc()
@@ -187,7 +197,7 @@ class ShimAddon:
     # -- helpers ------------------------------------------------------------------------------
     def _reply(self, flow: http.HTTPFlow, status: int, kind: str, message: str) -> None:
         self.metrics.errors.labels(kind=kind).inc()
-        log.warning("%s %s: %s", flow.request.method, redact_url(flow.request.pretty_url), message)
+        log.warning("%s %s: %s", flow.request.method, redact_url(flow.request.url), message)
         flow.response = error_response(status, kind, message)
 
     def _route_to_cache(self, flow: http.HTTPFlow, ticket: Ticket) -> None:

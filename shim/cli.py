@@ -13,16 +13,24 @@ from pathlib import Path
 from typing import Any
 
 from shim._errors import ConfigError
-from shim.config import Settings, load_settings
+from shim.config import Settings, load_settings, split_host_port
 from shim.taskid import go_task_id, rust_task_id
+from shim.trust import (
+    JAVA_NON_PROXY_HOSTS,
+    TRUSTSTORE_PASSWORD,
+    JvmProxy,
+    TrustError,
+    export_trust,
+    render_env,
+)
 
 
 def _run(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {}
-    if args.listen:
-        overrides["listen"] = args.listen
-    if args.admin:
-        overrides["admin"] = args.admin
+    overrides: dict[str, Any] = {
+        key: getattr(args, key)
+        for key in ("listen", "admin", "transparent", "reverse")
+        if getattr(args, key)
+    }
     try:
         settings = load_settings(args.config, env=os.environ, overrides=overrides)
     except ConfigError as error:
@@ -42,13 +50,12 @@ async def _serve(settings: Settings) -> int:
 
     from shim.addon import ShimAddon
 
-    host, port = settings.listen_address
     opts = options.Options()
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     master.addons.add(ShimAddon(settings))  # type: ignore[no-untyped-call]
     # Addons declare most options, so they are set once the addons are in.
     opts.update(  # type: ignore[no-untyped-call]
-        mode=[f"regular@{host}:{port}"],
+        mode=settings.mitmproxy_modes(),
         confdir=str(settings.confdir),
         connection_strategy="lazy",
     )
@@ -56,6 +63,42 @@ async def _serve(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, master.shutdown)
     await master.run()
+    return 0
+
+
+def _settings_or_exit(args: argparse.Namespace) -> Settings | None:
+    try:
+        return load_settings(args.config, env=os.environ)
+    except ConfigError as error:
+        print(f"shim: {error}", file=sys.stderr)
+        return None
+
+
+def _ca(args: argparse.Namespace) -> int:
+    settings = _settings_or_exit(args)
+    if settings is None:
+        return 2
+    try:
+        pem, truststore = export_trust(settings.confdir, args.out, args.jdk_cacerts)
+    except TrustError as error:
+        print(f"shim: {error}", file=sys.stderr)
+        return 1
+    print(f"CA certificate: {pem}")
+    print(f"truststore:     {truststore} (PKCS12, password {TRUSTSTORE_PASSWORD})")
+    return 0
+
+
+def _env(args: argparse.Namespace) -> int:
+    settings = _settings_or_exit(args)
+    if settings is None:
+        return 2
+    try:
+        host, port = split_host_port(args.proxy) if args.proxy else settings.listen_address
+    except ValueError as error:
+        print(f"shim: --proxy: {error}", file=sys.stderr)
+        return 2
+    proxy = JvmProxy(host, port, args.truststore, non_proxy_hosts=args.non_proxy_hosts)
+    print(render_env(proxy), end="")
     return 0
 
 
@@ -86,7 +129,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", metavar="HOST:PORT", help="proxy listener (default 127.0.0.1:8790)"
     )
     run.add_argument("--admin", metavar="HOST:PORT", help="admin listener (default 127.0.0.1:8791)")
+    run.add_argument(
+        "--transparent", metavar="HOST:PORT", help="also listen in transparent mode (iptables)"
+    )
+    run.add_argument("--reverse", metavar="HOST:PORT", help="also serve http://HOST:PORT/ALIAS/KEY")
     run.set_defaults(handler=_run)
+    ca = commands.add_parser(
+        "ca", help="write the interception CA and a Java truststore (JDK CAs + shim's) to DIR"
+    )
+    ca.add_argument("--config", type=Path, help="YAML config (for confdir)")
+    ca.add_argument("--out", type=Path, required=True, metavar="DIR")
+    ca.add_argument("--jdk-cacerts", type=Path, help="the JDK CA store to start from")
+    ca.set_defaults(handler=_ca)
+    env = commands.add_parser("env", help="print the settings that send TorchServe through shim")
+    env.add_argument("--config", type=Path, help="YAML config (for the listener)")
+    env.add_argument("--proxy", metavar="HOST:PORT", help="address clients reach the proxy at")
+    env.add_argument("--truststore", type=Path, help="truststore written by `shim ca`")
+    env.add_argument(
+        "--non-proxy-hosts",
+        default=JAVA_NON_PROXY_HOSTS,
+        help="http.nonProxyHosts (default: Java's own; '' proxies localhost too)",
+    )
+    env.set_defaults(handler=_env)
     task_id = commands.add_parser(
         "task-id", help="print the Dragonfly task IDs both dfdaemon generations compute for URL"
     )

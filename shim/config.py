@@ -36,7 +36,7 @@ DEFAULT_ADMIN = "127.0.0.1:8791"
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s]+):([0-9]{1,5})")
 
 
-def _split_host_port(value: str) -> tuple[str, int]:
+def split_host_port(value: str) -> tuple[str, int]:
     match = _HOST_PORT.fullmatch(value)
     if match is None or int(match.group(2)) > 65535:
         raise ValueError(
@@ -90,6 +90,35 @@ class BucketConfig(_Strict):
         description="fetch plain http:// client URLs over https from the origin",
     )
     credentials: Credentials = Credentials()
+    alias: str | None = Field(
+        default=None,
+        description="first path segment naming this bucket on the reverse listener "
+        "(http://SHIM/ALIAS/KEY); default: the bucket name",
+    )
+    hosts: tuple[str, ...] = Field(
+        default=(),
+        description="more HOST[:PORT] names clients use for this bucket, with the key as the "
+        "whole path (a custom domain, or the address a transparent redirect catches)",
+    )
+
+    @property
+    def reverse_alias(self) -> str:
+        return self.alias or self.bucket
+
+    @field_validator("alias")
+    @classmethod
+    def _alias_is_one_segment(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "/" in value or value != value.strip()):
+            raise ValueError("an alias is one non-empty path segment, without '/'")
+        return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts_are_host_port(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            if not host or "/" in host or host != host.strip():
+                raise ValueError(f"expected HOST or HOST:PORT, got {host!r}")
+        return tuple(host.lower() for host in value)
 
     @field_validator("bucket")
     @classmethod
@@ -133,6 +162,12 @@ class CacheSettings(_Strict):
 class Settings(_Strict):
     listen: str = DEFAULT_LISTEN
     admin: str = DEFAULT_ADMIN
+    transparent: str | None = Field(
+        default=None, description="HOST:PORT of a transparent listener (iptables REDIRECT)"
+    )
+    reverse: str | None = Field(
+        default=None, description="HOST:PORT of a standalone service: GET /ALIAS/KEY"
+    )
     confdir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_data_dir("shim")),
         description="where the interception CA lives",
@@ -146,19 +181,43 @@ class Settings(_Strict):
     origin_timeout: float = Field(default=60.0, gt=0, description="seconds without data")
     buckets: tuple[BucketConfig, ...] = ()
 
-    @field_validator("listen", "admin")
+    @field_validator("listen", "admin", "transparent", "reverse")
     @classmethod
-    def _host_port(cls, value: str) -> str:
-        _split_host_port(value)
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
         return value
+
+    @model_validator(mode="after")
+    def _aliases_are_unique(self) -> Self:
+        seen: dict[str, int] = {}
+        for index, bucket in enumerate(self.buckets):
+            if bucket.reverse_alias in seen:
+                raise ValueError(
+                    f"buckets[{index}] and buckets[{seen[bucket.reverse_alias]}] share the alias "
+                    f"{bucket.reverse_alias!r}; give one of them another 'alias'"
+                )
+            seen[bucket.reverse_alias] = index
+        return self
+
+    def mitmproxy_modes(self) -> list[str]:
+        """The listeners as mitmproxy ``mode`` specs."""
+        modes = [f"regular@{self.listen}"]
+        if self.transparent:
+            modes.append(f"transparent@{self.transparent}")
+        if self.reverse:
+            # Every reverse request is answered or rerouted by the addon; the target is never
+            # contacted, it only satisfies the mode's syntax.
+            modes.append(f"reverse:http://127.0.0.1:9@{self.reverse}")
+        return modes
 
     @property
     def listen_address(self) -> tuple[str, int]:
-        return _split_host_port(self.listen)
+        return split_host_port(self.listen)
 
     @property
     def admin_address(self) -> tuple[str, int]:
-        return _split_host_port(self.admin)
+        return split_host_port(self.admin)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

@@ -42,15 +42,23 @@ def _aws_hosts(region: str) -> tuple[str, ...]:
     )
 
 
-def _endpoints(bucket: BucketConfig) -> tuple[_Endpoint, ...]:
-    if bucket.endpoint is None:
-        return tuple(_Endpoint(host, None) for host in _aws_hosts(bucket.region))
-    parts = urlsplit(bucket.endpoint)
-    host = (parts.hostname or "").lower()
+def _endpoint_of(url: str) -> _Endpoint:
+    parts = urlsplit(url)
     port = parts.port
     if port is not None and port == _DEFAULT_PORTS.get(parts.scheme):
         port = None
-    return (_Endpoint(host, port),)
+    return _Endpoint((parts.hostname or "").lower(), port)
+
+
+def _endpoints(bucket: BucketConfig) -> tuple[_Endpoint, ...]:
+    if bucket.endpoint is None:
+        return tuple(_Endpoint(host, None) for host in _aws_hosts(bucket.region))
+    return (_endpoint_of(bucket.endpoint),)
+
+
+def _own_hosts(bucket: BucketConfig) -> tuple[_Endpoint, ...]:
+    # "http://" only makes the entry parse; a port of 80 or none matches either default port.
+    return tuple(_endpoint_of(f"http://{host}") for host in bucket.hosts)
 
 
 def _port_matches(endpoint: _Endpoint, scheme: str, port: int) -> bool:
@@ -114,6 +122,11 @@ def recognize(
     if parts.scheme not in _DEFAULT_PORTS or not host:
         return None
     for bucket in buckets:
+        for own in _own_hosts(bucket):
+            if host == own.host and _port_matches(own, parts.scheme, port):
+                return _object_ref(
+                    bucket, parts.path[1:], parts.query, parts.scheme, signature_params
+                )
         for endpoint in _endpoints(bucket):
             if not _port_matches(endpoint, parts.scheme, port):
                 continue
@@ -123,10 +136,34 @@ def recognize(
                 raw_key = parts.path[len(bucket.bucket) + 2 :]
             else:
                 continue
-            try:
-                key = _decode_key(raw_key)
-            except UnicodeDecodeError:
-                raise RequestError("the object key is not valid UTF-8") from None
-            params = _object_params(parts.query, signature_params)
-            return ObjectRef(bucket, key, params, parts.scheme)
+            return _object_ref(bucket, raw_key, parts.query, parts.scheme, signature_params)
     return None
+
+
+def recognize_reverse(
+    target: str, buckets: Iterable[BucketConfig], signature_params: frozenset[str]
+) -> ObjectRef | None:
+    """The object a reverse-listener request target ``/ALIAS/KEY[?query]`` names, or None when
+    no bucket has that alias."""
+    path, _, query = target.partition("?")
+    alias, slash, raw_key = path.removeprefix("/").partition("/")
+    if not slash:
+        return None
+    for bucket in buckets:
+        if bucket.reverse_alias == unquote(alias):
+            return _object_ref(bucket, raw_key, query, "http", signature_params)
+    return None
+
+
+def _object_ref(
+    bucket: BucketConfig,
+    raw_key: str,
+    query: str,
+    scheme: str,
+    signature_params: frozenset[str],
+) -> ObjectRef:
+    try:
+        key = _decode_key(raw_key)
+    except UnicodeDecodeError:
+        raise RequestError("the object key is not valid UTF-8") from None
+    return ObjectRef(bucket, key, _object_params(query, signature_params), scheme)

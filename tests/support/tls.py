@@ -14,7 +14,7 @@ from cryptography.x509.oid import NameOID
 
 
 @dataclass(frozen=True)
-class TestPKI:
+class Pki:
     ca_cert: Path
     server_cert: Path
     server_key: Path
@@ -24,7 +24,7 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_pki(directory: Path) -> TestPKI:
+def make_pki(directory: Path) -> Pki:
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
@@ -78,7 +78,7 @@ def make_pki(directory: Path) -> TestPKI:
         .sign(ca_key, hashes.SHA256())
     )
     directory.mkdir(parents=True, exist_ok=True)
-    pki = TestPKI(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
+    pki = Pki(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
     pki.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     pki.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     pki.server_key.write_bytes(
