@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,9 @@ class NetnsHost:
         """Name -> address entries for the namespace (``ip netns exec`` mounts this hosts file)."""
         self._hosts_dir = _NETNS_ETC / self.name
         self._hosts_dir.mkdir(parents=True, exist_ok=True)
-        lines = ["127.0.0.1 localhost"] + [f"{ip} {name}" for name, ip in names.items()]
+        # The machine's own name too: a JVM looks it up at start and stalls if it cannot.
+        lines = [f"127.0.0.1 localhost {socket.gethostname()}"]
+        lines += [f"{ip} {name}" for name, ip in names.items()]
         (self._hosts_dir / "hosts").write_text("\n".join(lines) + "\n")
 
     @property
