@@ -3,13 +3,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= $(shell scripts/find-python)
 
-.PHONY: run test check lint typecheck bench clean
+.PHONY: run test check deps lint typecheck bench clean
 
 run: $(VENV)/.installed
 	$(BIN)/shim run $(ARGS)
 
-test: check
+test: check deps
 	$(BIN)/pytest
+
+# Real components the integration tests run, cached outside the repo (idempotent).
+deps:
+	scripts/install-torchserve
 
 check: lint typecheck
 

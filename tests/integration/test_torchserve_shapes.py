@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.http import via_proxy
-from tests.support.netns import NetnsHost, can_make_namespaces, make_test_host
+from tests.support.netns import NetnsHost, make_test_host, require_netns
 from tests.support.servers import REPO_ROOT, S3Server, s3_client, start_s3rver
 from tests.support.shim_process import ShimProcess, free_port, s3_bucket_config, start_shim
 from tests.support.tls import make_pki
@@ -37,6 +37,7 @@ from tests.support.torchserve import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.torchserve]
 require_torchserve()
+require_netns()
 
 BUCKET = "ts-models"
 BUCKET_HOST = f"{BUCKET}.s3.us-east-1.amazonaws.com"
@@ -54,7 +55,7 @@ class World:
     reverse_port: int
     transparent_port: int
     truststore: Path
-    netns: NetnsHost | None
+    netns: NetnsHost
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +65,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, s3rver: S3Server) -> Iterato
     archives = tmp / "archives"
     echo_path = build_echo_archive(archives)
     linear_path, linear_case = build_linear_archive(archives)
-    netns = make_test_host() if can_make_namespaces() is None else None
-    with start_s3rver(tmp / "origin", tls=(pki.server_cert, pki.server_key)) as origin:
+    with (
+        make_test_host() as netns,
+        start_s3rver(tmp / "origin", tls=(pki.server_cert, pki.server_key)) as origin,
+    ):
         client = s3_client(origin, ca_bundle=pki.ca_cert)
         client.create_bucket(Bucket=BUCKET)
         for path in (echo_path, linear_path):
@@ -75,6 +78,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, s3rver: S3Server) -> Iterato
         reverse_port, transparent_port = free_port(), free_port()
         config = {
             "reverse": f"127.0.0.1:{reverse_port}",
+            "transparent": f"{netns.gateway}:{transparent_port}",
             "buckets": [
                 {**s3_bucket_config(BUCKET, origin.endpoint), "hosts": [BUCKET_HOST],
                  "alias": "models"},
@@ -83,8 +87,6 @@ def world(tmp_path_factory: pytest.TempPathFactory, s3rver: S3Server) -> Iterato
                  "hosts": [GONE_HOST]},
             ],
         }  # fmt: skip
-        if netns is not None:
-            config["transparent"] = f"{netns.gateway}:{transparent_port}"
         env = {"SSL_CERT_FILE": str(pki.ca_cert)}
         with start_shim(tmp / "shim", config, env=env) as shim:
             subprocess.run(
@@ -92,16 +94,13 @@ def world(tmp_path_factory: pytest.TempPathFactory, s3rver: S3Server) -> Iterato
                  "--out", str(tmp / "trust")],
                 check=True, cwd=REPO_ROOT, capture_output=True,
             )  # fmt: skip
-            if netns is not None:
-                netns.redirect(80, transparent_port)
-                netns.resolve({BUCKET_HOST: netns.gateway, GONE_HOST: netns.gateway})
+            netns.redirect(80, transparent_port)
+            netns.resolve({BUCKET_HOST: netns.gateway, GONE_HOST: netns.gateway})
             yield World(
                 origin, s3rver, shim, echo_path.read_bytes(), linear_path.read_bytes(),
                 linear_case, reverse_port, transparent_port, tmp / "trust" / "truststore.p12",
                 netns,
             )  # fmt: skip
-    if netns is not None:
-        netns.close()
 
 
 def java_options_from_shim_env(world: World) -> str:
@@ -134,8 +133,6 @@ def shape(world: World, name: str) -> Shape:
         )
     if name == "transparent":
         host = world.netns
-        if host is None:
-            pytest.fail(f"transparent shape: {can_make_namespaces()}")
         return Shape(
             lambda wd: start_torchserve(wd, netns=host.name, api_host=host.address),
             lambda key: f"http://{BUCKET_HOST}/{key}",

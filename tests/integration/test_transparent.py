@@ -10,14 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.netns import NetnsHost, can_make_namespaces, make_test_host
+from tests.support.netns import NetnsHost, make_test_host, require_netns
 from tests.support.servers import S3Server, put_object, s3_client
 from tests.support.shim_process import ShimProcess, free_port, s3_bucket_config, start_shim
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(can_make_namespaces() is not None, reason=str(can_make_namespaces())),
-]
+pytestmark = pytest.mark.slow
+require_netns()
 
 BUCKET_HOST = "models.s3.us-east-1.amazonaws.com"
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+import pytest
+
 _NETNS_ETC = Path("/etc/netns")
 
 
@@ -25,6 +27,17 @@ def can_make_namespaces() -> str | None:
         return "needs root (ip netns, iptables)"
     missing = [tool for tool in ("ip", "iptables") if shutil.which(tool) is None]
     return f"missing {', '.join(missing)} (apt-get install iproute2 iptables)" if missing else None
+
+
+def require_netns() -> None:
+    """Skip the calling test module when namespaces cannot be made here, or fail it when
+    SHIM_REQUIRE_NETNS is set (non-empty, not "0"), as CI does."""
+    reason = can_make_namespaces()
+    if reason is None:
+        return
+    if os.environ.get("SHIM_REQUIRE_NETNS", "") not in ("", "0"):
+        pytest.fail(f"SHIM_REQUIRE_NETNS is set but the netns tests {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
 
 def _run(*args: str) -> None:
