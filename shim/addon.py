@@ -20,20 +20,22 @@ from shim.cache.mapped import map_entry
 from shim.cache.server import (
     CACHE_STATUS_HEADER,
     ERROR_HEADER,
-    TASK_ID_HEADER,
     TICKET_HEADER,
     CacheServer,
     Ticket,
     entry_headers,
+    hit_headers,
 )
 from shim.cache.store import CacheStore
-from shim.config import BucketConfig, Settings, load_settings
+from shim.config import BucketConfig, DfdaemonSettings, Settings, load_settings
+from shim.dfdaemon import DragonflyOptions
 from shim.identity import TaskIdentity, filtered_params, identify
 from shim.metrics import Metrics
 from shim.providers import ALL_SIGNATURE_PARAMS, Signer, signer_for
 from shim.ranges import ByteRange, Unsatisfiable, parse_range
 from shim.recognize import recognize, recognize_reverse
 from shim.redact import redact_url
+from shim.upstream import DfdaemonRoute
 
 log = logging.getLogger("shim")
 
@@ -44,6 +46,15 @@ _DROPPED_REQUEST_HEADERS = ("Authorization", "Proxy-Authorization", "Proxy-Conne
 def error_response(status: int, kind: str, message: str) -> http.Response:
     return http.Response.make(
         status, f"shim: {message}\n", {"Content-Type": "text/plain", ERROR_HEADER: kind}
+    )
+
+
+def dfdaemon_route(dfdaemon: DfdaemonSettings) -> DfdaemonRoute:
+    return DfdaemonRoute(
+        address=dfdaemon.address,
+        options=DragonflyOptions(dfdaemon.tag, dfdaemon.application, dfdaemon.priority),
+        fallback=dfdaemon.fallback,
+        connect_timeout=dfdaemon.connect_timeout,
     )
 
 
@@ -97,11 +108,14 @@ class ShimAddon:
     async def running(self) -> None:
         settings = self._settings()
         store = CacheStore(settings.cache.dir, settings.cache.max_size)
+        dfdaemon = settings.dfdaemon
         self._cache = CacheServer(
             store,
             self.metrics,
             extra_headers=settings.headers,
             origin_timeout=settings.origin_timeout,
+            dfdaemon=dfdaemon_route(dfdaemon) if dfdaemon else None,
+            keep=dfdaemon is None or dfdaemon.keep_copy,
         )
         await self._cache.start()
         self._admin = AdminServer(self.metrics, lambda: self.ready)
@@ -161,11 +175,12 @@ class ShimAddon:
         except SigningError as error:
             self._reply(flow, 502, "signing", str(error))
             return
-        identity = identify(signed, filtered_params(ref.bucket.provider, settings.filter))
+        filtered = filtered_params(ref.bucket.provider, settings.filter)
+        identity = identify(signed, filtered)
         flow.metadata["shim"] = {"url": redact_url(url), "task_id": identity.task_id}
         if flow.request.method == "GET" and self._reply_mapped(flow, identity):
             return
-        self._route_to_cache(flow, Ticket(flow.request.method, signed, identity))
+        self._route_to_cache(flow, Ticket(flow.request.method, signed, identity, filtered))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
@@ -237,8 +252,7 @@ class ShimAddon:
         )
         self._trimmers.add(trimmer)
         trimmer.add_done_callback(self._trimmers.discard)
-        headers = entry_headers(meta, byte_range)
-        headers.update({CACHE_STATUS_HEADER: "HIT", TASK_ID_HEADER: meta.key})
+        headers = {**entry_headers(meta, byte_range), **hit_headers(meta.key)}
         flow.response = http.Response.make(206 if byte_range else 200, b"", headers)
         # raw_content is the body as mitmproxy sends it; a view avoids a copy of the object.
         flow.response.raw_content = body  # type: ignore[assignment]

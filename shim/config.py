@@ -159,6 +159,39 @@ class CacheSettings(_Strict):
         return value
 
 
+class DfdaemonSettings(_Strict):
+    """The node's dfdaemon proxy, which puts downloads on Dragonfly's P2P network."""
+
+    url: str = Field(description="its proxy, e.g. http://127.0.0.1:4001 (Rust) or :65001 (Go)")
+    tag: str = ""
+    application: str = ""
+    priority: int | None = Field(default=None, ge=0, le=6)
+    fallback: bool = Field(
+        default=True,
+        description="fetch from the origin directly when the dfdaemon fails before any byte",
+    )
+    keep_copy: bool = Field(
+        default=False,
+        description="also keep objects in the embedded cache (the dfdaemon caches them already)",
+    )
+    connect_timeout: float = Field(default=5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _plain_http(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if not sep:
+            scheme, rest = "http", value
+        if scheme != "http":
+            raise ValueError("a dfdaemon proxy speaks plain http://")
+        split_host_port(rest.rstrip("/"))
+        return f"http://{rest.rstrip('/')}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return split_host_port(self.url.removeprefix("http://"))
+
+
 class Settings(_Strict):
     listen: str = DEFAULT_LISTEN
     admin: str = DEFAULT_ADMIN
@@ -179,7 +212,14 @@ class Settings(_Strict):
     )
     presign_expires: int = Field(default=3600, ge=60, le=604800)
     origin_timeout: float = Field(default=60.0, gt=0, description="seconds without data")
+    dfdaemon: DfdaemonSettings | None = None
     buckets: tuple[BucketConfig, ...] = ()
+
+    @field_validator("dfdaemon", mode="before")
+    @classmethod
+    def _url_alone(cls, value: Any) -> Any:
+        # `dfdaemon: http://host:port` is short for `dfdaemon: {url: http://host:port}`.
+        return {"url": value} if isinstance(value, str) else value
 
     @field_validator("listen", "admin", "transparent", "reverse")
     @classmethod
@@ -314,6 +354,8 @@ def dragonfly_endpoint_to_mapping(doc: Any, source: str) -> dict[str, Any]:
             "secret_access_key": storage.get("secret_key"),
         }
     mapping: dict[str, Any] = {"buckets": [bucket]}
+    if doc.get("addr"):
+        mapping["dfdaemon"] = {"url": doc["addr"]}
     if doc.get("header"):
         mapping["headers"] = doc["header"]
     if doc.get("filter"):

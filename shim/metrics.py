@@ -40,6 +40,18 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.dfdaemon_requests = Counter(
+            "shim_dfdaemon_requests",
+            "GETs offered to the dfdaemon, by result (ok, fallback to the origin, failed).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.dfdaemon_tasks = Counter(
+            "shim_dfdaemon_tasks",
+            "Requests the dfdaemon answered, by the task ID it reported (one per object).",
+            ["task_id"],
+            registry=self.registry,
+        )
         self.cache_bytes = Gauge(
             "shim_cache_bytes", "Bytes held by the embedded cache.", registry=self.registry
         )

@@ -15,16 +15,14 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import aiohttp
-import yarl
 
 from shim._errors import ShimError, UpstreamError
 from shim.cache.store import CacheStore, EntryMeta
 from shim.metrics import Metrics
+from shim.upstream import Upstream, UpstreamReply
 
 log = logging.getLogger("shim.cache")
 
@@ -54,6 +52,8 @@ class Fill:
         self.size: int | None = None
         self.headers: dict[str, str] = {}
         self.headers_published = False
+        self.route = "direct"
+        self.task_id = key  # replaced by the dfdaemon's own, when it reports one
         self.written = 0
         self.finished = False
         self.error: ShimError | None = None
@@ -73,8 +73,9 @@ class Fill:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    def publish(self, size: int | None, headers: dict[str, str]) -> None:
+    def publish(self, size: int | None, headers: dict[str, str], reply: UpstreamReply) -> None:
         self.size, self.headers = size, headers
+        self.route, self.task_id = reply.route, reply.task_id or self.key
         self.headers_published = True
         self.headers_ready.set()
 
@@ -111,27 +112,29 @@ class FillRunner:
         self,
         store: CacheStore,
         metrics: Metrics,
-        session: aiohttp.ClientSession,
+        upstream: Upstream,
         *,
-        extra_headers: Mapping[str, str],
-        chunk_size: int = 1 << 20,
+        keep: bool,
     ) -> None:
         self._store = store
         self._metrics = metrics
-        self._session = session
-        self._extra_headers = dict(extra_headers)
-        self._chunk_size = chunk_size
+        self._upstream = upstream
+        self._keep = keep  # False: fills feed their readers, then go (a dfdaemon caches)
         self._fills: dict[str, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # One worker keeps digest updates in order, off the event loop (hashlib drops the GIL).
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shim-md5")
 
-    def get_or_start(self, key: str, identity_url: str, signed_url: str) -> Fill:
+    def get_or_start(
+        self, key: str, identity_url: str, signed_url: str, filtered: Sequence[str]
+    ) -> Fill:
         fill = self._fills.get(key)
         if fill is None:
             fill = Fill(key, identity_url, self._store.temp_path(key))
             self._fills[key] = fill
-            task = asyncio.create_task(self._run(fill, signed_url), name=f"fill {key[:12]}")
+            task = asyncio.create_task(
+                self._run(fill, signed_url, filtered), name=f"fill {key[:12]}"
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return fill
@@ -142,11 +145,11 @@ class FillRunner:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._hasher.shutdown(wait=True)
 
-    async def _run(self, fill: Fill, signed_url: str) -> None:
+    async def _run(self, fill: Fill, signed_url: str, filtered: Sequence[str]) -> None:
         reserved = 0
         self._metrics.origin_fetches.inc()
         try:
-            reserved = await self._fetch(fill, signed_url)
+            reserved = await self._fetch(fill, signed_url, filtered)
         except ShimError as error:
             fill.fail(error)
         except asyncio.CancelledError:
@@ -165,29 +168,24 @@ class FillRunner:
                 self._metrics.errors.labels(kind=kind).inc()
                 log.warning("fetch of %s failed: %s", fill.identity_url, fill.error)
 
-    async def _fetch(self, fill: Fill, signed_url: str) -> int:
-        """Fetch into ``fill``; return the bytes reserved in the store (0: not cacheable)."""
-        headers = {**self._extra_headers, "Accept-Encoding": "identity"}
+    async def _fetch(self, fill: Fill, signed_url: str, filtered: Sequence[str]) -> int:
+        """Fetch into ``fill``; return the bytes reserved in the store (0: not kept)."""
+        reply = await self._upstream.open("GET", signed_url, filtered)
         try:
-            response = await self._session.get(yarl.URL(signed_url, encoded=True), headers=headers)
-        except TimeoutError:
-            raise UpstreamError("origin timed out before answering", status=504) from None
-        except aiohttp.ClientError as error:
-            raise UpstreamError(f"origin unreachable: {type(error).__name__}") from None
-        async with response:
-            if response.status != 200:
-                body = await response.content.read(65536)
-                raise OriginStatus(response.status, kept_headers(response.headers), body)
-            size = response.content_length
-            reserved = size if size is not None and self._store.reserve(size) else 0
-            kept = kept_headers(response.headers)
-            fill.publish(size, kept)
-            digest = await self._copy_body(fill, response)
-            if size is not None and fill.written != size:
-                raise UpstreamError(f"origin sent {fill.written} of {size} bytes")
-            expected = _MD5_ETAG.fullmatch(kept.get("ETag", ""))
-            if digest is not None and expected and digest != expected.group(1).lower():
-                raise UpstreamError("body does not match the origin's ETag (MD5)")
+            kept = kept_headers(reply.headers)
+            if reply.status != 200:
+                raise OriginStatus(reply.status, kept, await reply.head_of_body())
+            size = reply.content_length
+            reserved = size if self._keep and size is not None and self._store.reserve(size) else 0
+            fill.publish(size, kept, reply)
+            digest = await self._copy_body(fill, reply)
+        finally:
+            reply.close()
+        if size is not None and fill.written != size:
+            raise UpstreamError(f"{reply.route} sent {fill.written} of {size} bytes")
+        expected = _MD5_ETAG.fullmatch(kept.get("ETag", ""))
+        if digest is not None and expected and digest != expected.group(1).lower():
+            raise UpstreamError("body does not match the origin's ETag (MD5)")
         if reserved:
             meta = EntryMeta(
                 key=fill.key,
@@ -202,16 +200,16 @@ class FillRunner:
             self._store.commit(meta, fill.path, reserved)
             fill.finish(self._store.data_path(fill.key))
         else:
-            fill.finish(fill.path)  # served to its readers, then dropped: not cacheable
+            fill.finish(fill.path)  # served to its readers, then dropped: not kept
         return reserved
 
-    async def _copy_body(self, fill: Fill, response: aiohttp.ClientResponse) -> str | None:
+    async def _copy_body(self, fill: Fill, reply: UpstreamReply) -> str | None:
         loop = asyncio.get_running_loop()
-        md5 = hashlib.md5(usedforsecurity=False) if "ETag" in response.headers else None
+        md5 = hashlib.md5(usedforsecurity=False) if "ETag" in reply.headers else None
         pending: asyncio.Future[None] | None = None
         try:
             with fill.path.open("wb") as out:
-                async for chunk in response.content.iter_chunked(self._chunk_size):
+                async for chunk in reply.chunks():
                     out.write(chunk)
                     out.flush()
                     fill.advance(len(chunk))
@@ -223,12 +221,8 @@ class FillRunner:
                 if pending is not None:
                     await pending
                 await asyncio.to_thread(os.fsync, out.fileno())
-        except TimeoutError:
-            raise UpstreamError(f"origin stalled after {fill.written} bytes") from None
-        except aiohttp.ClientError as error:
-            raise UpstreamError(
-                f"origin failed after {fill.written} bytes: {type(error).__name__}"
-            ) from None
+        except UpstreamError as error:
+            raise UpstreamError(f"{error} after {fill.written} bytes") from None
         finally:
             if pending is not None and not pending.done():
                 with contextlib.suppress(Exception):

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
-import yarl
 from aiohttp import web
 from cachetools import TTLCache
 
@@ -24,12 +23,14 @@ from shim.cache.store import CacheStore, EntryMeta
 from shim.identity import TaskIdentity
 from shim.metrics import Metrics
 from shim.ranges import ByteRange, Unsatisfiable, parse_range
+from shim.upstream import DfdaemonRoute, Upstream
 
 log = logging.getLogger("shim.cache")
 
 TICKET_HEADER = "X-Shim-Ticket"
 CACHE_STATUS_HEADER = "X-Shim-Cache"
 TASK_ID_HEADER = "X-Shim-Task-Id"
+ROUTE_HEADER = "X-Shim-Route"  # cache, direct, dfdaemon, or fallback
 ERROR_HEADER = "X-Shim-Error"
 
 
@@ -41,6 +42,7 @@ class Ticket:
     method: str
     signed_url: str
     identity: TaskIdentity
+    filtered: tuple[str, ...]  # the signature parameters, for the dfdaemon's filter headers
 
 
 _READ_SIZE = 1 << 20
@@ -61,6 +63,10 @@ def object_headers(
         if byte_range is not None:
             headers["Content-Range"] = byte_range.content_range(size)
     return headers
+
+
+def hit_headers(key: str) -> dict[str, str]:
+    return {CACHE_STATUS_HEADER: "HIT", TASK_ID_HEADER: key, ROUTE_HEADER: "cache"}
 
 
 def entry_headers(meta: EntryMeta, byte_range: ByteRange | None) -> dict[str, str]:
@@ -85,6 +91,8 @@ class CacheServer:
         *,
         extra_headers: Mapping[str, str],
         origin_timeout: float,
+        dfdaemon: DfdaemonRoute | None,
+        keep: bool,
     ) -> None:
         self.store = store
         # Unclaimed tickets (a client that went away) expire instead of piling up.
@@ -92,8 +100,11 @@ class CacheServer:
         self._metrics = metrics
         self._extra_headers = extra_headers
         self._origin_timeout = origin_timeout
+        self._dfdaemon = dfdaemon
+        self._keep = keep
         self._runner: web.AppRunner | None = None
         self._fills: FillRunner | None = None
+        self._upstream: Upstream | None = None
         self._session: aiohttp.ClientSession | None = None
         self.address: tuple[str, int] = ("127.0.0.1", 0)
 
@@ -105,9 +116,14 @@ class CacheServer:
                 total=None, connect=30, sock_connect=30, sock_read=self._origin_timeout
             ),
         )
-        self._fills = FillRunner(
-            self.store, self._metrics, self._session, extra_headers=self._extra_headers
+        self._upstream = Upstream(
+            self._session,
+            self._metrics,
+            extra_headers=self._extra_headers,
+            read_timeout=self._origin_timeout,
+            dfdaemon=self._dfdaemon,
         )
+        self._fills = FillRunner(self.store, self._metrics, self._upstream, keep=self._keep)
         app = web.Application()
         app.router.add_get("/", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -145,36 +161,35 @@ class CacheServer:
         if meta is not None:
             self._metrics.cache_hits.inc()
             if request.method == "HEAD":
-                headers = {**entry_headers(meta, None), CACHE_STATUS_HEADER: "HIT"}
-                return await _headers_only(request, 200, {**headers, TASK_ID_HEADER: key})
+                headers = {**entry_headers(meta, None), **hit_headers(key)}
+                return await _headers_only(request, 200, headers)
             return await self._serve_entry(request, key, meta)
         if request.method == "HEAD":
             return await self._head_origin(request, ticket)
         self._metrics.cache_misses.inc()
         assert self._fills is not None
-        fill = self._fills.get_or_start(key, ticket.identity.url, ticket.signed_url)
+        fill = self._fills.get_or_start(
+            key, ticket.identity.url, ticket.signed_url, ticket.filtered
+        )
         return await self._serve_fill(request, key, fill)
 
     async def _head_origin(self, request: web.Request, ticket: Ticket) -> web.StreamResponse:
         """A HEAD for an object not in the cache: ask the origin; fill nothing."""
-        assert self._session is not None
+        assert self._upstream is not None
         key = ticket.identity.task_id
         try:
-            async with self._session.head(
-                yarl.URL(ticket.signed_url, encoded=True), headers=self._extra_headers
-            ) as origin:
-                size = origin.content_length if origin.status == 200 else None
-                headers = object_headers(kept_headers(origin.headers), size, None)
-                if origin.status != 200 and origin.content_length is not None:
-                    headers["Content-Length"] = str(origin.content_length)
-                status = origin.status
-        except TimeoutError:
-            return _failure_response(UpstreamError("origin timed out", status=504), key)
-        except aiohttp.ClientError as error:
-            failure = UpstreamError(f"origin unreachable: {type(error).__name__}")
-            return _failure_response(failure, key)
-        headers.update({CACHE_STATUS_HEADER: "MISS", TASK_ID_HEADER: key})
-        return await _headers_only(request, status, headers)
+            reply = await self._upstream.open("HEAD", ticket.signed_url, ticket.filtered)
+        except UpstreamError as error:
+            return _failure_response(error, key)
+        reply.close()
+        size = reply.content_length if reply.status == 200 else None
+        headers = object_headers(kept_headers(reply.headers), size, None)
+        if reply.status != 200 and reply.content_length is not None:
+            headers["Content-Length"] = str(reply.content_length)
+        headers.update(
+            {CACHE_STATUS_HEADER: "MISS", TASK_ID_HEADER: key, ROUTE_HEADER: reply.route}
+        )
+        return await _headers_only(request, reply.status, headers)
 
     async def _serve_entry(
         self, request: web.Request, key: str, meta: EntryMeta
@@ -185,14 +200,14 @@ class CacheServer:
             return _unsatisfiable(meta.size)
         response = web.StreamResponse(status=206 if byte_range else 200)
         response.headers.update(entry_headers(meta, byte_range))
-        response.headers.update({CACHE_STATUS_HEADER: "HIT", TASK_ID_HEADER: key})
+        response.headers.update(hit_headers(key))
         fill = Fill.complete(key, self.store.data_path(key), meta.size)
         return await self._stream(request, response, fill, byte_range)
 
     async def _serve_fill(self, request: web.Request, key: str, fill: Fill) -> web.StreamResponse:
         await fill.headers_ready.wait()
         if fill.error is not None and not fill.headers_published:
-            return _failure_response(fill.error, key)
+            return _failure_response(fill.error, fill.task_id)
         try:
             byte_range = (
                 parse_range(request.headers.get("Range"), fill.size)
@@ -203,7 +218,9 @@ class CacheServer:
             return _unsatisfiable(fill.size or 0)
         response = web.StreamResponse(status=206 if byte_range else 200)
         response.headers.update(object_headers(fill.headers, fill.size, byte_range))
-        response.headers.update({CACHE_STATUS_HEADER: "MISS", TASK_ID_HEADER: key})
+        response.headers.update(
+            {CACHE_STATUS_HEADER: "MISS", TASK_ID_HEADER: fill.task_id, ROUTE_HEADER: fill.route}
+        )
         return await self._stream(request, response, fill, byte_range)
 
     async def _stream(

@@ -1,0 +1,146 @@
+"""Where bytes come from: the node's dfdaemon (P2P) when one is configured, the origin
+directly otherwise or as a fallback. Either way the caller gets one shape of reply.
+
+The fallback applies only before the first byte: once a body has started, its failure is the
+client's failed transfer, never a silent switch to another source mid-stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import yarl
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from shim._errors import UpstreamError
+from shim.dfdaemon import DragonflyOptions, dragonfly_headers, request_via_dfdaemon, task_id_from
+from shim.metrics import Metrics
+
+log = logging.getLogger("shim.upstream")
+
+_CHUNK = 1 << 20
+
+
+@dataclass
+class UpstreamReply:
+    status: int
+    headers: CIMultiDictProxy[str]
+    content_length: int | None
+    route: str  # "direct", "dfdaemon", or "fallback" (direct after the dfdaemon failed)
+    task_id: str | None  # the dfdaemon's, when it answered
+    chunks: Callable[[], AsyncIterator[bytes]]
+    close: Callable[[], None]
+
+    async def head_of_body(self, limit: int = 65536) -> bytes:
+        """Up to ``limit`` bytes of the body: enough of an error page to pass on."""
+        body = b""
+        async for chunk in self.chunks():
+            body += chunk
+            if len(body) >= limit:
+                break
+        return body[:limit]
+
+
+@dataclass(frozen=True, slots=True)
+class DfdaemonRoute:
+    address: tuple[str, int]
+    options: DragonflyOptions
+    fallback: bool
+    connect_timeout: float
+
+
+class Upstream:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        *,
+        extra_headers: Mapping[str, str],
+        read_timeout: float,
+        dfdaemon: DfdaemonRoute | None,
+    ) -> None:
+        self._session = session
+        self._metrics = metrics
+        # Identity always: a compressed variant must never become the object.
+        self._headers = {**extra_headers, "Accept-Encoding": "identity"}
+        self._read_timeout = read_timeout
+        self._dfdaemon = dfdaemon
+
+    async def open(self, method: str, signed_url: str, filtered: Sequence[str]) -> UpstreamReply:
+        """Send ``method`` for ``signed_url``; return once the response headers arrived."""
+        route = "direct"
+        # dfdaemons put GETs only on the P2P network; anything else goes straight out.
+        if self._dfdaemon is not None and method == "GET":
+            try:
+                return await self._via_dfdaemon(self._dfdaemon, signed_url, filtered)
+            except UpstreamError as error:
+                if not self._dfdaemon.fallback:
+                    self._metrics.dfdaemon_requests.labels(result="failed").inc()
+                    raise UpstreamError(f"{error}; fallback to the origin is off") from None
+                self._metrics.dfdaemon_requests.labels(result="fallback").inc()
+                log.warning("%s; fetching from the origin directly", error)
+                route = "fallback"
+        return await self._direct(method, signed_url, route)
+
+    async def _via_dfdaemon(
+        self, dfdaemon: DfdaemonRoute, signed_url: str, filtered: Sequence[str]
+    ) -> UpstreamReply:
+        headers = {**self._headers, **dragonfly_headers(dfdaemon.options, filtered)}
+        reply = await request_via_dfdaemon(
+            dfdaemon.address,
+            "GET",
+            signed_url,
+            headers,
+            connect_timeout=dfdaemon.connect_timeout,
+            read_timeout=self._read_timeout,
+        )
+        if reply.status >= 500:
+            # Its own failure, or the origin's: either way nothing was sent yet, and the
+            # origin asked directly tells which.
+            reply.close()
+            raise UpstreamError(f"dfdaemon answered {reply.status}")
+        task_id = task_id_from(reply.headers)
+        self._metrics.dfdaemon_requests.labels(result="ok").inc()
+        if task_id:
+            self._metrics.dfdaemon_tasks.labels(task_id=task_id).inc()
+        return UpstreamReply(
+            status=reply.status,
+            headers=CIMultiDictProxy(CIMultiDict(reply.headers)),
+            content_length=reply.content_length,
+            route="dfdaemon",
+            task_id=task_id,
+            chunks=reply.chunks,
+            close=reply.close,
+        )
+
+    async def _direct(self, method: str, signed_url: str, route: str) -> UpstreamReply:
+        try:
+            response = await self._session.request(
+                method, yarl.URL(signed_url, encoded=True), headers=self._headers
+            )
+        except TimeoutError:
+            raise UpstreamError("origin timed out before answering", status=504) from None
+        except aiohttp.ClientError as error:
+            raise UpstreamError(f"origin unreachable: {type(error).__name__}") from None
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.content.iter_chunked(_CHUNK):
+                    yield chunk
+            except TimeoutError:
+                raise UpstreamError("origin stalled", status=504) from None
+            except aiohttp.ClientError as error:
+                raise UpstreamError(f"origin failed: {type(error).__name__}") from None
+
+        return UpstreamReply(
+            status=response.status,
+            headers=response.headers,
+            content_length=response.content_length,
+            route=route,
+            task_id=None,
+            chunks=chunks,
+            close=response.release,
+        )
