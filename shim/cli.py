@@ -67,8 +67,9 @@ async def _serve(settings: Settings) -> int:
 
 
 def _settings_or_exit(args: argparse.Namespace) -> Settings | None:
+    """Settings for a command that signs nothing: bucket credentials are not read."""
     try:
-        return load_settings(args.config, env=os.environ)
+        return load_settings(args.config, env=os.environ, credentials=False)
     except ConfigError as error:
         print(f"shim: {error}", file=sys.stderr)
         return None

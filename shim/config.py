@@ -306,13 +306,16 @@ def _resolve_env_credentials(raw: Mapping[str, Any], env: Mapping[str, str]) -> 
     return {**raw, "buckets": resolved}
 
 
-def settings_from_mapping(raw: Any, *, env: Mapping[str, str], source: str = "config") -> Settings:
+def settings_from_mapping(
+    raw: Any, *, env: Mapping[str, str], source: str = "config", credentials: bool = True
+) -> Settings:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level")
     try:
-        return Settings.model_validate(_resolve_env_credentials(raw, env))
+        resolved = _resolve_env_credentials(raw, env) if credentials else raw
+        return Settings.model_validate(resolved)
     except ValidationError as error:
         raise ConfigError(_describe(error, source)) from None
 
@@ -368,10 +371,12 @@ def load_settings(
     *,
     env: Mapping[str, str],
     overrides: Mapping[str, Any] | None = None,
+    credentials: bool = True,
 ) -> Settings:
     """Build Settings from, in order of precedence: ``path`` (or ``SHIM_CONFIG``), else the
     dragonfly-endpoint config named by ``DRAGONFLY_ENDPOINT_CONFIG``, else the defaults;
-    then ``overrides`` (command-line flags) on top.
+    then ``overrides`` (command-line flags) on top. ``credentials=False`` leaves ``source:
+    env`` credentials unread, for commands that sign nothing (``shim ca``, ``shim env``).
     """
     raw: Any
     if path is None and env.get("SHIM_CONFIG"):
@@ -396,4 +401,4 @@ def load_settings(
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{source}: expected a mapping of keys at the top level")
         raw = {**raw, **overrides}
-    return settings_from_mapping(raw, env=env, source=source)
+    return settings_from_mapping(raw, env=env, source=source, credentials=credentials)

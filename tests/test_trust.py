@@ -54,7 +54,12 @@ def test_ca_writes_the_ca_and_a_truststore_holding_jdk_and_shim_cas(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "shim.yaml"
-    config.write_text(f"confdir: {tmp_path / 'conf'}\n")
+    # A bucket whose credentials come from variables this step does not have: it signs nothing.
+    config.write_text(
+        f"confdir: {tmp_path / 'conf'}\n"
+        "buckets: [{provider: s3, bucket: b, credentials: {source: env, "
+        "access_key_id_env: SHIM_TEST_UNSET_KEY, secret_access_key_env: SHIM_TEST_UNSET}}]\n"
+    )
     assert main(["ca", "--config", str(config), "--out", str(tmp_path / "out")]) == 0
     pem = (tmp_path / "out" / "shim-ca.pem").read_text()
     # The same CA the proxy will sign with, created in confdir.
