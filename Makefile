@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= $(shell scripts/find-python)
 
-.PHONY: run test check deps lint typecheck bench clean
+.PHONY: run test check deps lint typecheck bench bench-dragonfly clean
 
 run: $(VENV)/.installed
 	$(BIN)/shim run $(ARGS)
@@ -27,13 +27,16 @@ typecheck: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed tests/servers/node_modules/.installed
 	$(BIN)/python -m bench.bench_s3 $(ARGS)
 
+bench-dragonfly: $(VENV)/.dev-installed tests/servers/node_modules/.installed deps
+	$(BIN)/python -m bench.bench_dragonfly $(ARGS)
+
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.installed tests/servers/node_modules/.installed
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 tests/servers/node_modules/.installed: tests/servers/package-lock.json

@@ -67,7 +67,6 @@ class ShimAddon:
         self._signers: dict[BucketConfig, Signer] = {}
         self._cache: CacheServer | None = None
         self._admin: AdminServer | None = None
-        self._trimmers: set[asyncio.Task[None]] = set()
         self.ready = False
 
     # -- options ------------------------------------------------------------------------------
@@ -245,13 +244,11 @@ class ShimAddon:
             flow.response = http.Response.make(416, b"", {"Content-Range": f"bytes */{meta.size}"})
             return True
         store.pin(meta.key)
-        body, trimmer = map_entry(
+        body = map_entry(
             store.data_path(meta.key),
             byte_range or ByteRange(0, meta.size - 1),
             lambda: store.unpin(meta.key),
         )
-        self._trimmers.add(trimmer)
-        trimmer.add_done_callback(self._trimmers.discard)
         headers = {**entry_headers(meta, byte_range), **hit_headers(meta.key)}
         flow.response = http.Response.make(206 if byte_range else 200, b"", headers)
         # raw_content is the body as mitmproxy sends it; a view avoids a copy of the object.

@@ -188,7 +188,13 @@ def _run(cmd: Sequence[str], *, cwd: Path, what: str, timeout: float = 300.0) ->
 
 
 def _archive(
-    out_dir: Path, name: str, handler_source: str, handler_file: str, *, pt_script: str = ""
+    out_dir: Path,
+    name: str,
+    handler_source: str,
+    handler_file: str,
+    *,
+    pt_script: str = "",
+    extra_files: Sequence[Path] = (),
 ) -> Path:
     venv = torchserve_venv()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -215,6 +221,8 @@ def _archive(
                 what="TorchScript export",
             )
             cmd += ["--serialized-file", f"{name}.pt"]
+        if extra_files:
+            cmd += ["--extra-files", ",".join(str(path.resolve()) for path in extra_files)]
         _run(cmd, cwd=build_dir, what="torch-model-archiver")
     archive = out_dir / f"{name}.mar"
     if not archive.is_file():
@@ -222,9 +230,12 @@ def _archive(
     return archive
 
 
-def build_echo_archive(out_dir: Path, *, name: str = "echo") -> Path:
-    """Build ``out_dir/NAME.mar``: a handler-only model answering `echo_reply(body)`."""
-    return _archive(out_dir, name, _ECHO_HANDLER, "echo_handler.py")
+def build_echo_archive(
+    out_dir: Path, *, name: str = "echo", extra_files: Sequence[Path] = ()
+) -> Path:
+    """Build ``out_dir/NAME.mar``: a handler-only model answering `echo_reply(body)`;
+    ``extra_files`` ride along (weights, to make an archive of a realistic size)."""
+    return _archive(out_dir, name, _ECHO_HANDLER, "echo_handler.py", extra_files=extra_files)
 
 
 def build_linear_archive(out_dir: Path, *, name: str = "linear") -> tuple[Path, LinearExpectation]:
