@@ -16,6 +16,17 @@ const { parseArgs } = require('node:util')
 const S3rver = require('@20minutes/s3rver')
 const { DUMMY_ACCOUNT } = require('@20minutes/s3rver/lib/models/account')
 const S3Error = require('@20minutes/s3rver/lib/models/error')
+const FilesystemStore = require('@20minutes/s3rver/lib/stores/filesystem')
+
+// s3rver 5.0.0 reads a range end of 0 as "to the end" (`options.end || Infinity`), so
+// `Range: bytes=0-0`, with which the Rust dfdaemon probes an object's size, got the whole
+// object where S3 sends one byte. A truthy 0 (a Number object) gets its arithmetic right.
+const { getObject } = FilesystemStore.prototype
+FilesystemStore.prototype.getObject = function getObjectWithZeroEnd(bucket, key, options) {
+  // eslint-disable-next-line no-new-wrappers
+  const fixed = options && options.end === 0 ? { ...options, end: new Number(0) } : options
+  return getObject.call(this, bucket, key, fixed)
+}
 
 function parseOptions() {
   const { values } = parseArgs({

@@ -1,0 +1,182 @@
+"""Through real Dragonfly: a scheduler and Rust dfdaemons on loopback, one per "node", each node
+with its own shim. The origin is a strict s3rver behind a relay that counts what it serves.
+
+The dfdaemons are given no proxy rule: only shim's `X-Dragonfly-Use-P2P: true` puts a request
+on the P2P network, and only its filter headers make re-signed URLs one task.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shim.taskid import rust_task_id
+from tests.support.dragonfly import (
+    Dfdaemon,
+    Scheduler,
+    require_dragonfly,
+    start_dfdaemon,
+    start_scheduler,
+)
+from tests.support.http import via_proxy
+from tests.support.relay import Relay
+from tests.support.servers import REPO_ROOT, S3Server, put_object, s3_client, start_s3rver
+from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
+
+pytestmark = [pytest.mark.slow, pytest.mark.dragonfly]
+require_dragonfly()
+
+BUCKET = "p2p"
+# Node B signs with other credentials, so its signatures never equal node A's.
+KEY_B = ("NODEBKEY", "node-b-secret")
+
+
+@dataclass
+class Node:
+    dfdaemon: Dfdaemon
+    shim: ShimProcess
+
+
+@dataclass
+class Cluster:
+    origin: S3Server
+    relay: Relay
+    scheduler: Scheduler
+    a: Node
+    b: Node
+
+    def url(self, key: str) -> str:
+        return f"{self.relay.endpoint}/{BUCKET}/{key}"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("p2p")
+    with (
+        start_s3rver(tmp / "origin", extra_key_pairs=dict([KEY_B])) as origin,
+        Relay(origin.host, origin.port) as relay,
+        start_scheduler(tmp / "scheduler") as scheduler,
+        start_dfdaemon(tmp / "dfa", name="node-a", scheduler=scheduler, proxy_rules=[]) as dfa,
+        start_dfdaemon(tmp / "dfb", name="node-b", scheduler=scheduler, proxy_rules=[]) as dfb,
+        start_shim(
+            tmp / "shim-a",
+            {
+                "dfdaemon": {"url": dfa.proxy_url, "fallback": False},
+                "buckets": [s3_bucket_config(BUCKET, relay.endpoint)],
+            },
+        ) as shim_a,
+        start_shim(
+            tmp / "shim-b",
+            {
+                "dfdaemon": {"url": dfb.proxy_url, "fallback": False},
+                "buckets": [s3_bucket_config(BUCKET, relay.endpoint, *KEY_B)],
+            },
+        ) as shim_b,
+    ):
+        s3_client(origin).create_bucket(Bucket=BUCKET)
+        yield Cluster(origin, relay, scheduler, Node(dfa, shim_a), Node(dfb, shim_b))
+
+
+def test_two_nodes_share_one_origin_fetch_and_one_task(cluster: Cluster) -> None:
+    body = os.urandom(12 * 1024 * 1024)
+    put_object(s3_client(cluster.origin), BUCKET, "model v1.mar", body)
+    url = cluster.url("model%20v1.mar")
+    cluster.relay.reset_counters()
+    first = via_proxy(cluster.a.shim.proxy_port, url)
+    assert (first.status, first.headers["X-Shim-Route"]) == (200, "dfdaemon")
+    assert first.body == body
+    origin_bytes = cluster.relay.bytes_down
+    assert len(body) <= origin_bytes < len(body) + 64 * 1024
+    second = via_proxy(cluster.b.shim.proxy_port, url)
+    assert (second.status, second.headers["X-Shim-Route"]) == (200, "dfdaemon")
+    assert second.body == body
+    # One Dragonfly task for both signatures, and the object came from node A: the origin
+    # only answered node B's size probe (a one-byte range), not the object again.
+    assert second.headers["X-Shim-Task-Id"] == first.headers["X-Shim-Task-Id"]
+    assert cluster.relay.bytes_down - origin_bytes < 4096
+    # shim's own computation (its cache key, `shim task-id`) agrees with this dfdaemon's.
+    assert first.headers["X-Shim-Task-Id"] == rust_task_id(url)
+    # Nothing kept twice: the dfdaemon caches, the shim's own cache stays empty.
+    assert cluster.a.shim.metrics()["shim_cache_entries"] == 0
+    task = first.headers["X-Shim-Task-Id"]
+    assert cluster.a.shim.metrics()[f'shim_dfdaemon_tasks_total{{task_id="{task}"}}'] == 1
+
+
+def test_the_same_node_twice_is_a_local_hit(cluster: Cluster) -> None:
+    body = os.urandom(3 * 1024 * 1024)
+    put_object(s3_client(cluster.origin), BUCKET, "local.mar", body)
+    url = cluster.url("local.mar")
+    assert via_proxy(cluster.a.shim.proxy_port, url).body == body
+    cluster.relay.reset_counters()
+    again = via_proxy(cluster.a.shim.proxy_port, url)
+    assert (again.status, again.body) == (200, body)
+    assert cluster.relay.bytes_down < 4096  # at most a size probe
+
+
+def test_an_origin_error_passes_through_the_dfdaemon(cluster: Cluster) -> None:
+    reply = via_proxy(cluster.a.shim.proxy_port, cluster.url("absent.mar"))
+    assert reply.status == 404
+
+
+def test_stopped_dfdaemon_falls_back_or_fails_clearly(cluster: Cluster, tmp_path: Path) -> None:
+    body = os.urandom(1024 * 1024)
+    put_object(s3_client(cluster.origin), BUCKET, "fallback.mar", body)
+    bucket = s3_bucket_config(BUCKET, cluster.relay.endpoint)
+    with (
+        start_dfdaemon(tmp_path / "dfc", name="node-c", scheduler=cluster.scheduler) as dfc,
+        start_shim(tmp_path / "on", {"dfdaemon": dfc.proxy_url, "buckets": [bucket]}) as on,
+        start_shim(
+            tmp_path / "off",
+            {"dfdaemon": {"url": dfc.proxy_url, "fallback": False}, "buckets": [bucket]},
+        ) as off,
+    ):
+        dfc.stop()
+        url = cluster.url("fallback.mar")
+        fell_back = via_proxy(on.proxy_port, url)
+        assert (fell_back.status, fell_back.body) == (200, body)
+        assert fell_back.headers["X-Shim-Route"] == "fallback"
+        assert on.metrics()['shim_dfdaemon_requests_total{result="fallback"}'] == 1
+        failed = via_proxy(off.proxy_port, url)
+        assert failed.status == 502
+        assert b"dfdaemon unreachable" in failed.body
+        assert b"fallback to the origin is off" in failed.body
+
+
+@pytest.mark.torchserve
+def test_torchserve_registers_a_model_through_shim_and_dfdaemon(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    from tests.support.torchserve import (
+        build_echo_archive,
+        echo_reply,
+        require_torchserve,
+        start_torchserve,
+    )
+
+    require_torchserve()
+    archive = build_echo_archive(tmp_path / "archives")
+    put_object(s3_client(cluster.origin), BUCKET, "echo.mar", archive.read_bytes())
+    printed = subprocess.run(
+        [sys.executable, "-m", "shim", "env", "--proxy",
+         f"127.0.0.1:{cluster.b.shim.proxy_port}", "--non-proxy-hosts", ""],
+        check=True, capture_output=True, text=True, cwd=REPO_ROOT,
+    ).stdout  # fmt: skip
+    (line,) = [ln for ln in printed.splitlines() if ln.startswith("export JAVA_TOOL_OPTIONS=")]
+    options = shlex.split(line.removeprefix("export JAVA_TOOL_OPTIONS="))[0]
+    before = cluster.b.shim.metrics()
+    with start_torchserve(tmp_path / "ts", java_tool_options=options) as ts:
+        status, text = ts.register(cluster.url("echo.mar"))
+        assert status == 200, text
+        assert ts.scale("echo")[0] == 200
+        assert ts.predict("echo", b"p2p") == (200, echo_reply(b"p2p"))
+        assert (ts.model_store / "echo.mar").read_bytes() == archive.read_bytes()
+    after = cluster.b.shim.metrics()
+    ok = 'shim_dfdaemon_requests_total{result="ok"}'
+    assert after[ok] - before.get(ok, 0) == 1

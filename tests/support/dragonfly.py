@@ -1,0 +1,503 @@
+"""Real Dragonfly P2P components on loopback, for integration tests and benchmarks.
+
+`start_scheduler` runs the Go scheduler (d7y.io/dragonfly/v2 v2.5.1) without a manager, from a
+local dynconfig file; `start_dfdaemon` / `start_dfdaemons` run Rust dfdaemons (crate
+dragonfly-client 1.5.10, the dfdaemon deployed today) that register with it. Both binaries come
+from `scripts/build-dragonfly`, which caches them outside the repo (see `dragonfly_bin_dir`). The
+Go dfdaemon (`dfget daemon`) cannot be built here with verified checksums: see that script.
+
+Each process gets its own ports (free ones from the OS, all on 127.0.0.1), its own directories
+under `workdir` and, for dfdaemons, its own `host.hostname`: the scheduler never pairs two peers
+of one host (a host ID is "IP-hostname"), and two same-host dfdaemons with one hostname silently
+both fetch from the origin. The scheduler's `backToSourceCount: 1` lets only the first peer of a
+task fetch from the origin; later peers download the pieces from it.
+
+What the origin sees: every peer first sends `GET` with `Range: bytes=0-0` (1 byte, to learn the
+headers and size), the first peer then fetches each 4 MiB piece once with a `Range` request, and
+later peers send nothing more. So "served once" means the body bytes, not the request count, and
+an origin that ignores `Range` makes dfdaemon answer 200 with an empty body and
+`X-Dragonfly-Error-Type: backend`.
+
+Typical use::
+
+    with start_scheduler(tmp / "sched") as scheduler, contextlib.ExitStack() as stack:
+        a, b = (stack.enter_context(d) for d in
+                start_dfdaemons(tmp, ["peer-a", "peer-b"], scheduler=scheduler))
+        via_proxy(a.proxy_port, url)   # origin -> a
+        via_proxy(b.proxy_port, url)   # a -> b: the origin only gets b's 1-byte probe
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-dragonfly"
+BIN_DIR_ENV = "SHIM_DRAGONFLY_BIN_DIR"
+
+SCHEDULER_VERSION = "v2.5.1"
+DFDAEMON_VERSION = "1.5.10"
+
+# Loopback only: every listener binds here and every peer advertises it.
+HOST = "127.0.0.1"
+
+# Straight to loopback, whatever *_proxy variables the environment holds.
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class DragonflyError(RuntimeError):
+    """A Dragonfly binary is missing or a process did not come up; the message says which."""
+
+
+def dragonfly_bin_dir() -> Path:
+    """The directory of the `scheduler` and `dfdaemon` binaries that scripts/build-dragonfly built.
+
+    `$SHIM_DRAGONFLY_BIN_DIR` if set, else `${XDG_CACHE_HOME:-~/.cache}/shim-ci/dragonfly/bin`.
+    Raises DragonflyError naming the build script if either binary is missing.
+    """
+    configured = os.environ.get(BIN_DIR_ENV)
+    if configured:
+        bin_dir = Path(configured)
+    else:
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        bin_dir = Path(cache) / "shim-ci" / "dragonfly" / "bin"
+    missing = [name for name in ("scheduler", "dfdaemon") if not os.access(bin_dir / name, os.X_OK)]
+    if missing:
+        raise DragonflyError(
+            f"Dragonfly binaries missing from {bin_dir}: {', '.join(missing)}. "
+            f"Build them with `{BUILD_SCRIPT.relative_to(REPO_ROOT)}` "
+            f"(scheduler {SCHEDULER_VERSION}, dfdaemon {DFDAEMON_VERSION}; "
+            f"`${BIN_DIR_ENV}` overrides the directory)."
+        )
+    return bin_dir
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that the OS says is free now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that the OS says is free now (the dfdaemon's QUIC listener)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class _Process:
+    """A started Dragonfly process: its log, its PID, and how to stop it."""
+
+    name: str
+    workdir: Path
+    process: subprocess.Popen[bytes] = field(repr=False)
+    # Unlinked temp file holding the process's stdout and stderr (its --console log).
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def output(self) -> str:
+        """What the process logged so far (stdout and stderr). Empty after `stop()`."""
+        if self._log is None:
+            return ""
+        fd = self._log.fileno()
+        # pread leaves alone the file offset the process shares with us and writes at.
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM by PID and wait; SIGKILL if it has not exited after `timeout` s.
+
+        Returns the exit code (negative: killed by that signal). Idempotent.
+        """
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.process.returncode
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@dataclass
+class Scheduler(_Process):
+    """A running scheduler; `stop()` (or leaving the `with` block) ends it."""
+
+    port: int = 0
+    config_path: Path = field(default=Path(), repr=False)
+    dynconfig_path: Path = field(default=Path(), repr=False)
+
+    @property
+    def addr(self) -> str:
+        """host:port of its gRPC service, as dfdaemons dial it."""
+        return f"{HOST}:{self.port}"
+
+
+@dataclass
+class Dfdaemon(_Process):
+    """A running dfdaemon; `stop()` (or leaving the `with` block) ends it."""
+
+    hostname: str = ""
+    proxy_port: int = 0
+    upload_port: int = 0
+    storage_tcp_port: int = 0
+    storage_quic_port: int = 0
+    health_port: int = 0
+    metrics_port: int = 0
+    stats_port: int = 0
+    config_path: Path = field(default=Path(), repr=False)
+
+    @property
+    def proxy_url(self) -> str:
+        """The HTTP proxy to send absolute-form requests to, e.g. `curl -x`."""
+        return f"http://{HOST}:{self.proxy_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{HOST}:{self.metrics_port}/metrics"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.workdir / "storage"
+
+
+def start_scheduler(
+    workdir: Path,
+    *,
+    back_to_source_count: int = 1,
+    config: Mapping[str, Any] | None = None,
+    timeout: float = 30.0,
+) -> Scheduler:
+    """Start a scheduler (no manager, local dynconfig in `workdir`) and wait until it serves.
+
+    `back_to_source_count` is how many peers of a task may fetch from the origin; with the
+    default 1 every later peer downloads from earlier ones. `config` is merged over the
+    generated scheduler.yaml (a section at a time).
+    """
+    bin_dir = dragonfly_bin_dir()
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    full: dict[str, Any] = {
+        "server": {
+            "advertiseIP": HOST,
+            "advertisePort": port,
+            "listenIP": HOST,
+            "port": port,
+            "host": "shim-scheduler",
+            "logDir": str(workdir / "log"),
+            "pluginDir": str(workdir / "plugins"),
+        },
+        "scheduler": {
+            "algorithm": "default",
+            "backToSourceCount": back_to_source_count,
+        },
+        "job": {"enable": False},
+    }
+    _merge(full, config or {})
+    config_path = workdir / "scheduler.yaml"
+    config_path.write_text(yaml.safe_dump(full))
+    dynconfig_path = workdir / "dynconfig.yaml"
+    cmd = [
+        str(bin_dir / "scheduler"),
+        "--config",
+        str(config_path),
+        "--dynconfig",
+        str(dynconfig_path),
+        "--console",
+    ]
+    with contextlib.ExitStack() as on_failure:
+        log = on_failure.enter_context(tempfile.TemporaryFile())
+        process = subprocess.Popen(
+            cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+        scheduler = Scheduler(
+            name="scheduler",
+            workdir=workdir,
+            process=process,
+            _log=log,
+            port=port,
+            config_path=config_path,
+            dynconfig_path=dynconfig_path,
+        )
+        on_failure.callback(scheduler.stop)
+        _wait_until(
+            scheduler,
+            time.monotonic() + timeout,
+            timeout,
+            lambda: "started grpc server" in scheduler.output() and _accepts(port),
+        )
+        on_failure.pop_all()
+    return scheduler
+
+
+def start_dfdaemon(
+    workdir: Path,
+    *,
+    name: str,
+    scheduler: Scheduler | None,
+    proxy_rules: Sequence[Mapping[str, Any]] | None = None,
+    config: Mapping[str, Any] | None = None,
+    log_level: str = "info",
+    timeout: float = 60.0,
+) -> Dfdaemon:
+    """Start a dfdaemon named `name` (its `host.hostname`) in `workdir` and wait until it serves.
+
+    `scheduler` is the scheduler it registers with. `None` points it at a port where nothing
+    listens: dfdaemon 1.5 then exits at once ("available schedulers not found"), so this raises
+    DragonflyError; it exists to test that failure. `proxy_rules` replaces the default
+    `[{"regex": ".*"}]` (every GET through P2P); a rule is `{"regex", "useTLS", "redirect",
+    "filteredQueryParams"}`, its regex matched against the URL without its query. `config` is
+    merged over the generated dfdaemon.yaml (a section at a time). Start-up takes about 3.5 s
+    (the first host announcement samples CPU, network and disk): to start several, use
+    `start_dfdaemons`, which waits for them together.
+    """
+    daemon = _launch_dfdaemon(
+        workdir,
+        name=name,
+        scheduler=scheduler,
+        proxy_rules=proxy_rules,
+        config=config,
+        log_level=log_level,
+    )
+    with contextlib.ExitStack() as on_failure:
+        on_failure.callback(daemon.stop)
+        _wait_dfdaemon(daemon, time.monotonic() + timeout, timeout)
+        on_failure.pop_all()
+    return daemon
+
+
+def start_dfdaemons(
+    workdir: Path,
+    names: Sequence[str],
+    *,
+    scheduler: Scheduler | None,
+    proxy_rules: Sequence[Mapping[str, Any]] | None = None,
+    config: Mapping[str, Any] | None = None,
+    log_level: str = "info",
+    timeout: float = 60.0,
+) -> list[Dfdaemon]:
+    """Start one dfdaemon per name, each in `workdir / name`, and wait for all of them at once.
+
+    Same arguments as `start_dfdaemon`. On failure every one of them is stopped. The caller
+    stops them (e.g. `contextlib.ExitStack.enter_context` on each).
+    """
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"dfdaemon names must differ (the scheduler pairs only distinct hosts): {names}"
+        )
+    with contextlib.ExitStack() as on_failure:
+        daemons: list[Dfdaemon] = []
+        for name in names:
+            daemon = _launch_dfdaemon(
+                workdir / name,
+                name=name,
+                scheduler=scheduler,
+                proxy_rules=proxy_rules,
+                config=config,
+                log_level=log_level,
+            )
+            on_failure.callback(daemon.stop)
+            daemons.append(daemon)
+        deadline = time.monotonic() + timeout
+        for daemon in daemons:
+            _wait_dfdaemon(daemon, deadline, timeout)
+        on_failure.pop_all()
+    return daemons
+
+
+def _launch_dfdaemon(
+    workdir: Path,
+    *,
+    name: str,
+    scheduler: Scheduler | None,
+    proxy_rules: Sequence[Mapping[str, Any]] | None,
+    config: Mapping[str, Any] | None,
+    log_level: str,
+) -> Dfdaemon:
+    """Write the config of a dfdaemon and start it, without waiting for it."""
+    bin_dir = dragonfly_bin_dir()
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", name):
+        raise ValueError(f"dfdaemon name must be a lowercase DNS label: {name!r}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports = {
+        "proxy": free_port(),
+        "upload": free_port(),
+        "storage_tcp": free_port(),
+        "storage_quic": free_udp_port(),
+        "health": free_port(),
+        "metrics": free_port(),
+        "stats": free_port(),
+    }
+    full: dict[str, Any] = {
+        "host": {"hostname": name, "ip": HOST},
+        "server": {
+            "pluginDir": str(workdir / "plugins"),
+            "cacheDir": str(workdir / "cache"),
+        },
+        "download": {"server": {"socketPath": str(workdir / "run" / "dfdaemon.sock")}},
+        "upload": {"server": {"ip": HOST, "port": ports["upload"]}},
+        "storage": {
+            "server": {
+                "ip": HOST,
+                "tcpPort": ports["storage_tcp"],
+                "quicPort": ports["storage_quic"],
+            },
+            "dir": str(workdir / "storage"),
+        },
+        "proxy": {
+            "server": {"ip": HOST, "port": ports["proxy"]},
+            "rules": [dict(rule) for rule in proxy_rules]
+            if proxy_rules is not None
+            else [{"regex": ".*"}],
+        },
+        "health": {"server": {"ip": HOST, "port": ports["health"]}},
+        "metrics": {"server": {"ip": HOST, "port": ports["metrics"]}},
+        "stats": {"server": {"ip": HOST, "port": ports["stats"]}},
+    }
+    _merge(full, config or {})
+    config_path = workdir / "dfdaemon.yaml"
+    config_path.write_text(yaml.safe_dump(full))
+    scheduler_addr = scheduler.addr if scheduler is not None else f"{HOST}:{free_port()}"
+    dynconfig_path = workdir / "dynconfig.yaml"
+    dynconfig_path.write_text(yaml.safe_dump({"scheduler": {"addrs": [scheduler_addr]}}))
+    cmd = [
+        str(bin_dir / "dfdaemon"),
+        "--config",
+        str(config_path),
+        "--dynconfig",
+        str(dynconfig_path),
+        "--log-dir",
+        str(workdir / "log"),
+        "--log-level",
+        log_level,
+        "--console",
+    ]
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (owned by the Dfdaemon, closed by stop())
+    try:
+        process = subprocess.Popen(
+            cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+    except BaseException:
+        log.close()
+        raise
+    return Dfdaemon(
+        name=name,
+        workdir=workdir,
+        process=process,
+        _log=log,
+        hostname=name,
+        proxy_port=ports["proxy"],
+        upload_port=ports["upload"],
+        storage_tcp_port=ports["storage_tcp"],
+        storage_quic_port=ports["storage_quic"],
+        health_port=ports["health"],
+        metrics_port=ports["metrics"],
+        stats_port=ports["stats"],
+        config_path=config_path,
+    )
+
+
+def _wait_dfdaemon(daemon: Dfdaemon, deadline: float, timeout: float) -> None:
+    _wait_until(
+        daemon,
+        deadline,
+        timeout,
+        lambda: _healthy(daemon.health_port) and _accepts(daemon.proxy_port),
+    )
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    """Merge `extra` into `base`, recursing into sections that are mappings on both sides."""
+    for key, value in extra.items():
+        current = base.get(key)
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            _merge(current, value)
+        else:
+            base[key] = value
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with _direct.open(f"http://{HOST}:{port}/healthy", timeout=1) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _wait_until(proc: _Process, deadline: float, timeout: float, ready: Callable[[], bool]) -> None:
+    """Poll `ready()` until true; raise DragonflyError with the process's log if the process
+    exits or the monotonic clock passes `deadline` (`timeout` s after the start) first."""
+    while True:
+        if proc.process.poll() is not None:
+            what = f"exited with code {proc.process.returncode}"
+        elif ready():
+            return
+        elif time.monotonic() > deadline:
+            what = f"was not ready after {timeout:.0f} s"
+        else:
+            time.sleep(0.05)
+            continue
+        raise DragonflyError(
+            f"{proc.name} (pid {proc.pid}, workdir {proc.workdir}) {what}.\n"
+            f"Output:\n{proc.output().strip() or '(none)'}"
+        )
+
+
+def require_dragonfly() -> None:
+    """Skip the calling test module when the Dragonfly binaries are missing, or fail it when
+    SHIM_REQUIRE_DRAGONFLY is set (non-empty, not "0"), as CI does."""
+    import pytest
+
+    try:
+        dragonfly_bin_dir()
+    except DragonflyError as exc:
+        if os.environ.get("SHIM_REQUIRE_DRAGONFLY", "") not in ("", "0"):
+            pytest.fail(f"SHIM_REQUIRE_DRAGONFLY is set but {exc}", pytrace=False)
+        pytest.skip(str(exc), allow_module_level=True)
