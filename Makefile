@@ -14,6 +14,7 @@ test: check deps
 # Real components the integration tests run, cached outside the repo (idempotent).
 deps:
 	scripts/install-torchserve
+	scripts/build-dragonfly
 
 check: lint typecheck
 
