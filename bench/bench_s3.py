@@ -27,9 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support.procs import free_port
 from tests.support.relay import Relay
 from tests.support.servers import REPO_ROOT, S3Server, s3_client, start_s3rver
-from tests.support.shim_process import free_port, s3_bucket_config, start_shim
+from tests.support.shim_process import s3_bucket_config, start_shim
 
 GIB = 1024**3
 BUCKET = "bench"

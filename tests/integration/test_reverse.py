@@ -9,8 +9,9 @@ from urllib.parse import quote
 import pytest
 
 from tests.support.http import direct
+from tests.support.procs import free_port
 from tests.support.servers import S3Server, put_object, s3_client
-from tests.support.shim_process import free_port, s3_bucket_config, start_shim
+from tests.support.shim_process import s3_bucket_config, start_shim
 
 pytestmark = pytest.mark.slow
 

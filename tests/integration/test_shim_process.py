@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,15 +15,14 @@ import pytest
 import yaml
 
 from tests.support.http import via_proxy
+from tests.support.procs import direct_opener, free_port
 from tests.support.servers import REPO_ROOT, S3Server, put_object, s3_client
-from tests.support.shim_process import free_port, s3_bucket_config, start_shim
+from tests.support.shim_process import s3_bucket_config, start_shim
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
 pytestmark = pytest.mark.slow
-
-_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +34,7 @@ def bucket(s3rver: S3Server) -> S3Client:
 
 def test_sigterm_stops_cleanly(tmp_path: Path, s3rver: S3Server) -> None:
     shim = start_shim(tmp_path, {"buckets": [s3_bucket_config("proc", s3rver.endpoint)]})
-    with _direct.open(f"{shim.admin}/healthz", timeout=5) as response:
+    with direct_opener.open(f"{shim.admin}/healthz", timeout=5) as response:
         assert (response.status, response.read()) == (200, b"ok\n")
     started = time.monotonic()
     assert shim.stop() == 0
@@ -182,7 +180,9 @@ def _wait_healthy(admin_port: int, process: subprocess.Popen[bytes]) -> None:
     while time.monotonic() < deadline:
         assert process.poll() is None, "the proxy exited during start-up"
         try:
-            with _direct.open(f"http://127.0.0.1:{admin_port}/healthz", timeout=1) as response:
+            with direct_opener.open(
+                f"http://127.0.0.1:{admin_port}/healthz", timeout=1
+            ) as response:
                 if response.status == 200:
                     return
         except OSError:

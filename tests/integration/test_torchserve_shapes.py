@@ -22,8 +22,9 @@ import pytest
 
 from tests.support.http import via_proxy
 from tests.support.netns import NetnsHost, make_test_host, require_netns
+from tests.support.procs import free_port
 from tests.support.servers import REPO_ROOT, S3Server, s3_client, start_s3rver
-from tests.support.shim_process import ShimProcess, free_port, s3_bucket_config, start_shim
+from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
 from tests.support.tls import make_pki
 from tests.support.torchserve import (
     LinearExpectation,

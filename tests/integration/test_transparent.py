@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.netns import NetnsHost, make_test_host, require_netns
+from tests.support.procs import free_port
 from tests.support.servers import S3Server, put_object, s3_client
-from tests.support.shim_process import ShimProcess, free_port, s3_bucket_config, start_shim
+from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
 
 pytestmark = pytest.mark.slow
 require_netns()

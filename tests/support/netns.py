@@ -14,9 +14,10 @@ import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import pytest
+
+from tests.support.procs import Stoppable
 
 _NETNS_ETC = Path("/etc/netns")
 
@@ -47,7 +48,7 @@ def _run(*args: str) -> None:
 
 
 @dataclass
-class NetnsHost:
+class NetnsHost(Stoppable):
     """A namespace ``name`` at ``address``, reaching this namespace at ``gateway``."""
 
     name: str
@@ -80,7 +81,7 @@ class NetnsHost:
     def _host_veth(self) -> str:
         return f"vh{self.name[-8:]}"
 
-    def close(self) -> None:
+    def stop(self) -> None:
         for command in reversed(self._undo):
             subprocess.run(command, capture_output=True, check=False)
         self._undo.clear()
@@ -88,17 +89,6 @@ class NetnsHost:
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
         if self._hosts_dir is not None:
             shutil.rmtree(self._hosts_dir, ignore_errors=True)
-
-    def __enter__(self) -> NetnsHost:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def make_test_host() -> NetnsHost:
@@ -120,6 +110,6 @@ def make_test_host() -> NetnsHost:
         _run(*inside, "ip", "link", "set", "lo", "up")
         _run(*inside, "ip", "route", "add", "default", "via", gateway)
     except BaseException:
-        host.close()
+        host.stop()
         raise
     return host

@@ -21,8 +21,9 @@ import struct
 import termios
 import threading
 import time
-from types import TracebackType
 from typing import Protocol
+
+from tests.support.procs import Stoppable
 
 # Large reads keep per-chunk overhead low enough for ~1 GB/s; asyncio never reads more than
 # 256 KiB at once anyway.
@@ -65,7 +66,7 @@ class _TokenBucket:
             await asyncio.sleep(delay)
 
 
-class Relay:
+class Relay(Stoppable):
     """Relays TCP connections from a local port to `target_host:target_port`."""
 
     def __init__(
@@ -145,14 +146,6 @@ class Relay:
     def __enter__(self) -> Relay:
         self.start()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def address(self) -> tuple[str, int]:

@@ -16,12 +16,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import IO, TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
+from tests.support.procs import Stoppable
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -42,7 +43,7 @@ class ServerStartError(RuntimeError):
 
 
 @dataclass
-class S3Server:
+class S3Server(Stoppable):
     """A running strict s3rver; `stop()` (or leaving the `with` block) ends it."""
 
     host: str
@@ -89,17 +90,6 @@ class S3Server:
         if self._log is not None:
             self._log.close()
             self._log = None
-
-    def __enter__(self) -> S3Server:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_s3rver(

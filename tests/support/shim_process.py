@@ -4,34 +4,22 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 import yaml
 
+from tests.support.procs import Stoppable, direct_opener, free_port
 from tests.support.servers import REPO_ROOT, ServerStartError
-
-# Straight to loopback, whatever *_proxy variables the environment holds.
-_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
-class ShimProcess:
+class ShimProcess(Stoppable):
     process: subprocess.Popen[bytes] = field(repr=False)
     proxy_port: int
     admin_port: int
@@ -64,7 +52,7 @@ class ShimProcess:
 
     def metrics(self) -> dict[str, float]:
         """The Prometheus samples of /metrics, by name with labels."""
-        with _direct.open(f"{self.admin}/metrics", timeout=5) as response:
+        with direct_opener.open(f"{self.admin}/metrics", timeout=5) as response:
             text = response.read().decode()
         samples = {}
         for line in text.splitlines():
@@ -84,17 +72,6 @@ class ShimProcess:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
-
-    def __enter__(self) -> ShimProcess:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def s3_bucket_config(
@@ -147,7 +124,7 @@ def start_shim(
             shim.stop()
             raise ServerStartError(f"shim exited with {process.returncode}:\n{output}")
         try:
-            with _direct.open(f"{shim.admin}/healthz", timeout=1) as response:
+            with direct_opener.open(f"{shim.admin}/healthz", timeout=1) as response:
                 if response.status == 200:
                     return shim
         except OSError:

@@ -29,12 +29,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 from urllib.parse import quote, urlencode
 
 import pytest
 
+from tests.support.procs import Stoppable
 from tests.support.servers import REPO_ROOT, ServerStartError
 
 VENV_ENV_VAR = "SHIM_TORCHSERVE_VENV"
@@ -308,7 +308,7 @@ def _wait_gone(pids: Sequence[int], timeout: float) -> bool:
 
 
 @dataclass
-class TorchServe:
+class TorchServe(Stoppable):
     """A running TorchServe; `stop()` (or leaving the `with` block) ends java and its workers."""
 
     launcher: subprocess.Popen[bytes] = field(repr=False)
@@ -510,17 +510,6 @@ class TorchServe:
         self._seen_workers.clear()
         if not self._output.closed:
             self._output.close()
-
-    def __enter__(self) -> TorchServe:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _host_for_url(host: str) -> str:
