@@ -20,6 +20,8 @@ from shim.cache.mapped import map_entry
 from shim.cache.server import (
     CACHE_STATUS_HEADER,
     ERROR_HEADER,
+    ROUTE_HEADER,
+    TASK_ID_HEADER,
     TICKET_HEADER,
     CacheServer,
     Ticket,
@@ -190,16 +192,19 @@ class ShimAddon:
         shim = flow.metadata.get("shim")
         if shim is None:
             return
-        state = flow.response.headers.get(CACHE_STATUS_HEADER, "-")
+        headers = flow.response.headers
+        state = headers.get(CACHE_STATUS_HEADER, "-")
         route = {"HIT": "hit", "MISS": "miss"}.get(state, "error")
         self.metrics.requests.labels(route=route).inc()
         log.info(
-            "%s %s -> %d %s task=%s",
+            "%s %s -> %d %s via %s task=%s",
             flow.request.method,
             shim["url"],
             flow.response.status_code,
             state,
-            shim["task_id"][:16],
+            headers.get(ROUTE_HEADER, "-"),
+            # The dfdaemon's own task ID when it reported one, else shim's computation.
+            headers.get(TASK_ID_HEADER, shim["task_id"]),
         )
 
     def error(self, flow: http.HTTPFlow) -> None:

@@ -180,3 +180,20 @@ def test_torchserve_registers_a_model_through_shim_and_dfdaemon(
     after = cluster.b.shim.metrics()
     ok = 'shim_dfdaemon_requests_total{result="ok"}'
     assert after[ok] - before.get(ok, 0) == 1
+
+
+def test_the_configured_tag_reaches_the_dfdaemon_and_names_another_task(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    body = os.urandom(512 * 1024)
+    put_object(s3_client(cluster.origin), BUCKET, "tagged.mar", body)
+    config = {
+        "dfdaemon": {"url": cluster.a.dfdaemon.proxy_url, "tag": "models-v2"},
+        "buckets": [s3_bucket_config(BUCKET, cluster.relay.endpoint)],
+    }
+    url = cluster.url("tagged.mar")
+    with start_shim(tmp_path / "tagged", config) as tagged:
+        reply = via_proxy(tagged.proxy_port, url)
+    assert (reply.status, reply.body) == (200, body)
+    assert reply.headers["X-Shim-Task-Id"] == rust_task_id(url, tag="models-v2")
+    assert reply.headers["X-Shim-Task-Id"] != rust_task_id(url)

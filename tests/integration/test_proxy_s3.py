@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support.http import direct, via_proxy
+from tests.support.http import Reply, direct, via_proxy
 from tests.support.relay import RelayFactory
 from tests.support.servers import S3Server, put_object, s3_client, start_s3rver
 from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
@@ -334,3 +334,31 @@ def test_plain_http_client_url_is_fetched_over_https(tmp_path: Path) -> None:
         with start_shim(tmp_path / "shim", config, env=env) as shim:
             reply = via_proxy(shim.proxy_port, plain_url)
             assert (reply.status, reply.body) == (200, body)
+
+
+# -- the size cap ----
+
+
+def test_size_cap_evicts_the_least_recently_used_entry(
+    tmp_path: Path, s3rver: S3Server, bucket: S3Client
+) -> None:
+    bodies = {key: os.urandom(1024 * 1024) for key in ("lru-a", "lru-b", "lru-c")}
+    for key, body in bodies.items():
+        put_object(bucket, BUCKET, key, body)
+    config = {
+        "cache": {"max_size": "2500KiB"},  # room for two of the three
+        "buckets": [s3_bucket_config(BUCKET, s3rver.endpoint)],
+    }
+    with start_shim(tmp_path / "shim", config) as shim:
+
+        def fetch(key: str) -> Reply:
+            return via_proxy(shim.proxy_port, object_url(s3rver.endpoint, key))
+
+        assert fetch("lru-a").headers["X-Shim-Cache"] == "MISS"
+        assert fetch("lru-b").headers["X-Shim-Cache"] == "MISS"
+        assert fetch("lru-a").headers["X-Shim-Cache"] == "HIT"  # a is now the most recent
+        third = fetch("lru-c")  # evicts b, the least recently used
+        assert (third.headers["X-Shim-Cache"], third.body) == ("MISS", bodies["lru-c"])
+        assert fetch("lru-a").headers["X-Shim-Cache"] == "HIT"
+        assert fetch("lru-b").headers["X-Shim-Cache"] == "MISS"
+        assert shim.metrics()["shim_cache_bytes"] <= 2500 * 1024
