@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import socket
 import subprocess
 import tempfile
@@ -42,10 +41,11 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any
 
 import yaml
+
+from tests.support.procs import Stoppable, direct_opener, free_port, require, terminate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-dragonfly"
@@ -56,9 +56,6 @@ DFDAEMON_VERSION = "1.5.10"
 
 # Loopback only: every listener binds here and every peer advertises it.
 HOST = "127.0.0.1"
-
-# Straight to loopback, whatever *_proxy variables the environment holds.
-_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class DragonflyError(RuntimeError):
@@ -88,14 +85,6 @@ def dragonfly_bin_dir() -> Path:
     return bin_dir
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that the OS says is free now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def free_udp_port() -> int:
     """A UDP port on 127.0.0.1 that the OS says is free now (the dfdaemon's QUIC listener)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -105,7 +94,7 @@ def free_udp_port() -> int:
 
 
 @dataclass
-class _Process:
+class _Process(Stoppable):
     """A started Dragonfly process: its log, its PID, and how to stop it."""
 
     name: str
@@ -134,28 +123,11 @@ class _Process:
 
         Returns the exit code (negative: killed by that signal). Idempotent.
         """
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        terminate(self.process, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
         return self.process.returncode
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 @dataclass
@@ -465,7 +437,7 @@ def _accepts(port: int) -> bool:
 
 def _healthy(port: int) -> bool:
     try:
-        with _direct.open(f"http://{HOST}:{port}/healthy", timeout=1) as response:
+        with direct_opener.open(f"http://{HOST}:{port}/healthy", timeout=1) as response:
             return bool(response.status == 200)
     except (OSError, urllib.error.URLError):
         return False
@@ -491,13 +463,8 @@ def _wait_until(proc: _Process, deadline: float, timeout: float, ready: Callable
 
 
 def require_dragonfly() -> None:
-    """Skip the calling test module when the Dragonfly binaries are missing, or fail it when
-    SHIM_REQUIRE_DRAGONFLY is set (non-empty, not "0"), as CI does."""
-    import pytest
-
+    """Skip the calling test module without the binaries (fail it under SHIM_REQUIRE_DRAGONFLY)."""
     try:
         dragonfly_bin_dir()
     except DragonflyError as exc:
-        if os.environ.get("SHIM_REQUIRE_DRAGONFLY", "") not in ("", "0"):
-            pytest.fail(f"SHIM_REQUIRE_DRAGONFLY is set but {exc}", pytrace=False)
-        pytest.skip(str(exc), allow_module_level=True)
+        require("SHIM_REQUIRE_DRAGONFLY", str(exc))

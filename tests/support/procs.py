@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import urllib.request
 from typing import Self
+
+import pytest
 
 # Straight to loopback, whatever *_proxy variables the environment holds.
 direct_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -29,3 +34,26 @@ class Stoppable:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM by PID and wait; SIGKILL if it has not exited after ``timeout`` seconds.
+    Returns the exit code (negative: the signal that ended it). Idempotent."""
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.returncode
+
+
+def require(env_var: str, missing: str | None) -> None:
+    """For a test module that needs a component: go on when ``missing`` is None; else skip the
+    module, or fail it when ``env_var`` is set (non-empty, not "0"), as CI does."""
+    if missing is None:
+        return
+    if os.environ.get(env_var, "") not in ("", "0"):
+        pytest.fail(f"{env_var} is set but {missing}", pytrace=False)
+    pytest.skip(missing, allow_module_level=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -22,7 +21,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.support.procs import Stoppable
+from tests.support.procs import Stoppable, terminate
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -78,13 +77,7 @@ class S3Server(Stoppable):
 
     def stop(self, timeout: float = 10.0) -> None:
         """Send SIGTERM to the server's PID and wait for it; SIGKILL if it does not exit."""
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        terminate(self.process, timeout)
         if self.process.stdin is not None:
             self.process.stdin.close()
         if self._log is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -14,7 +13,7 @@ from typing import IO, Any
 
 import yaml
 
-from tests.support.procs import Stoppable, direct_opener, free_port
+from tests.support.procs import Stoppable, direct_opener, free_port, terminate
 from tests.support.servers import REPO_ROOT, ServerStartError
 
 
@@ -63,15 +62,9 @@ class ShimProcess(Stoppable):
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM by PID and wait; returns the exit code."""
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        code = terminate(self.process, timeout)
         self._log.close()
-        return self.process.returncode
+        return code
 
 
 def s3_bucket_config(
