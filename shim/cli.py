@@ -14,6 +14,7 @@ from typing import Any
 
 from shim._errors import ConfigError
 from shim.config import Settings, load_settings, split_host_port
+from shim.identity import filtered_params
 from shim.taskid import go_task_id, rust_task_id
 from shim.trust import (
     JAVA_NON_PROXY_HOSTS,
@@ -104,15 +105,20 @@ def _env(args: argparse.Namespace) -> int:
 
 
 def _task_id(args: argparse.Namespace) -> int:
-    filtered = args.filter.split(",") if args.filter else ()
+    if args.filter is None:
+        filtered = filtered_params("s3")  # what shim sends for a signed S3 URL
+    else:
+        filtered = tuple(name for name in args.filter.split(",") if name)
     try:
         rust = rust_task_id(args.url, filtered=filtered)
+        rust_0_2 = rust_task_id(args.url, filtered=filtered, client="0.2.28")
     except ValueError as error:
         print(f"shim: cannot compute a task ID: {error}", file=sys.stderr)
         return 2
     go = go_task_id(args.url, filtered=filtered)
-    print(f"rust dfdaemon (dragonfly-client 0.2.28 and later): {rust}")
-    print(f"go dfdaemon (dfget 2.3.4 and earlier):             {go}")
+    print(f"rust dfdaemon (dragonfly-client 1.5):    {rust}")
+    print(f"rust dfdaemon (dragonfly-client 0.2.28): {rust_0_2}")
+    print(f"go dfdaemon (dfget 2.3.4 and earlier):   {go}")
     return 0
 
 
@@ -156,7 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         "task-id", help="print the Dragonfly task IDs both dfdaemon generations compute for URL"
     )
     task_id.add_argument("url")
-    task_id.add_argument("--filter", default="", help="comma-separated query parameters to drop")
+    task_id.add_argument(
+        "--filter",
+        default=None,
+        help="comma-separated query parameters to drop (default: the S3 signature parameters "
+        "shim sends in its filter headers; '' for none)",
+    )
     task_id.set_defaults(handler=_task_id)
     return parser
 

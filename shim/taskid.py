@@ -17,11 +17,13 @@ the older lenient way (IP literals not validated, the port taken after the last
 colon), and no cap on the number of query parameters.
 
 Rust dfdaemon (dragonflyoss/client): ``rust_task_id`` is ``IDGenerator::task_id`` for
-``TaskIDParameter::URLBased`` and ``rust_filter_query`` its URL step, as changed in
-client v0.2.28 (the task type joined the hash). The algorithm had changed before at
-v0.1.99, v0.1.114 and v0.2.13, and changed again in client PR #2014 (keys sorted,
-Go-style escaping, the URL left alone when nothing is filtered); releases from that
-PR on are not matched, nor is the ``revision`` newer clients hash when one is set.
+``TaskIDParameter::URLBased`` and ``rust_filter_query`` its URL step, in two
+generations: ``client="1.5"`` (the default: keys sorted and escaped Go-style as the
+scheduler does, the URL left alone when nothing is filtered, a revision hashed when
+set; checked against the real dfdaemon 1.5.10 in tests/integration/test_dragonfly.py)
+and ``client="0.2.28"`` (from v0.2.28, when the task type joined the hash, until the
+client sorted the query in PR #2014). The algorithm had changed before at v0.1.99,
+v0.1.114 and v0.2.13: an ID is only comparable with a known dfdaemon version.
 
 The URL is parsed, normalised and serialised by ada-url (``ada_url``, bindings of
 the ada C++ parser of the WHATWG URL standard, which the ``url`` crate 2.5 follows
@@ -67,6 +69,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import ada_url
 
@@ -518,18 +521,30 @@ def _crate_path(url: str, path: str) -> str:
     raise ValueError(f"cannot work around the '^' in {url!r}")
 
 
-def rust_filter_query(url: str, filtered: Iterable[str]) -> str:
-    """Canonical URL the Rust dfdaemon (v0.2.28) hashes, without the ``filtered`` keys.
+RustClient = Literal["1.5", "0.2.28"]
 
-    The URL is always parsed and re-serialised the WHATWG way (by ada-url), even with
-    nothing to filter: scheme and host lowercased, default port dropped, dot segments
-    resolved, an empty path becomes "/". The query is rebuilt from its decoded pairs
-    in their original order, form-encoded ('+' for space), and removed when no pair is
-    left. Keys are compared after decoding, exactly and case-sensitively. Trailing '/'
-    are then stripped when the path is just "/". Raises ValueError where the crate
-    fails, and for every ``file:`` URL (see the module docstring).
+
+def rust_filter_query(url: str, filtered: Iterable[str], *, client: RustClient = "1.5") -> str:
+    """Canonical URL the Rust dfdaemon hashes, without the ``filtered`` keys.
+
+    ``client="1.5"`` (dragonfly-client 1.5, checked against dfdaemon 1.5.10): a URL with
+    nothing to filter is hashed as given. Otherwise it is parsed and re-serialised the
+    WHATWG way (by ada-url); query pieces holding ';' are dropped; the decoded pairs left
+    are sorted by key (values of one key keep their order) and escaped as Go's
+    QueryEscape does, as the scheduler does.
+
+    ``client="0.2.28"`` (from v0.2.28 until the client sorted the query): the URL is always
+    parsed and re-serialised; the pairs keep their order and are form-encoded.
+
+    Both: scheme and host lowercased, default port dropped, dot segments resolved, an
+    empty path becomes "/"; the query goes when no pair is left; keys are compared after
+    decoding, exactly; trailing '/' are stripped when the path is just "/". Raises
+    ValueError where the crate fails, and for every ``file:`` URL (see the module
+    docstring).
     """
     hidden = set(filtered)
+    if client == "1.5" and not hidden:
+        return url
     try:
         parsed = ada_url.URL(url)
     except ValueError as exc:  # also UnicodeEncodeError, for lone surrogates
@@ -537,10 +552,18 @@ def rust_filter_query(url: str, filtered: Iterable[str]) -> str:
     if parsed.scheme_type == ada_url.SchemeType.FILE:
         raise ValueError(f"file: URLs are not supported: {url!r}")
     # search is "" for both a missing and an empty query; either has no pairs.
-    kept = [(k, v) for k, v in _form_parse(parsed.search[1:]) if k not in hidden]
+    query = parsed.search[1:]
+    if client == "1.5":
+        query = "&".join(piece for piece in query.split("&") if ";" not in piece)
+    kept = [(k, v) for k, v in _form_parse(query) if k not in hidden]
+    if client == "1.5":
+        kept.sort(key=lambda pair: pair[0])  # stable; str order is UTF-8 byte order
+        encode = _go_query_escape
+    else:
+        encode = _form_serialize
     if kept:
-        # Only ALPHA DIGIT "*-._%+=&" here, which the search setter leaves alone.
-        parsed.search = "&".join(_form_serialize(k) + "=" + _form_serialize(v) for k, v in kept)
+        # Only ALPHA DIGIT "*-._~%+=&" here, which the search setter leaves alone.
+        parsed.search = "&".join(encode(k) + "=" + encode(v) for k, v in kept)
     else:
         del parsed.search  # Url::set_query(None)
     serialized = parsed.href
@@ -556,22 +579,30 @@ def rust_filter_query(url: str, filtered: Iterable[str]) -> str:
     return serialized
 
 
+def _go_query_escape(s: str) -> str:
+    return _go_escape(s.encode("utf-8"), _GO_QUERY).decode("ascii")
+
+
 def rust_task_id(
     url: str,
     *,
     filtered: Iterable[str] = (),
     tag: str = "",
     application: str = "",
+    revision: str = "",
     piece_length: int | None = None,
+    client: RustClient = "1.5",
 ) -> str:
-    """Task ID the Rust dfdaemon (v0.2.28 up to client PR #2014) gives a URL download.
+    """Task ID the Rust dfdaemon gives a URL download (``client`` as in rust_filter_query).
 
-    sha256 over the canonical URL, tag, application, the decimal piece length when
-    given, and "STANDARD" (the task type). Empty tag or application add nothing.
+    sha256 over the canonical URL, tag, application, revision (1.5 only), the decimal
+    piece length when given, and "STANDARD" (the task type). Empty strings add nothing.
     Raises ValueError where ``rust_filter_query`` does (for a URL the daemon cannot
     parse, it fails the download too) and for a piece length outside u64.
     """
-    parts = [rust_filter_query(url, filtered), tag, application]
+    if revision and client != "1.5":
+        raise ValueError("client 0.2.28 hashes no revision")
+    parts = [rust_filter_query(url, filtered, client=client), tag, application, revision]
     if piece_length is not None:
         if isinstance(piece_length, bool) or not 0 <= piece_length < 2**64:
             raise ValueError(f"piece_length must be a u64, got {piece_length!r}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from shim.cli import build_parser, main
+from shim.identity import filtered_params
 from shim.taskid import go_task_id, rust_task_id
 
 URL = (
@@ -23,32 +24,45 @@ def _no_shim_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DRAGONFLY_ENDPOINT_CONFIG", raising=False)
 
 
-def _printed_ids(out: str) -> tuple[str, str]:
-    rust_line, go_line = out.strip().splitlines()
-    assert rust_line.startswith("rust dfdaemon")
+def _printed_ids(out: str) -> tuple[str, str, str]:
+    rust_line, rust_0_2_line, go_line = out.strip().splitlines()
+    assert rust_line.startswith("rust dfdaemon (dragonfly-client 1.5)")
+    assert rust_0_2_line.startswith("rust dfdaemon (dragonfly-client 0.2.28)")
     assert go_line.startswith("go dfdaemon")
     (rust,) = HEX64.findall(rust_line)
+    (rust_0_2,) = HEX64.findall(rust_0_2_line)
     (go,) = HEX64.findall(go_line)
-    return rust, go
+    return rust, rust_0_2, go
 
 
-def test_task_id_prints_the_rust_and_go_ids(capsys: pytest.CaptureFixture[str]) -> None:
+def test_task_id_by_default_filters_what_shim_sends(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["task-id", URL]) == 0
     captured = capsys.readouterr()
-    assert _printed_ids(captured.out) == (rust_task_id(URL), go_task_id(URL))
+    s3 = filtered_params("s3")
+    assert _printed_ids(captured.out) == (
+        rust_task_id(URL, filtered=s3),
+        rust_task_id(URL, filtered=s3, client="0.2.28"),
+        go_task_id(URL, filtered=s3),
+    )
     assert captured.err == ""
+    # Whatever the signature, one ID.
+    resigned = URL.replace("deadbeef", "cafe").replace("20240101", "20250101")
+    assert main(["task-id", resigned]) == 0
+    assert _printed_ids(capsys.readouterr().out) == _printed_ids(captured.out)
 
 
 def test_task_id_filter_drops_the_named_params(capsys: pytest.CaptureFixture[str]) -> None:
     filtered = ["X-Amz-Signature", "X-Amz-Date"]
     assert main(["task-id", URL, "--filter", ",".join(filtered)]) == 0
-    rust, go = _printed_ids(capsys.readouterr().out)
+    rust, _, go = _printed_ids(capsys.readouterr().out)
     assert rust == rust_task_id(URL, filtered=filtered)
     assert go == go_task_id(URL, filtered=filtered)
-    assert rust != rust_task_id(URL)
     assert rust == rust_task_id(
-        "https://models.s3.eu-west-1.amazonaws.com/dir/model.bin?versionId=v1"
+        "https://models.s3.eu-west-1.amazonaws.com/dir/model.bin?versionId=v1", filtered=["x"]
     )
+    assert main(["task-id", URL, "--filter", ""]) == 0
+    unfiltered, _, _ = _printed_ids(capsys.readouterr().out)
+    assert unfiltered == rust_task_id(URL) != rust
 
 
 @pytest.mark.parametrize("url", ["not a url", "http://[::1"])
@@ -119,4 +133,4 @@ def test_parser_knows_run_and_task_id() -> None:
         "0.0.0.0:1",
         None,
     )
-    assert parser.parse_args(["task-id", "http://h/"]).filter == ""
+    assert parser.parse_args(["task-id", "http://h/"]).filter is None  # the S3 signature parameters

@@ -17,10 +17,23 @@ name the source line each case pins:
 from __future__ import annotations
 
 import hashlib
+from typing import Any, Literal
 
 import pytest
 
-from shim.taskid import go_filter_query, go_task_id, rust_filter_query, rust_task_id
+from shim.taskid import go_filter_query, go_task_id
+from shim.taskid import rust_filter_query as current_filter_query
+from shim.taskid import rust_task_id as current_task_id
+
+
+# Most Rust tests below pin the client 0.2.28 generation, which normalises every URL and
+# keeps the query's order; the 1.5 generation has its own section at the end.
+def rust_filter_query(url: str, filtered: list[str]) -> str:
+    return current_filter_query(url, filtered, client="0.2.28")
+
+
+def rust_task_id(url: str, **options: Any) -> str:
+    return current_task_id(url, client="0.2.28", **options)
 
 
 def sha256(text: str) -> str:
@@ -317,6 +330,7 @@ def test_go_task_id_s3_presigned_url() -> None:
         ),
     ],
 )
+@pytest.mark.parametrize("client", ["1.5", "0.2.28"])
 def test_rust_vectors(
     url: str,
     filtered: list[str],
@@ -324,14 +338,20 @@ def test_rust_vectors(
     application: str,
     piece_length: int | None,
     expected: str,
+    client: Literal["1.5", "0.2.28"],
 ) -> None:
-    got = rust_task_id(
-        url, filtered=filtered, tag=tag, application=application, piece_length=piece_length
+    got = current_task_id(
+        url,
+        filtered=filtered,
+        tag=tag,
+        application=application,
+        piece_length=piece_length,
+        client=client,
     )
     assert got == expected
 
 
-def test_rust_does_not_match_client_pr_2014() -> None:
+def test_rust_0_2_28_does_not_match_client_pr_2014() -> None:
     # Upstream vector written for PR #2014, which sorts keys; v0.2.28 keeps b before a.
     url = "https://example.com/file.txt?z=9&b=2&a=1"
     got = rust_task_id(url, filtered=["z"], tag="foo", application="bar")
@@ -527,3 +547,58 @@ def test_go_and_rust_canonical_urls_differ() -> None:
     assert go_filter_query(url, ["none"]) == "https://Example.com/a/../b?c=%FF&z=1"
     assert rust_filter_query(url, ["none"]) == "https://example.com/b?z=1&a=2%3Bx&c=%EF%BF%BD"
     assert go_task_id(url) == sha256(url)  # the Go proxy leaves an unfiltered URL alone
+
+
+# --------------------------------------------------------------------------------------
+# Rust dfdaemon 1.5 (sorted query): upstream vectors (id_generator/mod.rs, url/mod.rs),
+# also checked against a real dfdaemon 1.5.10 in tests/integration/test_dragonfly.py
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "expected"),
+    [
+        (
+            "https://example.com/file.txt?z=9&b=2&a=1",
+            {"filtered": ["z"], "tag": "foo", "application": "bar"},
+            "8b3f6e9b9b8fe20903bced565cfd1d0aaef354a4c17573f0c2c1979210443f9d",
+        ),
+        (
+            "https://example.com",
+            {"tag": "foo", "application": "bar", "revision": "v1.0", "piece_length": 1024},
+            "5844f27a257287e9b734256bb25603d8005422ced8c0377f15063ec11963b25f",
+        ),
+    ],
+)
+def test_rust_1_5_vectors(url: str, options: dict[str, Any], expected: str) -> None:
+    assert current_task_id(url, **options) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "filtered", "expected"),
+    [
+        ("https://example.com/file.txt?z=9&b=2&a=1", ["z"], "https://example.com/file.txt?a=1&b=2"),
+        # Values of one key keep their order; the sort is by key only.
+        ("https://example.com/file.txt?b=2&a=1&b=1", ["c"], "https://example.com/file.txt?a=1&b=2&b=1"),
+        ("https://example.com?foo=foo", ["foo"], "https://example.com"),
+        # Go's QueryEscape: '~' kept, '*' escaped, space as '+'.
+        ("https://example.com/file.txt?k=a b&m=x*y&n=c~d", ["none"],
+         "https://example.com/file.txt?k=a+b&m=x%2Ay&n=c~d"),
+        ("http://www.xx.yy/path?u=f&x=y&m=z&x=s#size", ["x", "m"], "http://www.xx.yy/path?u=f#size"),
+        # Nothing to filter: the URL as given, not even normalised.
+        ("HTTP://www.XX.yy/path?u=f&x=y#size", [], "HTTP://www.XX.yy/path?u=f&x=y#size"),
+        # A piece holding ';' is dropped, as the scheduler's Go parser rejects it.
+        ("https://example.com/file.txt?a=1;x&b=2", ["none"], "https://example.com/file.txt?b=2"),
+        # Keys sort by UTF-8 bytes: uppercase before lowercase, non-ASCII last.
+        ("https://h/p?%C3%A9=1&b=2&B=3&a=4", ["none"], "https://h/p?B=3&a=4&b=2&%C3%A9=1"),
+    ],
+)  # fmt: skip
+def test_rust_1_5_filter_query(url: str, filtered: list[str], expected: str) -> None:
+    assert current_filter_query(url, filtered) == expected
+
+
+def test_rust_1_5_hashes_the_revision_between_application_and_piece_length() -> None:
+    got = current_task_id("https://h/o", tag="t", application="a", revision="r", piece_length=7)
+    assert got == sha256("https://h/o" + "t" + "a" + "r" + "7" + "STANDARD")
+    with pytest.raises(ValueError, match="revision"):
+        current_task_id("https://h/o", revision="r", client="0.2.28")

@@ -7,10 +7,14 @@ on the P2P network, and only its filter headers make re-signed URLs one task.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
 import shlex
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,7 @@ from tests.support.dragonfly import (
     start_scheduler,
 )
 from tests.support.http import via_proxy
+from tests.support.procs import free_port, terminate
 from tests.support.relay import Relay
 from tests.support.servers import REPO_ROOT, S3Server, put_object, s3_client, start_s3rver
 from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
@@ -197,3 +202,55 @@ def test_the_configured_tag_reaches_the_dfdaemon_and_names_another_task(
     assert (reply.status, reply.body) == (200, body)
     assert reply.headers["X-Shim-Task-Id"] == rust_task_id(url, tag="models-v2")
     assert reply.headers["X-Shim-Task-Id"] != rust_task_id(url)
+
+
+@pytest.fixture(scope="module")
+def file_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A plain file server (Range-capable, ignores query strings): any query names one file."""
+    root = tmp_path_factory.mktemp("files")
+    (root / "f.bin").write_bytes(os.urandom(64 * 1024))
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "bench" / "fileserver.py"), str(root), str(port)]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/f.bin"
+    finally:
+        terminate(server, 10)
+
+
+@pytest.mark.parametrize(
+    ("query", "filtered", "tag"),
+    [
+        ("sig=1&exp=2&keep=3", ["sig"], ""),
+        ("b=a%20b&a=x%2By&c=%E4%B8%AD&sig=9", ["sig"], ""),
+        ("b=2&a=1&b=1&sig=0", ["sig"], "models-v2"),
+        ("a=1;x&b=2&sig=1", ["sig"], ""),
+        ("z=1&B=2&a=3&X-Amz-Signature=s", ["X-Amz-Signature", "none"], ""),
+    ],
+)
+def test_task_ids_match_the_real_dfdaemon(
+    cluster: Cluster, file_origin: str, query: str, filtered: list[str], tag: str
+) -> None:
+    url = f"{file_origin}?{query}"
+    headers = {
+        "X-Dragonfly-Use-P2P": "true",
+        "X-Dragonfly-Filtered-Query-Params": ",".join(filtered),
+        **({"X-Dragonfly-Tag": tag} if tag else {}),
+    }
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.a.dfdaemon.proxy_port, timeout=30)
+    try:
+        conn.request("GET", url, headers=headers)  # absolute form, as shim sends it
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    assert response.status == 200
+    reported = response.getheader("X-Dragonfly-Task-Id")
+    assert reported == rust_task_id(url, filtered=filtered, tag=tag)
