@@ -8,13 +8,11 @@ what makes memory-mapping them for zero-copy hits safe.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -110,14 +108,6 @@ class CacheStore:
         else:
             self._pins.pop(key, None)
 
-    @contextlib.contextmanager
-    def pinned(self, key: str) -> Iterator[None]:
-        self.pin(key)
-        try:
-            yield
-        finally:
-            self.unpin(key)
-
     # -- fills ------------------------------------------------------------------------------
     def reserve(self, size: int) -> bool:
         """Make room for ``size`` more bytes, evicting unpinned entries; False if impossible."""
@@ -169,6 +159,3 @@ class CacheStore:
             if key not in self._pins:
                 self._drop(key)
         return self.used + self._reserved + incoming <= self.max_size
-
-    def remove(self, key: str) -> None:
-        self._drop(key)

@@ -97,25 +97,6 @@ def test_recommit_replaces_the_entry_without_double_counting(tmp_path: Path) -> 
     assert store.data_path(KEY_A).read_bytes() == b"new!"
 
 
-def test_remove_deletes_entry_and_files(tmp_path: Path) -> None:
-    store = _open(tmp_path)
-    _fill(store, KEY_A, 10)
-    path = store.data_path(KEY_A)
-    store.remove(KEY_A)
-    assert store.lookup(KEY_A) is None
-    assert store.used == 0
-    assert not path.exists()
-    assert not path.with_suffix(".json").exists()
-
-
-def test_remove_of_an_absent_key_is_harmless(tmp_path: Path) -> None:
-    store = _open(tmp_path)
-    _fill(store, KEY_A, 10)
-    store.remove(KEY_B)
-    assert store.used == 10
-    assert len(store) == 1
-
-
 # -- key safety -----------------------------------------------------------------------------
 
 
@@ -398,16 +379,6 @@ def test_pins_are_counted(tmp_path: Path) -> None:
     assert not store.reserve(50)
     assert store.lookup(KEY_A) is not None
     store.unpin(KEY_A)
-    assert store.reserve(50)
-    assert store.lookup(KEY_A) is None
-
-
-def test_pinned_context_unpins_even_on_error(tmp_path: Path) -> None:
-    store = _open(tmp_path)
-    _fill(store, KEY_A, 60)
-    with pytest.raises(RuntimeError), store.pinned(KEY_A):
-        assert not store.reserve(50)
-        raise RuntimeError
     assert store.reserve(50)
     assert store.lookup(KEY_A) is None
 
