@@ -166,6 +166,10 @@ class ShimAddon:
             aliases = ", ".join(b.reverse_alias for b in settings.buckets) or "none configured"
             self._reply(flow, 404, "request", f"no bucket alias in {url!r}; aliases: {aliases}")
             return
+        if reverse and flow.request.method not in ("GET", "HEAD"):
+            # Nothing to pass a reverse request through to: shim is the service here.
+            self._reply(flow, 405, "request", "the reverse listener serves GET and HEAD only")
+            return
         if ref is None or flow.request.method not in ("GET", "HEAD"):
             self.metrics.requests.labels(route="pass").inc()
             return
