@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,7 +48,11 @@ class Fill:
     def __init__(self, key: str, identity_url: str, temp: Path) -> None:
         self.key = key
         self.identity_url = identity_url
-        self.path = temp  # readers open this; it becomes the entry's path on commit
+        self.path = temp  # where the body is written; moved into the store on commit
+        # Readers pread one descriptor, so a commit (rename) or a drop (unlink) of the file
+        # never gets in their way; it closes when the last holder of the Fill lets go.
+        self.fd: int | None = None
+        self.reserved = 0  # store space held for this body until commit or failure
         self.headers_ready = asyncio.Event()
         self.size: int | None = None
         self.headers: dict[str, str] = {}
@@ -63,10 +68,15 @@ class Fill:
     def complete(cls, key: str, path: Path, size: int) -> Fill:
         """A fill that already ended: how a cache entry is read through the same code."""
         fill = cls(key, "", path)
+        fill.open_for_readers()
         fill.size = fill.written = size
         fill.finished = True
         fill.headers_ready.set()
         return fill
+
+    def open_for_readers(self) -> None:
+        self.fd = os.open(self.path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self.fd)
 
     def _notify(self) -> None:
         # Swap in a fresh event so a reader's cancellation never touches the others.
@@ -83,8 +93,7 @@ class Fill:
         self.written += count
         self._notify()
 
-    def finish(self, path: Path) -> None:
-        self.path = path
+    def finish(self) -> None:
         self.finished = True
         self._notify()
 
@@ -146,10 +155,9 @@ class FillRunner:
         self._hasher.shutdown(wait=True)
 
     async def _run(self, fill: Fill, signed_url: str, filtered: Sequence[str]) -> None:
-        reserved = 0
         self._metrics.origin_fetches.inc()
         try:
-            reserved = await self._fetch(fill, signed_url, filtered)
+            await self._fetch(fill, signed_url, filtered)
         except ShimError as error:
             fill.fail(error)
         except asyncio.CancelledError:
@@ -160,23 +168,24 @@ class FillRunner:
             fill.fail(UpstreamError(f"internal error: {type(error).__name__}"))
         finally:
             del self._fills[fill.key]
+            self._store.release(fill.reserved)
             if not fill.finished:
-                self._store.release(reserved)
                 fill.path.unlink(missing_ok=True)
             if fill.error is not None:
                 kind = "origin_status" if isinstance(fill.error, OriginStatus) else "origin"
                 self._metrics.errors.labels(kind=kind).inc()
                 log.warning("fetch of %s failed: %s", fill.identity_url, fill.error)
 
-    async def _fetch(self, fill: Fill, signed_url: str, filtered: Sequence[str]) -> int:
-        """Fetch into ``fill``; return the bytes reserved in the store (0: not kept)."""
+    async def _fetch(self, fill: Fill, signed_url: str, filtered: Sequence[str]) -> None:
+        """Fetch into ``fill``; keep it in the store when there is room and keeping is on."""
         reply = await self._upstream.open("GET", signed_url, filtered)
         try:
             kept = kept_headers(reply.headers)
             if reply.status != 200:
                 raise OriginStatus(reply.status, kept, await reply.head_of_body())
             size = reply.content_length
-            reserved = size if self._keep and size is not None and self._store.reserve(size) else 0
+            if self._keep and size is not None and self._store.reserve(size):
+                fill.reserved = size
             fill.publish(size, kept, reply)
             digest = await self._copy_body(fill, reply)
         finally:
@@ -186,7 +195,7 @@ class FillRunner:
         expected = _MD5_ETAG.fullmatch(kept.get("ETag", ""))
         if digest is not None and expected and digest != expected.group(1).lower():
             raise UpstreamError("body does not match the origin's ETag (MD5)")
-        if reserved:
+        if fill.reserved:
             meta = EntryMeta(
                 key=fill.key,
                 url=fill.identity_url,
@@ -197,11 +206,11 @@ class FillRunner:
                 last_modified=kept.get("Last-Modified"),
                 stored_at=time.time(),
             )
-            self._store.commit(meta, fill.path, reserved)
-            fill.finish(self._store.data_path(fill.key))
+            self._store.commit(meta, fill.path, fill.reserved)
+            fill.reserved = 0  # the store counts it as used now
         else:
-            fill.finish(fill.path)  # served to its readers, then dropped: not kept
-        return reserved
+            fill.path.unlink()  # not kept: its readers go on through their descriptor
+        fill.finish()
 
     async def _copy_body(self, fill: Fill, reply: UpstreamReply) -> str | None:
         loop = asyncio.get_running_loop()
@@ -209,6 +218,7 @@ class FillRunner:
         pending: asyncio.Future[None] | None = None
         try:
             with fill.path.open("wb") as out:
+                fill.open_for_readers()
                 async for chunk in reply.chunks():
                     out.write(chunk)
                     out.flush()
@@ -220,7 +230,8 @@ class FillRunner:
                         pending = loop.run_in_executor(self._hasher, md5.update, chunk)
                 if pending is not None:
                     await pending
-                await asyncio.to_thread(os.fsync, out.fileno())
+                if fill.reserved:  # durable before it becomes an entry
+                    await asyncio.to_thread(os.fsync, out.fileno())
         except UpstreamError as error:
             raise UpstreamError(f"{error} after {fill.written} bytes") from None
         finally:

@@ -234,7 +234,6 @@ class CacheServer:
         start = byte_range.start if byte_range else 0
         stop = byte_range.end + 1 if byte_range else fill.size
         position = start
-        fd: int | None = None
         self.store.pin(fill.key)
         try:
             await response.prepare(request)
@@ -247,12 +246,9 @@ class CacheServer:
                     if stop is None and fill.finished:
                         break
                     raise TransferAborted("the object ended before the promised length")
-                if fd is None:
-                    # Opened once: a commit renames the file, an eviction unlinks it; an
-                    # open descriptor reads on through both.
-                    fd = os.open(fill.path, os.O_RDONLY)
+                assert fill.fd is not None, "a fill opens its file before any byte is readable"
                 count = min(_READ_SIZE, limit - position)
-                data = await asyncio.to_thread(os.pread, fd, count, position)
+                data = await asyncio.to_thread(os.pread, fill.fd, count, position)
                 if len(data) != count:
                     raise TransferAborted("the cache file is shorter than its entry")
                 await response.write(data)
@@ -268,8 +264,6 @@ class CacheServer:
         except ConnectionError:
             self._metrics.errors.labels(kind="client").inc()
         finally:
-            if fd is not None:
-                os.close(fd)
             self.store.unpin(fill.key)
             self._update_gauges()
         return response

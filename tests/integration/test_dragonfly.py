@@ -110,6 +110,8 @@ def test_two_nodes_share_one_origin_fetch_and_one_task(cluster: Cluster) -> None
     assert first.headers["X-Shim-Task-Id"] == rust_task_id(url)
     # Nothing kept twice: the dfdaemon caches, the shim's own cache stays empty.
     assert cluster.a.shim.metrics()["shim_cache_entries"] == 0
+    for node in (cluster.a, cluster.b):
+        assert list((node.shim.cache_dir / "tmp").iterdir()) == []
     task = first.headers["X-Shim-Task-Id"]
     assert cluster.a.shim.metrics()[f'shim_dfdaemon_tasks_total{{task_id="{task}"}}'] == 1
 

@@ -204,7 +204,11 @@ def test_origin_cut_mid_body_fails_the_transfer_and_caches_nothing(
     body = os.urandom(4 * 1024 * 1024)
     put_object(bucket, BUCKET, "cut.mar", body)
     relay = relay_factory(s3rver.host, s3rver.port, cut_after_bytes=len(body) // 2)
-    config = {"buckets": [s3_bucket_config(BUCKET, relay.endpoint)]}
+    # Room for one copy only: space held for the failed fill must come back.
+    config = {
+        "cache": {"max_size": "6MiB"},
+        "buckets": [s3_bucket_config(BUCKET, relay.endpoint)],
+    }
     with start_shim(tmp_path / "shim", config) as shim:
         url = object_url(relay.endpoint, "cut.mar")
         with pytest.raises((http.client.IncompleteRead, ConnectionError)):
