@@ -97,11 +97,13 @@ class Upstream:
             connect_timeout=dfdaemon.connect_timeout,
             read_timeout=self._read_timeout,
         )
-        if reply.status >= 500:
+        error_type = CIMultiDict(reply.headers).get("X-Dragonfly-Error-Type")
+        if reply.status >= 500 or (error_type and reply.status < 400):
             # Its own failure, or the origin's: either way nothing was sent yet, and the
-            # origin asked directly tells which.
+            # origin asked directly tells which. A success status with an error type (an
+            # origin without Range support gets an empty 200) is no success.
             reply.close()
-            raise UpstreamError(f"dfdaemon answered {reply.status}")
+            raise UpstreamError(f"dfdaemon answered {reply.status} ({error_type or 'no type'})")
         task_id = task_id_from(reply.headers)
         self._metrics.dfdaemon_requests.labels(result="ok").inc()
         if task_id:

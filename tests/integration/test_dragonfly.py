@@ -216,12 +216,7 @@ def file_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         [sys.executable, str(REPO_ROOT / "bench" / "fileserver.py"), str(root), str(port)]
     )
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            time.sleep(0.1)
+        _wait_for_port(port)
         yield f"http://127.0.0.1:{port}/f.bin"
     finally:
         terminate(server, 10)
@@ -256,3 +251,41 @@ def test_task_ids_match_the_real_dfdaemon(
     assert response.status == 200
     reported = response.getheader("X-Dragonfly-Task-Id")
     assert reported == rust_task_id(url, filtered=filtered, tag=tag)
+
+
+def test_a_dfdaemon_failure_dressed_as_success_falls_back(cluster: Cluster, tmp_path: Path) -> None:
+    # An origin without Range support: the dfdaemon answers 200 with an empty body and
+    # X-Dragonfly-Error-Type. shim must not pass that on as the object.
+    root = tmp_path / "www"
+    (root / "plain").mkdir(parents=True)
+    body = os.urandom(9 * 1024 * 1024)  # more than one 4 MiB piece
+    (root / "plain" / "model.mar").write_bytes(body)
+    port = free_port()
+    origin = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port)
+        config = {
+            "dfdaemon": cluster.a.dfdaemon.proxy_url,
+            "buckets": [s3_bucket_config("plain", f"http://127.0.0.1:{port}")],
+        }
+        with start_shim(tmp_path / "shim", config) as shim:
+            reply = via_proxy(shim.proxy_port, f"http://127.0.0.1:{port}/plain/model.mar")
+            assert (reply.status, reply.body) == (200, body)
+            assert reply.headers["X-Shim-Route"] == "fallback"
+    finally:
+        terminate(origin, 10)
+
+
+def _wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
