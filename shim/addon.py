@@ -253,11 +253,16 @@ class ShimAddon:
             flow.response = http.Response.make(416, b"", {"Content-Range": f"bytes */{meta.size}"})
             return True
         store.pin(meta.key)
-        body = map_entry(
-            store.data_path(meta.key),
-            byte_range or ByteRange(0, meta.size - 1),
-            lambda: store.unpin(meta.key),
-        )
+        try:
+            body = map_entry(
+                store.data_path(meta.key),
+                byte_range or ByteRange(0, meta.size - 1),
+                lambda: store.unpin(meta.key),
+            )
+        except OSError:
+            store.unpin(meta.key)
+            return False  # gone since the lookup: the cache server fetches it again
+
         headers = {**entry_headers(meta, byte_range), **hit_headers(meta.key)}
         flow.response = http.Response.make(206 if byte_range else 200, b"", headers)
         # raw_content is the body as mitmproxy sends it; a view avoids a copy of the object.

@@ -88,10 +88,19 @@ class CacheStore:
         return self._objects / key[:2] / key
 
     def lookup(self, key: str) -> EntryMeta | None:
-        """The complete entry for ``key``, marked most recently used; None if absent."""
+        """The complete entry for ``key``, marked most recently used; None if absent, or if
+        its file went missing or changed size behind shim's back (then it is dropped)."""
         meta = self._entries.get(key)
-        if meta is not None:
-            self._entries.move_to_end(key)
+        if meta is None:
+            return None
+        try:
+            intact = self.data_path(key).stat().st_size == meta.size
+        except OSError:
+            intact = False
+        if not intact:
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
         return meta
 
     def __len__(self) -> int:

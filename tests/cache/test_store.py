@@ -399,3 +399,20 @@ def test_failed_reserve_evicts_nothing(tmp_path: Path) -> None:
 
     assert not store.reserve(70)  # even with B gone, 40 + 70 > 100
     assert _keys(store) == {KEY_A, KEY_B}
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_lookup_drops_an_entry_whose_file_was_damaged_behind_its_back(
+    tmp_path: Path, damage: str
+) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 10)
+    path = store.data_path(KEY_A)
+    if damage == "delete":
+        path.unlink()
+    else:
+        path.write_bytes(b"short")
+    assert store.lookup(KEY_A) is None
+    assert store.used == 0
+    assert len(store) == 0
+    assert not path.with_suffix(".json").exists()

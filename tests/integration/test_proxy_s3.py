@@ -366,3 +366,19 @@ def test_size_cap_evicts_the_least_recently_used_entry(
         assert fetch("lru-a").headers["X-Shim-Cache"] == "HIT"
         assert fetch("lru-b").headers["X-Shim-Cache"] == "MISS"
         assert shim.metrics()["shim_cache_bytes"] <= 2500 * 1024
+
+
+def test_an_entry_deleted_behind_the_shims_back_is_fetched_again(
+    shim: ShimProcess, s3rver: S3Server, bucket: S3Client
+) -> None:
+    body = os.urandom(300_000)
+    put_object(bucket, BUCKET, "deleted.mar", body)
+    url = object_url(s3rver.endpoint, "deleted.mar")
+    first = via_proxy(shim.proxy_port, url)
+    data = shim.cache_dir / "objects" / first.headers["X-Shim-Task-Id"][:2]
+    (data / first.headers["X-Shim-Task-Id"]).unlink()
+    for ca in (None, shim.ca_cert):  # the zero-copy path, then the streamed one
+        target = url if ca is None else url.replace("http://", "https://")
+        again = via_proxy(shim.proxy_port, target, ca_cert=ca)
+        assert (again.status, again.body) == (200, body)
+    assert via_proxy(shim.proxy_port, url).headers["X-Shim-Cache"] == "HIT"
