@@ -150,6 +150,14 @@ class ShimAddon:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
+        try:
+            await self._route(flow)
+        except Exception:
+            # An answer, never a silent pass-through: that would send the request unsigned.
+            log.exception("internal error on %s", redact_url(flow.request.url))
+            self._reply(flow, 500, "internal", "internal error; see shim's log")
+
+    async def _route(self, flow: http.HTTPFlow) -> None:
         settings = self._settings()
         reverse = isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
         # On the reverse listener the path names the bucket; elsewhere the whole URL does.
