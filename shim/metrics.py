@@ -35,8 +35,8 @@ class Metrics:
         )
         self.errors = Counter(
             "shim_errors",
-            "Failures by kind (config, request, signing, origin_status, origin_unreachable, "
-            "origin_timeout, truncated, integrity, client).",
+            "Failures by kind (request, signing, origin, origin_status, truncated, transfer, "
+            "client, internal).",
             ["kind"],
             registry=self.registry,
         )
