@@ -136,6 +136,6 @@ async def request_via_dfdaemon(
         raise
     reply.status = event.status_code
     reply.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
-    length = reply.headers.get("content-length") or reply.headers.get("Content-Length")
+    length = reply.headers.get("content-length")  # h11 lowercases header names
     reply.content_length = int(length) if length and length.isascii() and length.isdigit() else None
     return reply

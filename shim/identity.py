@@ -23,8 +23,6 @@ class TaskIdentity:
 
 
 def identify(signed_url: str, filtered: Iterable[str]) -> TaskIdentity:
-    filtered = tuple(filtered)
-    return TaskIdentity(
-        url=rust_filter_query(signed_url, filtered),
-        task_id=rust_task_id(signed_url, filtered=filtered),
-    )
+    url = rust_filter_query(signed_url, filtered)
+    # The canonical URL is hashed as it stands (nothing left to filter): one parse, not two.
+    return TaskIdentity(url=url, task_id=rust_task_id(url))

@@ -97,7 +97,8 @@ class Upstream:
             connect_timeout=dfdaemon.connect_timeout,
             read_timeout=self._read_timeout,
         )
-        error_type = CIMultiDict(reply.headers).get("X-Dragonfly-Error-Type")
+        headers_ci = CIMultiDictProxy(CIMultiDict(reply.headers))
+        error_type = headers_ci.get("X-Dragonfly-Error-Type")
         if reply.status >= 500 or (error_type and reply.status < 400):
             # Its own failure, or the origin's: either way nothing was sent yet, and the
             # origin asked directly tells which. A success status with an error type (an
@@ -110,7 +111,7 @@ class Upstream:
             self._metrics.dfdaemon_tasks.labels(task_id=task_id).inc()
         return UpstreamReply(
             status=reply.status,
-            headers=CIMultiDictProxy(CIMultiDict(reply.headers)),
+            headers=headers_ci,
             content_length=reply.content_length,
             route="dfdaemon",
             task_id=task_id,

@@ -171,7 +171,7 @@ class CacheServer:
         fill = self._fills.get_or_start(
             key, ticket.identity.url, ticket.signed_url, ticket.filtered
         )
-        return await self._serve_fill(request, key, fill)
+        return await self._serve_fill(request, fill)
 
     async def _head_origin(self, request: web.Request, ticket: Ticket) -> web.StreamResponse:
         """A HEAD for an object not in the cache: ask the origin; fill nothing."""
@@ -204,7 +204,7 @@ class CacheServer:
         fill = Fill.complete(key, self.store.data_path(key), meta.size)
         return await self._stream(request, response, fill, byte_range)
 
-    async def _serve_fill(self, request: web.Request, key: str, fill: Fill) -> web.StreamResponse:
+    async def _serve_fill(self, request: web.Request, fill: Fill) -> web.StreamResponse:
         await fill.headers_ready.wait()
         if fill.error is not None and not fill.headers_published:
             return _failure_response(fill.error, fill.task_id)
