@@ -5,6 +5,7 @@ configuration; everything downstream receives a ``Settings``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -150,6 +151,11 @@ class CacheSettings(_Strict):
         default=True,
         description="serve plain-HTTP cache hits from a memory map instead of a local stream",
     )
+    min_free: ByteSize = Field(
+        default=ByteSize(1024**3),
+        description="free disk space the cache always leaves; an object that does not fit "
+        "streams through without being kept",
+    )
 
     @field_validator("max_size")
     @classmethod
@@ -192,6 +198,76 @@ class DfdaemonSettings(_Strict):
         return split_host_port(self.url.removeprefix("http://"))
 
 
+class ProxyAuth(_Strict):
+    """HTTP Basic credentials clients must send to the proxy (``Proxy-Authorization``)."""
+
+    username: str = Field(min_length=1)
+    password: SecretStr | None = None
+    password_env: str | None = Field(
+        default=None, description="an environment variable holding the password, read at start"
+    )
+
+    @field_validator("username")
+    @classmethod
+    def _no_colon(cls, value: str) -> str:
+        if ":" in value:
+            raise ValueError("a Basic username cannot hold ':'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_password(self) -> Self:
+        if (self.password is None) == (self.password_env is None):
+            raise ValueError("give exactly one of password and password_env")
+        return self
+
+
+class Limits(_Strict):
+    """Bounds on what one client request may make shim hold or wait for."""
+
+    request_head_bytes: ByteSize = Field(
+        default=ByteSize(64 * 1024), description="request line plus headers, at most"
+    )
+    request_head_timeout: float = Field(
+        default=30.0, gt=0, description="seconds a client may take to send a request head"
+    )
+
+    @field_validator("request_head_bytes")
+    @classmethod
+    def _sane_head(cls, value: ByteSize) -> ByteSize:
+        if not 1024 <= value <= 1024 * 1024:
+            raise ValueError("must be between 1KiB and 1MiB")
+        return value
+
+
+# Hosts shim may forward unsigned requests to: none, all, or an allow-list of HOST[:PORT]
+# (``*.example.com`` matches subdomains). Loopback and link-local addresses are refused
+# unless named in the list.
+Passthrough = Literal["none", "all"] | tuple[str, ...]
+
+_PASSTHROUGH_ENTRY = re.compile(r"(\*\.)?[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]")
+
+
+def _check_passthrough_entry(entry: str) -> str:
+    host, port = entry, None
+    if entry.count(":") == 1 or entry.startswith("["):
+        host, _, port = entry.rpartition(":")
+        if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"passthrough: expected HOST or HOST:PORT, got {entry!r}")
+    if not _PASSTHROUGH_ENTRY.fullmatch(host):
+        raise ValueError(f"passthrough: expected HOST or HOST:PORT, got {entry!r}")
+    return entry.lower()
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listener bound to ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(_Strict):
     listen: str = DEFAULT_LISTEN
     admin: str = DEFAULT_ADMIN
@@ -214,6 +290,41 @@ class Settings(_Strict):
     origin_timeout: float = Field(default=60.0, gt=0, description="seconds without data")
     dfdaemon: DfdaemonSettings | None = None
     buckets: tuple[BucketConfig, ...] = ()
+    passthrough: Passthrough = Field(
+        default="none",
+        description="unsigned requests to hosts that are not configured buckets: none, all, "
+        "or a list of HOST[:PORT] (loopback and link-local only when named)",
+    )
+    clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = Field(
+        default=(), description="client networks (CIDR) allowed to use the proxy listeners"
+    )
+    proxy_auth: ProxyAuth | None = None
+    limits: Limits = Limits()
+    shutdown_grace: float = Field(
+        default=25.0,
+        ge=0,
+        description="seconds transfers in flight may take to finish after SIGTERM (Kubernetes "
+        "gives 30 s by default)",
+    )
+
+    @field_validator("passthrough", mode="before")
+    @classmethod
+    def _passthrough_list(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in ("none", "all"):
+            raise ValueError("expected 'none', 'all' or a list of HOST[:PORT]")
+        if isinstance(value, list | tuple):
+            return tuple(_check_passthrough_entry(str(entry)) for entry in value)
+        return value
+
+    @field_validator("clients", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            try:
+                return tuple(ipaddress.ip_network(str(net), strict=False) for net in value)
+            except ValueError as error:
+                raise ValueError(f"expected CIDR networks such as 10.0.0.0/8: {error}") from None
+        return value
 
     @field_validator("dfdaemon", mode="before")
     @classmethod
@@ -238,6 +349,32 @@ class Settings(_Strict):
                     f"{bucket.reverse_alias!r}; give one of them another 'alias'"
                 )
             seen[bucket.reverse_alias] = index
+        return self
+
+    @model_validator(mode="after")
+    def _exposed_listeners_are_guarded(self) -> Self:
+        # A signing proxy reachable from the network with no guard is an open door.
+        if self.clients or self.proxy_auth:
+            return self
+        for name in ("listen", "transparent", "reverse"):
+            address = getattr(self, name)
+            if address is not None and not is_loopback_host(split_host_port(address)[0]):
+                raise ValueError(
+                    f"{name} {address} is reachable from other hosts: set 'clients' (the client "
+                    "networks allowed, e.g. [10.0.0.0/8]) or 'proxy_auth', or bind it to 127.0.0.1"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _reverse_cannot_use_proxy_auth_alone(self) -> Self:
+        # TorchServe sends no credentials with a model URL: only a network allow-list guards it.
+        if self.reverse and self.proxy_auth and not self.clients:
+            host = split_host_port(self.reverse)[0]
+            if not is_loopback_host(host):
+                raise ValueError(
+                    f"reverse {self.reverse} is reachable from other hosts and model servers "
+                    "cannot send proxy credentials: set 'clients' to the networks allowed"
+                )
         return self
 
     def mitmproxy_modes(self) -> list[str]:
@@ -306,6 +443,18 @@ def _resolve_env_credentials(raw: Mapping[str, Any], env: Mapping[str, str]) -> 
     return {**raw, "buckets": resolved}
 
 
+def _resolve_proxy_auth_env(raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    """Turn ``proxy_auth.password_env`` into the password itself, as for bucket credentials."""
+    auth = raw.get("proxy_auth")
+    if not isinstance(auth, dict) or "password_env" not in auth or "password" in auth:
+        return raw
+    name = auth["password_env"]
+    if not isinstance(name, str) or not env.get(name):
+        raise ConfigError(f"proxy_auth.password_env: environment variable {name!r} is not set")
+    resolved = {k: v for k, v in auth.items() if k != "password_env"}
+    return {**raw, "proxy_auth": {**resolved, "password": env[name]}}
+
+
 def settings_from_mapping(
     raw: Any, *, env: Mapping[str, str], source: str = "config", credentials: bool = True
 ) -> Settings:
@@ -315,6 +464,7 @@ def settings_from_mapping(
         raise ConfigError(f"{source}: expected a mapping of keys at the top level")
     try:
         resolved = _resolve_env_credentials(raw, env) if credentials else raw
+        resolved = _resolve_proxy_auth_env(resolved, env) if credentials else resolved
         return Settings.model_validate(resolved)
     except ValidationError as error:
         raise ConfigError(_describe(error, source)) from None
