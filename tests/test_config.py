@@ -57,6 +57,7 @@ def test_yaml_file_is_loaded(tmp_path: Path) -> None:
         tmp_path / "shim.yaml",
         """
 listen: 0.0.0.0:9000
+clients: [10.0.0.0/8]
 presign_expires: 900
 cache:
   dir: /var/cache/shim
