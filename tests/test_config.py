@@ -430,7 +430,8 @@ def test_bad_listen_is_rejected_known_gaps(listen: str) -> None:
     [("0.0.0.0:80", ("0.0.0.0", 80)), ("[::1]:8790", ("::1", 8790)), ("h:0", ("h", 0))],
 )
 def test_good_listen_is_split(value: str, expected: tuple[str, int]) -> None:
-    assert settings_from_mapping({"listen": value}, env={}).listen_address == expected
+    settings = settings_from_mapping({"listen": value, "clients": ["10.0.0.0/8"]}, env={})
+    assert settings.listen_address == expected
 
 
 def test_invalid_yaml_is_one_message_naming_the_file(tmp_path: Path) -> None:
