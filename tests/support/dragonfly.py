@@ -30,6 +30,7 @@ Typical use::
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import socket
@@ -53,20 +54,28 @@ BIN_DIR_ENV = "SHIM_DRAGONFLY_BIN_DIR"
 
 SCHEDULER_VERSION = "v2.5.1"
 DFDAEMON_VERSION = "1.5.10"
+# Each binary's expected version and the argument that prints it. Checked before every start:
+# task IDs, headers and config keys differ between releases.
+_VERSIONS = {
+    "scheduler": (SCHEDULER_VERSION, "version"),
+    "dfdaemon": (DFDAEMON_VERSION, "--version"),
+}
 
 # Loopback only: every listener binds here and every peer advertises it.
 HOST = "127.0.0.1"
 
 
 class DragonflyError(RuntimeError):
-    """A Dragonfly binary is missing or a process did not come up; the message says which."""
+    """A Dragonfly binary is missing or of another version, or a process did not come up; the
+    message says which."""
 
 
 def dragonfly_bin_dir() -> Path:
     """The directory of the `scheduler` and `dfdaemon` binaries that scripts/build-dragonfly built.
 
     `$SHIM_DRAGONFLY_BIN_DIR` if set, else `${XDG_CACHE_HOME:-~/.cache}/shim-ci/dragonfly/bin`.
-    Raises DragonflyError naming the build script if either binary is missing.
+    Raises DragonflyError naming the build script if either binary is missing or reports another
+    version than SCHEDULER_VERSION / DFDAEMON_VERSION (`scheduler version`, `dfdaemon --version`).
     """
     configured = os.environ.get(BIN_DIR_ENV)
     if configured:
@@ -74,15 +83,59 @@ def dragonfly_bin_dir() -> Path:
     else:
         cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         bin_dir = Path(cache) / "shim-ci" / "dragonfly" / "bin"
-    missing = [name for name in ("scheduler", "dfdaemon") if not os.access(bin_dir / name, os.X_OK)]
+    build = (
+        f"Build them with `{BUILD_SCRIPT.relative_to(REPO_ROOT)}` "
+        f"(scheduler {SCHEDULER_VERSION}, dfdaemon {DFDAEMON_VERSION}; "
+        f"`${BIN_DIR_ENV}` overrides the directory)."
+    )
+    missing = [name for name in _VERSIONS if not os.access(bin_dir / name, os.X_OK)]
     if missing:
         raise DragonflyError(
-            f"Dragonfly binaries missing from {bin_dir}: {', '.join(missing)}. "
-            f"Build them with `{BUILD_SCRIPT.relative_to(REPO_ROOT)}` "
-            f"(scheduler {SCHEDULER_VERSION}, dfdaemon {DFDAEMON_VERSION}; "
-            f"`${BIN_DIR_ENV}` overrides the directory)."
+            f"Dragonfly binaries missing from {bin_dir}: {', '.join(missing)}. {build}"
         )
+    wrong = [
+        f"{name} reports {reported or 'no version'}, not {expected}"
+        for name, (expected, _) in _VERSIONS.items()
+        if (reported := _reported_version(bin_dir / name)) != expected
+    ]
+    if wrong:
+        raise DragonflyError(f"Dragonfly binaries in {bin_dir}: {'; '.join(wrong)}. {build}")
     return bin_dir
+
+
+def reported_version(name: str, output: str) -> str | None:
+    """The version in what binary `name` printed when asked for it, as scripts/build-dragonfly
+    reads it: the scheduler's `GitVersion:` line of `scheduler version` ("v2.5.1"), the first
+    x.y.z of `dfdaemon --version` ("dfdaemon 1.5.10 (hash, date)" gives "1.5.10")."""
+    if name == "scheduler":
+        match = re.search(r"^GitVersion:\s*(\S+)", output, re.MULTILINE)
+    else:
+        match = re.search(r"(?<![\w.])v?(\d+\.\d+\.\d+)(?![\w.])", output)
+    return match.group(1) if match else None
+
+
+def _reported_version(binary: Path) -> str | None:
+    """Run `binary` asking for its version, once per file as it is now (a rebuild is asked anew)."""
+    stat = binary.stat()
+    return _ask_version(binary, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.cache
+def _ask_version(binary: Path, _mtime_ns: int, _size: int) -> str | None:
+    argument = _VERSIONS[binary.name][1]
+    try:
+        result = subprocess.run(
+            [str(binary), argument],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DragonflyError(f"`{binary} {argument}` did not run: {exc}") from exc
+    return reported_version(binary.name, result.stdout + result.stderr)
 
 
 def free_udp_port() -> int:
@@ -463,8 +516,11 @@ def _wait_until(proc: _Process, deadline: float, timeout: float, ready: Callable
 
 
 def require_dragonfly() -> None:
-    """Skip the calling test module without the binaries (fail it under SHIM_REQUIRE_DRAGONFLY)."""
+    """Skip the calling test module without the binaries of the expected versions (fail it
+    under SHIM_REQUIRE_DRAGONFLY)."""
+    missing = None
     try:
         dragonfly_bin_dir()
     except DragonflyError as exc:
-        require("SHIM_REQUIRE_DRAGONFLY", str(exc))
+        missing = str(exc)
+    require("SHIM_REQUIRE_DRAGONFLY", missing)

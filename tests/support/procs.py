@@ -50,10 +50,18 @@ def terminate(process: subprocess.Popen[bytes], timeout: float) -> int:
 
 
 def require(env_var: str, missing: str | None) -> None:
-    """For a test module that needs a component: go on when ``missing`` is None; else skip the
-    module, or fail it when ``env_var`` is set (non-empty, not "0"), as CI does."""
+    """For a test module that needs a component: go on when ``missing`` is None. Else fail it when
+    ``env_var`` is set (non-empty, not "0"), as `make test` and CI set it, or skip it (plain
+    `pytest`, `make test SHIM_REQUIRE=0`)."""
     if missing is None:
         return
-    if os.environ.get(env_var, "") not in ("", "0"):
-        pytest.fail(f"{env_var} is set but {missing}", pytrace=False)
-    pytest.skip(missing, allow_module_level=True)
+    required = os.environ.get(env_var, "")
+    if required not in ("", "0"):
+        pytest.fail(
+            f"{missing} [{env_var}={required}: required; to skip instead, "
+            f"`make test SHIM_REQUIRE=0` or {env_var}=0]",
+            pytrace=False,
+        )
+    pytest.skip(
+        f"{missing} [a failure under {env_var}=1, as in `make test`]", allow_module_level=True
+    )
