@@ -30,6 +30,8 @@ from tests.support.servers import (
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
+pytestmark = pytest.mark.origin
+
 OBJECT = os.urandom(256 * 1024)
 
 
