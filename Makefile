@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= $(shell scripts/find-python)
 
-.PHONY: run test check deps lint typecheck bench bench-dragonfly clean
+.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-load clean
 
 run: $(VENV)/.installed
 	$(BIN)/shim run $(ARGS)
@@ -35,6 +35,10 @@ typecheck: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed tests/servers/node_modules/.installed
 	$(BIN)/python -m bench.bench_s3 $(ARGS)
+
+# 200 small-object clients and 2 large downloads through one shim for 60 s (ARGS=--quick: 10 s).
+bench-load: $(VENV)/.dev-installed tests/servers/node_modules/.installed
+	$(BIN)/python -m bench.bench_load $(ARGS)
 
 bench-dragonfly: $(VENV)/.dev-installed tests/servers/node_modules/.installed deps
 	$(BIN)/python -m bench.bench_dragonfly $(ARGS)
