@@ -26,3 +26,8 @@ class UpstreamError(ShimError):
     def __init__(self, message: str, *, status: int = 502) -> None:
         super().__init__(message)
         self.status = status
+
+
+class UnansweredError(UpstreamError):
+    """The connection failed before any byte of a response (refused, reset, closed): nothing
+    was passed on, so an idempotent request may be sent again."""

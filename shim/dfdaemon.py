@@ -4,7 +4,8 @@ dfdaemon accept and fetch over TLS themselves. Not CONNECT: the Go dfdaemon then
 blindly (no P2P) and the Rust one intercepts with its own certificate.
 
 HTTP/1.1 framing is h11's; this module only moves bytes, so a body cut short after the
-headers is an error here, never a short success.
+headers is an error here, never a short success. It sends exactly one request and follows no
+redirect: a 3xx is the reply, for the caller to pass on.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 import h11
 
-from shim._errors import UpstreamError
+from shim._errors import UnansweredError, UpstreamError
 
 _READ_SIZE = 1 << 20
 
@@ -71,6 +72,7 @@ class DfdaemonReply:
     _reader: asyncio.StreamReader = field(repr=False)
     _writer: asyncio.StreamWriter = field(repr=False)
     _read_timeout: float = field(repr=False)
+    _closed_by_peer: bool = field(default=False, repr=False)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; UpstreamError if it ends before its framing says."""
@@ -82,10 +84,14 @@ class DfdaemonReply:
                 return
 
     async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
+        # Until the response head is complete (status 0), a lost connection is unanswered.
+        lost = UnansweredError if self.status == 0 else UpstreamError
         while True:
             try:
                 event = self._conn.next_event()
             except h11.RemoteProtocolError as error:
+                if self._closed_by_peer:
+                    raise lost(f"dfdaemon closed the connection: {error}") from None
                 raise UpstreamError(f"dfdaemon broke the response: {error}") from None
             if event is not h11.NEED_DATA:
                 return cast("h11.Event | type[h11.PAUSED]", event)
@@ -94,7 +100,8 @@ class DfdaemonReply:
             except TimeoutError:
                 raise UpstreamError("dfdaemon stalled", status=504) from None
             except OSError as error:
-                raise UpstreamError(f"dfdaemon connection failed: {error.strerror}") from None
+                raise lost(f"dfdaemon connection failed: {error.strerror}") from None
+            self._closed_by_peer = not data
             self._conn.receive_data(data)
 
     def close(self) -> None:
@@ -113,24 +120,32 @@ async def request_via_dfdaemon(
     """Send one request through the dfdaemon at ``address``; return once its headers arrived.
 
     Raises UpstreamError when the dfdaemon cannot be reached or fails before its response
-    headers: nothing has reached the client then, so the caller may still fall back.
+    headers: nothing has reached the client then, so the caller may still fall back. That
+    error is an UnansweredError when the connection was refused, reset or closed: the request
+    may be sent again.
     """
+    where = f"{address[0]}:{address[1]}"
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), connect_timeout)
-    except (OSError, TimeoutError) as error:
-        raise UpstreamError(f"dfdaemon unreachable at {address[0]}:{address[1]}: {error}") from None
+    except TimeoutError:
+        raise UpstreamError(f"dfdaemon at {where} did not accept a connection in time") from None
+    except OSError as error:
+        raise UnansweredError(f"dfdaemon unreachable at {where}: {error}") from None
     conn = h11.Connection(h11.CLIENT)
     reply = DfdaemonReply(0, {}, None, conn, reader, writer, read_timeout)
     try:
         writer.write(conn.send(request_line(method, url, headers)) or b"")
         writer.write(conn.send(h11.EndOfMessage()) or b"")
-        await writer.drain()
+        try:
+            await writer.drain()
+        except OSError as error:
+            raise UnansweredError(f"dfdaemon connection failed: {error.strerror}") from None
         while True:
             event = await reply._next_event()
             if isinstance(event, h11.Response):
                 break
             if not isinstance(event, h11.InformationalResponse):
-                raise UpstreamError("dfdaemon closed the connection without answering")
+                raise UnansweredError("dfdaemon closed the connection without answering")
     except BaseException:
         writer.close()
         raise

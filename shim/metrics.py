@@ -40,6 +40,13 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.origin_retries = Counter(
+            "shim_origin_retries",
+            "Requests sent again after the connection failed before any response byte, by "
+            "upstream (origin, dfdaemon).",
+            ["upstream"],
+            registry=self.registry,
+        )
         self.dfdaemon_requests = Counter(
             "shim_dfdaemon_requests",
             "GETs offered to the dfdaemon, by result (ok, fallback to the origin, failed).",

@@ -1,10 +1,30 @@
-"""Redaction: URLs in logs and errors never carry a signature or credential. Pure."""
+"""Redaction: URLs in logs and errors, and origin error bodies passed to clients, never carry
+a signature or credential. Pure."""
 
 from __future__ import annotations
 
-from urllib.parse import unquote_plus, urlsplit, urlunsplit
+import re
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from shim.providers import ALL_SIGNATURE_PARAMS
+
+REDACTED = "REDACTED"
+
+# Elements of S3 error documents that repeat what a request was signed with:
+# SignatureDoesNotMatch's key ID, string-to-sign, canonical request and the signature itself,
+# and ExpiredToken/InvalidToken's session token (Token-0). An element cut off by a truncated
+# body is redacted to its end.
+_SECRET_ELEMENTS = re.compile(
+    rb"<(AWSAccessKeyId|StringToSign|StringToSignBytes|SignatureProvided|CanonicalRequest"
+    rb"|CanonicalRequestBytes|Token-\d+)>.*?(?:</\1>|\Z)",
+    re.DOTALL,
+)
+# Signature parameters whose values only say how and when a URL was signed (algorithm,
+# timestamp, lifetime, signed header names): public, and short enough ("host", "3600") to
+# occur in any text. Every other signature parameter's value is redacted wherever it occurs.
+_SCHEME_PARAMS = frozenset(
+    {"X-Amz-Algorithm", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders", "Expires"}
+)
 
 
 def redact_url(url: str) -> str:
@@ -19,3 +39,30 @@ def redact_url(url: str) -> str:
         secret = eq and unquote_plus(name) in ALL_SIGNATURE_PARAMS
         pieces.append(f"{name}=REDACTED" if secret else piece)
     return urlunsplit(parts._replace(query="&".join(pieces)))
+
+
+def signature_secrets(signed_url: str) -> frozenset[str]:
+    """What of ``signed_url`` must not reach a client: each secret signature value as sent
+    and decoded, and the access key ID heading a credential (``AKID/date/region/...``)."""
+    secrets: set[str] = set()
+    for piece in urlsplit(signed_url).query.split("&"):
+        name, _, raw = piece.partition("=")
+        name = unquote_plus(name)
+        if name not in ALL_SIGNATURE_PARAMS or name in _SCHEME_PARAMS:
+            continue
+        for value in (raw, unquote(raw), unquote_plus(raw)):
+            secrets.add(value)
+            if name.endswith("Credential"):
+                secrets.add(value.partition("/")[0])
+    secrets.discard("")
+    return frozenset(secrets)
+
+
+def redact_error_body(body: bytes, signed_url: str) -> bytes:
+    """An origin's error body with what it repeats of the request's signature redacted: the
+    S3 elements that carry it, and any secret value of ``signed_url`` found anywhere else."""
+    body = _SECRET_ELEMENTS.sub(rb"<\1>" + REDACTED.encode() + rb"</\1>", body)
+    # Longest first, so a value is never left half-redacted by a shorter one inside it.
+    for secret in sorted(signature_secrets(signed_url), key=len, reverse=True):
+        body = body.replace(secret.encode(), REDACTED.encode())
+    return body

@@ -2,26 +2,38 @@
 directly otherwise or as a fallback. Either way the caller gets one shape of reply.
 
 The fallback applies only before the first byte: once a body has started, its failure is the
-client's failed transfer, never a silent switch to another source mid-stream.
+client's failed transfer, never a silent switch to another source mid-stream. So do retries:
+a request whose connection was refused, reset or closed before any byte of a response (a
+pooled keep-alive connection the origin had already closed) is sent again, a few times.
+
+Redirects are never followed: a signed request is for the URL shim signed, and a 3xx is the
+reply, passed on uncached.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from shim._errors import UpstreamError
+from shim._errors import UnansweredError, UpstreamError
 from shim.dfdaemon import DragonflyOptions, dragonfly_headers, request_via_dfdaemon, task_id_from
 from shim.metrics import Metrics
 
 log = logging.getLogger("shim.upstream")
 
 _CHUNK = 1 << 20
+# Sends of one request when its connection fails unanswered, and the pause before the first
+# resend (doubled for each next one): short, as the cause is usually one stale connection.
+ATTEMPTS = 3
+FIRST_BACKOFF = 0.05
+# Connection failures that another try would meet again: no point in waiting for them.
+_PERMANENT = (aiohttp.ClientSSLError, aiohttp.ClientConnectorDNSError)
 
 
 @dataclass
@@ -74,8 +86,11 @@ class Upstream:
         route = "direct"
         # dfdaemons put GETs only on the P2P network; anything else goes straight out.
         if self._dfdaemon is not None and method == "GET":
+            dfdaemon = self._dfdaemon
             try:
-                return await self._via_dfdaemon(self._dfdaemon, signed_url, filtered)
+                return await self._retrying(
+                    "dfdaemon", lambda: self._via_dfdaemon(dfdaemon, signed_url, filtered)
+                )
             except UpstreamError as error:
                 if not self._dfdaemon.fallback:
                     self._metrics.dfdaemon_requests.labels(result="failed").inc()
@@ -83,7 +98,23 @@ class Upstream:
                 self._metrics.dfdaemon_requests.labels(result="fallback").inc()
                 log.warning("%s; fetching from the origin directly", error)
                 route = "fallback"
-        return await self._direct(method, signed_url, route)
+        return await self._retrying("origin", lambda: self._direct(method, signed_url, route))
+
+    async def _retrying(
+        self, upstream: str, send: Callable[[], Awaitable[UpstreamReply]]
+    ) -> UpstreamReply:
+        """``send()``, sent again while it fails unanswered, at most ``ATTEMPTS`` times."""
+        attempt = 1
+        while True:
+            try:
+                return await send()
+            except UnansweredError as error:
+                if attempt == ATTEMPTS:
+                    raise
+                self._metrics.origin_retries.labels(upstream=upstream).inc()
+                log.info("%s; sending again (%d of %d)", error, attempt + 1, ATTEMPTS)
+                await asyncio.sleep(FIRST_BACKOFF * 2 ** (attempt - 1))
+                attempt += 1
 
     async def _via_dfdaemon(
         self, dfdaemon: DfdaemonRoute, signed_url: str, filtered: Sequence[str]
@@ -122,10 +153,21 @@ class Upstream:
     async def _direct(self, method: str, signed_url: str, route: str) -> UpstreamReply:
         try:
             response = await self._session.request(
-                method, yarl.URL(signed_url, encoded=True), headers=self._headers
+                method,
+                yarl.URL(signed_url, encoded=True),
+                headers=self._headers,
+                allow_redirects=False,
             )
         except TimeoutError:
             raise UpstreamError("origin timed out before answering", status=504) from None
+        except _PERMANENT as error:
+            raise UpstreamError(f"origin unreachable: {type(error).__name__}") from None
+        except (
+            aiohttp.ClientOSError,
+            aiohttp.ClientConnectionResetError,
+            aiohttp.ServerDisconnectedError,
+        ) as error:
+            raise UnansweredError(f"origin unreachable: {type(error).__name__}") from None
         except aiohttp.ClientError as error:
             raise UpstreamError(f"origin unreachable: {type(error).__name__}") from None
 

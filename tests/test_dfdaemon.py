@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-import h11
+import asyncio
 
-from shim.dfdaemon import DragonflyOptions, dragonfly_headers, request_line, task_id_from
+import h11
+import pytest
+
+from shim._errors import UnansweredError
+from shim.dfdaemon import (
+    DragonflyOptions,
+    dragonfly_headers,
+    request_line,
+    request_via_dfdaemon,
+    task_id_from,
+)
+from tests.support.procs import free_port
 
 FILTERED = ("X-Amz-Credential", "X-Amz-Signature", "sig", "se")
 
@@ -43,3 +54,11 @@ def test_request_is_absolute_form_with_the_origin_host_and_the_query_untouched()
     assert "\r\nHost: bucket.s3.us-east-1.amazonaws.com\r\n" in head
     assert "\r\nX-Dragonfly-Use-P2P: true\r\n" in head
     assert "\r\nConnection: close\r\n" in head
+
+
+def test_a_refused_connection_is_unanswered_so_the_request_may_be_sent_again() -> None:
+    request = request_via_dfdaemon(
+        ("127.0.0.1", free_port()), "GET", "http://h/k", {}, connect_timeout=5, read_timeout=5
+    )
+    with pytest.raises(UnansweredError, match="dfdaemon unreachable"):
+        asyncio.run(request)

@@ -23,6 +23,7 @@ from pathlib import Path
 from shim._errors import ShimError, UpstreamError
 from shim.cache.store import CacheStore, EntryMeta
 from shim.metrics import Metrics
+from shim.redact import redact_error_body, redact_url
 from shim.upstream import Upstream, UpstreamReply
 
 log = logging.getLogger("shim.cache")
@@ -33,13 +34,20 @@ KEPT_HEADERS = ("Content-Type", "Content-Encoding", "ETag", "Last-Modified")
 
 
 class OriginStatus(ShimError):
-    """The origin answered with a status other than 200; passed through, never cached."""
+    """The origin answered with a status that is no object (an error, a redirect): passed
+    through, never cached, and never followed. What it repeats of the signed request (a
+    redirect's Location, the key ID and string-to-sign of an S3 error) is redacted here, so
+    that it reaches no client."""
 
-    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+    def __init__(
+        self, status: int, headers: Mapping[str, str], body: bytes, signed_url: str
+    ) -> None:
         super().__init__(f"origin answered {status}")
         self.status = status
-        self.headers = dict(headers)
-        self.body = body
+        self.headers = kept_headers(headers)
+        if "Location" in headers:
+            self.headers["Location"] = redact_url(headers["Location"])
+        self.body = redact_error_body(body, signed_url)
 
 
 class Fill:
@@ -57,6 +65,7 @@ class Fill:
         self.size: int | None = None
         self.headers: dict[str, str] = {}
         self.headers_published = False
+        self.status = 200  # or 206: one part of the object (partNumber), never kept
         self.route = "direct"
         self.task_id = key  # replaced by the dfdaemon's own, when it reports one
         self.written = 0
@@ -84,7 +93,7 @@ class Fill:
         changed.set()
 
     def publish(self, size: int | None, headers: dict[str, str], reply: UpstreamReply) -> None:
-        self.size, self.headers = size, headers
+        self.size, self.headers, self.status = size, headers, reply.status
         self.route, self.task_id = reply.route, reply.task_id or self.key
         self.headers_published = True
         self.headers_ready.set()
@@ -180,11 +189,15 @@ class FillRunner:
         """Fetch into ``fill``; keep it in the store when there is room and keeping is on."""
         reply = await self._upstream.open("GET", signed_url, filtered)
         try:
-            kept = kept_headers(reply.headers)
-            if reply.status != 200:
-                raise OriginStatus(reply.status, kept, await reply.head_of_body())
+            if reply.status not in (200, 206):
+                body = await reply.head_of_body()
+                raise OriginStatus(reply.status, reply.headers, body, signed_url)
+            # A 206 to a GET without Range is one part of the object (partNumber): streamed to
+            # its readers as such, never kept as the object.
+            whole = reply.status == 200
+            kept = kept_headers(reply.headers) if whole else part_headers(reply.headers)
             size = reply.content_length
-            if self._keep and size is not None and self._store.reserve(size):
+            if self._keep and whole and size is not None and self._store.reserve(size):
                 fill.reserved = size
             fill.publish(size, kept, reply)
             digest = await self._copy_body(fill, reply)
@@ -192,7 +205,8 @@ class FillRunner:
             reply.close()
         if size is not None and fill.written != size:
             raise UpstreamError(f"{reply.route} sent {fill.written} of {size} bytes")
-        expected = _MD5_ETAG.fullmatch(kept.get("ETag", ""))
+        # A part's ETag is the whole object's: nothing to check the part against.
+        expected = _MD5_ETAG.fullmatch(kept.get("ETag", "")) if whole else None
         if digest is not None and expected and digest != expected.group(1).lower():
             raise UpstreamError("body does not match the origin's ETag (MD5)")
         if fill.reserved:
@@ -244,3 +258,11 @@ class FillRunner:
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The origin headers that describe the object, to keep with it and pass on."""
     return {name: headers[name] for name in KEPT_HEADERS if name in headers}
+
+
+def part_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers of a 206 to a request without Range: the object's, and which part it is."""
+    content_range = headers.get("Content-Range")
+    if content_range is None:
+        raise UpstreamError("origin answered 206 without Content-Range")
+    return {**kept_headers(headers), "Content-Range": content_range}

@@ -18,7 +18,7 @@ from aiohttp import web
 from cachetools import TTLCache
 
 from shim._errors import ShimError, UpstreamError
-from shim.cache.fill import Fill, FillRunner, OriginStatus, kept_headers
+from shim.cache.fill import Fill, FillRunner, OriginStatus, kept_headers, part_headers
 from shim.cache.store import CacheStore, EntryMeta
 from shim.identity import TaskIdentity
 from shim.metrics import Metrics
@@ -182,10 +182,17 @@ class CacheServer:
         except UpstreamError as error:
             return _failure_response(error, key)
         reply.close()
-        size = reply.content_length if reply.status == 200 else None
-        headers = object_headers(kept_headers(reply.headers), size, None)
-        if reply.status != 200 and reply.content_length is not None:
-            headers["Content-Length"] = str(reply.content_length)
+        try:
+            if reply.status == 200:
+                headers = object_headers(kept_headers(reply.headers), reply.content_length, None)
+            elif reply.status == 206:  # one part of the object (partNumber)
+                headers = object_headers(part_headers(reply.headers), reply.content_length, None)
+            else:
+                headers = OriginStatus(reply.status, reply.headers, b"", ticket.signed_url).headers
+                if reply.content_length is not None:
+                    headers["Content-Length"] = str(reply.content_length)
+        except UpstreamError as error:
+            return _failure_response(error, key)
         headers.update(
             {CACHE_STATUS_HEADER: "MISS", TASK_ID_HEADER: key, ROUTE_HEADER: reply.route}
         )
@@ -209,14 +216,16 @@ class CacheServer:
         if fill.error is not None and not fill.headers_published:
             return _failure_response(fill.error, fill.task_id)
         try:
+            # A part (partNumber) goes out whole, as the origin framed it: a Range would be
+            # about the object, not the part.
             byte_range = (
                 parse_range(request.headers.get("Range"), fill.size)
-                if fill.size is not None
+                if fill.size is not None and fill.status == 200
                 else None
             )
         except Unsatisfiable:
             return _unsatisfiable(fill.size or 0)
-        response = web.StreamResponse(status=206 if byte_range else 200)
+        response = web.StreamResponse(status=206 if byte_range else fill.status)
         response.headers.update(object_headers(fill.headers, fill.size, byte_range))
         response.headers.update(
             {CACHE_STATUS_HEADER: "MISS", TASK_ID_HEADER: fill.task_id, ROUTE_HEADER: fill.route}
@@ -285,7 +294,8 @@ def _unsatisfiable(size: int) -> web.Response:
 
 def _failure_response(error: ShimError, key: str) -> web.Response:
     if isinstance(error, OriginStatus):
-        # The origin's own status, headers and body, so the client sees the real failure.
+        # The origin's own status, headers and body, so the client sees the real failure;
+        # OriginStatus has redacted what they repeat of the signature.
         headers = {k: v for k, v in error.headers.items() if k != "Content-Encoding"}
         headers.update({ERROR_HEADER: "origin_status", TASK_ID_HEADER: key})
         return web.Response(status=error.status, body=error.body, headers=headers)

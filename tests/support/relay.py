@@ -9,6 +9,17 @@ Faults, both adjustable while the relay runs:
   direction.
 - `cut_after_bytes`: once a connection has relayed that many down bytes, the relay resets both
   sides of it (RST, not FIN), as a network failure mid-body would.
+
+Faults the relay acts out itself, for failures and answers no real server gives on demand
+(`dropped_requests` counts the requests it dropped):
+- `drop_reused`: a request on a connection that already carried a response is dropped (both
+  sides reset, no answer), as when an origin's idle timeout closed a kept-alive connection
+  just as the client reused it.
+- `drop_next_requests`: the next N connections are reset on their first request, before any
+  byte of an answer and without reaching the target.
+- `answer`: each request is answered with `answer(request head)` (raw HTTP/1.1 bytes, then the
+  connection closes) and the target is never contacted: a redirect, a 206 to a GET without
+  Range.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import struct
 import termios
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from tests.support.procs import Stoppable
@@ -40,6 +52,10 @@ _CUT_FLUSH_TIMEOUT = 2.0
 
 class _Cut(Exception):
     """The connection reached cut_after_bytes."""
+
+
+class _Dropped(Exception):
+    """A request the relay drops unanswered."""
 
 
 class _TokenBucket:
@@ -89,6 +105,10 @@ class Relay(Stoppable):
         # transit, and of the point after which the relay goes silent without closing.
         self.corrupt_at_byte: int | None = None
         self.stall_after_bytes: int | None = None
+        self.drop_reused = False
+        self.drop_next_requests = 0
+        self.answer: Callable[[bytes], bytes] | None = None
+        self._dropped = 0
         self._counter_lock = threading.Lock()
         self._bytes_down = 0
         self._bytes_up = 0
@@ -185,9 +205,15 @@ class Relay(Stoppable):
         with self._counter_lock:
             return list(self._request_heads)
 
+    @property
+    def dropped_requests(self) -> int:
+        """Requests dropped unanswered by `drop_reused` or `drop_next_requests`."""
+        with self._counter_lock:
+            return self._dropped
+
     def reset_counters(self) -> None:
         with self._counter_lock:
-            self._bytes_down = self._bytes_up = self._connections = 0
+            self._bytes_down = self._bytes_up = self._connections = self._dropped = 0
             self._request_heads.clear()
 
     # -- relaying ----------------------------------------------------------------------------
@@ -211,13 +237,20 @@ class Relay(Stoppable):
         target_w: asyncio.StreamWriter | None = None
         clean = False
         try:
+            if self.answer is not None or self.drop_next_requests > 0:
+                clean = await self._act_out(client_r, client_w)
+                return
             target_r, target_w = await asyncio.open_connection(self.target_host, self.target_port)
+            answered = asyncio.Event()  # set once a byte of a response went down
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._pump(client_r, target_w, down=False))
-                group.create_task(self._pump(target_r, client_w, down=True))
+                group.create_task(self._pump(client_r, target_w, down=False, answered=answered))
+                group.create_task(self._pump(target_r, client_w, down=True, answered=answered))
             clean = True
         except* _Cut:
             await _flushed(client_w)
+        except* _Dropped:
+            with self._counter_lock:
+                self._dropped += 1
         except* OSError:
             pass  # a peer reset or refused: passed on below as a reset of the other side(s)
         finally:
@@ -225,8 +258,37 @@ class Relay(Stoppable):
                 if writer is not None:
                     _close(writer, reset=not clean)
 
+    async def _act_out(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> bool:
+        """Answer or drop the connection's first request without the target; True if answered."""
+        try:
+            head = await client_r.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return False
+        with self._counter_lock:
+            self._request_heads.append(head[:8192])
+            self._bytes_up += len(head)
+            dropped = self.drop_next_requests > 0
+            if dropped:
+                self.drop_next_requests -= 1
+                self._dropped += 1
+        if dropped or self.answer is None:
+            return False
+        reply = self.answer(head)
+        with self._counter_lock:
+            self._bytes_down += len(reply)
+        client_w.write(reply)
+        await client_w.drain()
+        return True
+
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, down: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        down: bool,
+        answered: asyncio.Event,
     ) -> None:
         relayed = 0
         while True:
@@ -241,6 +303,10 @@ class Relay(Stoppable):
                 if writer.can_write_eof():
                     writer.write_eof()
                 return
+            if down:
+                answered.set()
+            elif self.drop_reused and answered.is_set():
+                raise _Dropped  # the next request on a kept-alive connection
             cut = self.cut_after_bytes if down else None
             if cut is not None:
                 data = data[: max(0, cut - relayed)]
@@ -316,3 +382,15 @@ class RelayFactory(Protocol):
         rate_limit_bytes_per_s: float | None = None,
         cut_after_bytes: int | None = None,
     ) -> Relay: ...
+
+
+def request_target(head: bytes) -> str:
+    """The request target of a request head (``/bucket/key?query`` or absolute-form)."""
+    return head.split(b" ", 2)[1].decode("ascii")
+
+
+def raw_response(status: int, headers: dict[str, str], body: bytes = b"") -> bytes:
+    """One HTTP/1.1 response as bytes for `Relay.answer`; the relay closes after it."""
+    lines = [f"HTTP/1.1 {status} Relay", *(f"{k}: {v}" for k, v in headers.items())]
+    lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1") + body
