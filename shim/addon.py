@@ -1,4 +1,8 @@
-"""The mitmproxy addon: wires mitmproxy's hooks to shim's pure functions. Thin on purpose.
+"""The mitmproxy addon: wires mitmproxy's hooks to shim's decisions. Thin on purpose.
+
+Every rule of what a request may do lives in ``shim.decide``; this class only gathers the facts
+a hook offers, asks, and applies the answer: refuse, pass through, or serve (sign, then answer
+a plain-HTTP hit from a memory map or hand the request to the loopback cache server).
 
 Load it with ``shim run`` or ``mitmdump -s addons/shim_addon.py``.
 """
@@ -6,20 +10,24 @@ Load it with ``shim run`` or ``mitmdump -s addons/shim_addon.py``.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import ctx, exceptions, http
-from mitmproxy.proxy import mode_specs
+from mitmproxy import connection, ctx, exceptions, http, tls
+from mitmproxy.proxy import mode_specs, server_hooks
 
 from shim._errors import ConfigError, RequestError, SigningError
+from shim.access import auth_required, client_allowed, credentials_valid
 from shim.admin import AdminServer
 from shim.cache.mapped import map_entry
 from shim.cache.server import (
     CACHE_STATUS_HEADER,
     ERROR_HEADER,
+    REFUSAL_PATH,
     ROUTE_HEADER,
     TASK_ID_HEADER,
     TICKET_HEADER,
@@ -30,12 +38,24 @@ from shim.cache.server import (
 )
 from shim.cache.store import CacheStore
 from shim.config import BucketConfig, DfdaemonSettings, Settings, load_settings
+from shim.decide import (
+    Decision,
+    Listener,
+    PassThrough,
+    Refuse,
+    RequestFacts,
+    Serve,
+    Tunnel,
+    TunnelDecision,
+    decide,
+    decide_tunnel,
+    refuse_destination,
+)
 from shim.dfdaemon import DragonflyOptions
 from shim.identity import TaskIdentity, filtered_params, identify
 from shim.metrics import Metrics
-from shim.providers import ALL_SIGNATURE_PARAMS, Signer, signer_for
+from shim.providers import Signer, signer_for
 from shim.ranges import ByteRange, Unsatisfiable, parse_range
-from shim.recognize import recognize, recognize_reverse
 from shim.redact import redact_url
 from shim.upstream import DfdaemonRoute
 
@@ -45,9 +65,13 @@ log = logging.getLogger("shim")
 _DROPPED_REQUEST_HEADERS = ("Authorization", "Proxy-Authorization", "Proxy-Connection", "Cookie")
 
 
-def error_response(status: int, kind: str, message: str) -> http.Response:
+def error_response(
+    status: int, kind: str, message: str, headers: tuple[tuple[str, str], ...] = ()
+) -> http.Response:
     return http.Response.make(
-        status, f"shim: {message}\n", {"Content-Type": "text/plain", ERROR_HEADER: kind}
+        status,
+        f"shim: {message}\n",
+        {"Content-Type": "text/plain", ERROR_HEADER: kind, **dict(headers)},
     )
 
 
@@ -60,6 +84,34 @@ def dfdaemon_route(dfdaemon: DfdaemonSettings) -> DfdaemonRoute:
     )
 
 
+def listener_of(mode: mode_specs.ProxyMode) -> Listener:
+    if isinstance(mode, mode_specs.ReverseMode):
+        return "reverse"
+    if isinstance(mode, mode_specs.TransparentMode):
+        return "transparent"
+    return "regular"
+
+
+def request_facts(flow: http.HTTPFlow) -> RequestFacts:
+    """The facts ``decide`` needs, as this request's listener defines them."""
+    request = flow.request
+    listener = listener_of(flow.client_conn.proxy_mode)
+    # Behind a transparent redirect the connection's address is an IP; the name is in Host.
+    host = request.pretty_host if listener == "transparent" else request.host
+    return RequestFacts(
+        listener=listener,
+        method=request.method,
+        scheme=request.scheme,
+        host=host.lower(),
+        port=request.port,
+        target=request.path,
+        host_header=request.host_header,
+        # Framing says whether a body follows; an empty Content-Length is no body.
+        has_body=request.headers.get("Content-Length", "0").strip() not in ("", "0")
+        or "Transfer-Encoding" in request.headers,
+    )
+
+
 class ShimAddon:
     def __init__(self, settings: Settings | None = None) -> None:
         # ``shim run`` passes settings; under mitmdump they come from the shim_config option.
@@ -69,6 +121,12 @@ class ShimAddon:
         self._signers: dict[BucketConfig, Signer] = {}
         self._cache: CacheServer | None = None
         self._admin: AdminServer | None = None
+        # Per client connection: what its CONNECT (or transparent TLS) was allowed to become,
+        # and whether it proved proxy credentials in its CONNECT.
+        self._tunnels: weakref.WeakKeyDictionary[connection.Client, TunnelDecision] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._authenticated: weakref.WeakSet[connection.Client] = weakref.WeakSet()
         self.ready = False
 
     # -- options ------------------------------------------------------------------------------
@@ -141,59 +199,119 @@ class ShimAddon:
         assert self.settings is not None, "configure() runs before any hook"
         return self.settings
 
-    # -- hooks --------------------------------------------------------------------------------
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        # Uploads pass through; never hold a request body in memory.
-        if flow.request.method not in ("GET", "HEAD"):
-            flow.request.stream = True
+    # -- connections --------------------------------------------------------------------------
+    def client_connected(self, client: connection.Client) -> None:
+        if not client_allowed(client.peername[0], self._settings().clients):
+            self.metrics.errors.labels(kind="client_refused").inc()
+            log.warning("refused a client at %s: not in 'clients'", client.peername[0])
+            client.error = "client address not allowed"
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if not self._authorized(flow):
+            return
+        decision = decide_tunnel(flow.request.host.lower(), flow.request.port, self._settings())
+        if isinstance(decision, Refuse):
+            self._refuse(flow, decision)
+            return
+        self._tunnels[flow.client_conn] = decision
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        client = data.context.client
+        decision = self._tunnels.get(client)
+        address = data.context.server.address
+        if decision is None and listener_of(client.proxy_mode) == "transparent" and address:
+            # No CONNECT here: the ClientHello's name (else the address) says where it goes.
+            host = (data.client_hello.sni or address[0]).lower()
+            decision = decide_tunnel(host, address[1], self._settings())
+            self._tunnels[client] = decision
+        if isinstance(decision, Tunnel | Refuse):
+            # Not intercepted; a refused one is then cut by server_connect.
+            data.ignore_connection = True
+
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """The last gate: every connection mitmproxy opens is to the cache server or to a host
+        the pass-through policy allows, checked on the addresses it resolves to."""
+        assert data.server.address is not None
+        host, port = data.server.address[:2]
+        if self._cache is not None and (host, port) == self._cache.address:
+            return  # where shim itself routes signed requests
+        settings = self._settings()
+        refusal = self._tunnels.get(data.client)
+        if not isinstance(refusal, Refuse):
+            try:
+                addresses = await _resolve(host, port)
+            except OSError as error:
+                data.server.error = f"cannot resolve {host}: {error.strerror or error}"
+                return
+            refusal = refuse_destination(host, port, addresses, settings)
+            if refusal is None:
+                # Connect to the address just checked, not to a second lookup's answer.
+                if data.server.sni is None and host != str(addresses[0]):
+                    data.server.sni = host
+                data.server.address = (str(addresses[0]), port)
+                return
+        self.metrics.errors.labels(kind=refusal.kind).inc()
+        log.warning("refused a connection to %s:%d: %s", host, port, refusal.message)
+        data.server.error = f"shim: {refusal.message}"
+
+    # -- requests -----------------------------------------------------------------------------
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Decide before any body byte moves: a refused request is never forwarded."""
         if flow.response or flow.error or not flow.live:
             return
         try:
-            await self._route(flow)
+            if self._authorized(flow):
+                self._apply(flow, decide(request_facts(flow), self._settings()))
         except Exception:
             # An answer, never a silent pass-through: that would send the request unsigned.
             log.exception("internal error on %s", redact_url(flow.request.url))
-            self._reply(flow, 500, "internal", "internal error; see shim's log")
+            self._reply(flow, Refuse(500, "internal", "internal error; see shim's log"))
 
-    async def _route(self, flow: http.HTTPFlow) -> None:
-        settings = self._settings()
-        reverse = isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
-        # On the reverse listener the path names the bucket; elsewhere the whole URL does.
-        url = flow.request.path if reverse else flow.request.pretty_url
-        try:
-            if reverse:
-                ref = recognize_reverse(url, settings.buckets, ALL_SIGNATURE_PARAMS)
-            else:
-                ref = recognize(url, settings.buckets, ALL_SIGNATURE_PARAMS)
-        except RequestError as error:
-            self._reply(flow, 400, "request", str(error))
-            return
-        if ref is None and reverse:
-            aliases = ", ".join(b.reverse_alias for b in settings.buckets) or "none configured"
-            self._reply(flow, 404, "request", f"no bucket alias in {url!r}; aliases: {aliases}")
-            return
-        if reverse and flow.request.method not in ("GET", "HEAD"):
-            # Nothing to pass a reverse request through to: shim is the service here.
-            self._reply(flow, 405, "request", "the reverse listener serves GET and HEAD only")
-            return
-        if ref is None or flow.request.method not in ("GET", "HEAD"):
+    def _apply(self, flow: http.HTTPFlow, decision: Decision) -> None:
+        if isinstance(decision, Refuse):
+            self._refuse(flow, decision)
+        elif isinstance(decision, PassThrough):
             self.metrics.requests.labels(route="pass").inc()
+            # Streamed: an upload's body is never held in memory.
+            flow.request.stream = True
+            flow.request.headers.pop("Proxy-Authorization", None)
+        else:
+            flow.metadata["shim_serve"] = decision
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        serve = flow.metadata.pop("shim_serve", None)
+        if serve is None or flow.response or flow.error or not flow.live:
             return
+        try:
+            await self._serve(flow, serve)
+        except Exception:
+            log.exception("internal error on %s", redact_url(flow.request.url))
+            self._reply(flow, Refuse(500, "internal", "internal error; see shim's log"))
+
+    async def _serve(self, flow: http.HTTPFlow, serve: Serve) -> None:
+        settings = self._settings()
+        ref = serve.ref
         try:
             signed = await asyncio.to_thread(
                 self._signers[ref.bucket].sign, ref, flow.request.method
             )
+            filtered = filtered_params(ref.bucket.provider, settings.filter)
+            identity = identify(signed, filtered)
         except SigningError as error:
-            self._reply(flow, 502, "signing", str(error))
+            self._reply(flow, Refuse(502, "signing", str(error)))
             return
-        filtered = filtered_params(ref.bucket.provider, settings.filter)
-        identity = identify(signed, filtered)
-        flow.metadata["shim"] = {"url": redact_url(url), "task_id": identity.task_id}
+        except RequestError as error:
+            self._reply(flow, Refuse(400, "request", str(error)))
+            return
+        flow.metadata["shim"] = {
+            "url": redact_url(flow.request.pretty_url),
+            "task_id": identity.task_id,
+        }
         if flow.request.method == "GET" and self._reply_mapped(flow, identity):
             return
-        self._route_to_cache(flow, Ticket(flow.request.method, signed, identity, filtered))
+        assert self._cache is not None
+        ticket = Ticket(flow.request.method, signed, identity, filtered)
+        self._route_to_cache(flow, "/", self._cache.issue_ticket(ticket))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
@@ -226,20 +344,67 @@ class ShimAddon:
             log.warning("%s %s failed: %s", flow.request.method, shim["url"], flow.error.msg)
 
     # -- helpers ------------------------------------------------------------------------------
-    def _reply(self, flow: http.HTTPFlow, status: int, kind: str, message: str) -> None:
-        self.metrics.errors.labels(kind=kind).inc()
-        log.warning("%s %s: %s", flow.request.method, redact_url(flow.request.url), message)
-        flow.response = error_response(status, kind, message)
+    def _authorized(self, flow: http.HTTPFlow) -> bool:
+        """Proxy credentials, on the explicit proxy only (see shim.access); answers 407."""
+        auth = self._settings().proxy_auth
+        if auth is None or listener_of(flow.client_conn.proxy_mode) != "regular":
+            return True
+        if flow.client_conn in self._authenticated:
+            return True  # proved in this connection's CONNECT
+        if not credentials_valid(flow.request.headers.get("Proxy-Authorization"), auth):
+            self.metrics.errors.labels(kind="auth").inc()
+            log.warning(
+                "%s %s: proxy authentication required",
+                flow.request.method,
+                redact_url(flow.request.pretty_url),
+            )
+            flow.response = auth_required()
+            return False
+        flow.request.headers.pop("Proxy-Authorization", None)
+        if flow.request.method == "CONNECT":
+            self._authenticated.add(flow.client_conn)
+        return True
 
-    def _route_to_cache(self, flow: http.HTTPFlow, ticket: Ticket) -> None:
+    def _refuse(self, flow: http.HTTPFlow, refusal: Refuse) -> None:
+        request = flow.request
+        if request.method == "CONNECT" or _body_is_empty(flow) or self._cache is None:
+            self._reply(flow, refusal)
+            return
+        # An answer set here would have mitmproxy read the whole body into memory first. The
+        # cache server answers instead, at once: the body is dropped chunk by chunk as it
+        # arrives, and not a byte of it is forwarded.
+        self._count_refusal(flow, refusal)
+        request.stream = _drop_body
+        for name in ("Expect", "Transfer-Encoding"):
+            request.headers.pop(name, None)
+        request.headers["Content-Length"] = "0"
+        self._route_to_cache(flow, REFUSAL_PATH, self._cache.issue_ticket(refusal))
+
+    def _reply(self, flow: http.HTTPFlow, refusal: Refuse) -> None:
+        self._count_refusal(flow, refusal)
+        flow.response = error_response(
+            refusal.status, refusal.kind, refusal.message, refusal.headers
+        )
+
+    def _count_refusal(self, flow: http.HTTPFlow, refusal: Refuse) -> None:
+        self.metrics.errors.labels(kind=refusal.kind).inc()
+        log.warning(
+            "%s %s -> %d: %s",
+            flow.request.method,
+            redact_url(flow.request.pretty_url),
+            refusal.status,
+            refusal.message,
+        )
+
+    def _route_to_cache(self, flow: http.HTTPFlow, path: str, ticket_id: str) -> None:
         assert self._cache is not None
         host, port = self._cache.address
         request = flow.request
-        request.scheme, request.host, request.port, request.path = "http", host, port, "/"
+        request.scheme, request.host, request.port, request.path = "http", host, port, path
         request.host_header = f"{host}:{port}"
         for name in _DROPPED_REQUEST_HEADERS:
             request.headers.pop(name, None)
-        request.headers[TICKET_HEADER] = self._cache.issue_ticket(ticket)
+        request.headers[TICKET_HEADER] = ticket_id
 
     def _reply_mapped(self, flow: http.HTTPFlow, identity: TaskIdentity) -> bool:
         """Answer a plain-HTTP/1 cache hit from a memory map; False when that does not apply."""
@@ -279,3 +444,19 @@ class ShimAddon:
         self.metrics.cache_hits.inc()
         self.metrics.response_bytes.inc(len(body))
         return True
+
+
+def _drop_body(chunk: bytes) -> bytes:
+    return b""
+
+
+def _body_is_empty(flow: http.HTTPFlow) -> bool:
+    headers = flow.request.headers
+    return headers.get("Content-Length", "0").strip() in ("", "0") and (
+        "Transfer-Encoding" not in headers
+    )
+
+
+async def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, proto=6)
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]

@@ -244,18 +244,44 @@ class Limits(_Strict):
 # unless named in the list.
 Passthrough = Literal["none", "all"] | tuple[str, ...]
 
-_PASSTHROUGH_ENTRY = re.compile(r"(\*\.)?[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]")
+_HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9.\-]+")
+
+
+def split_authority(authority: str) -> tuple[str, int | None] | None:
+    """``HOST``, ``HOST:PORT`` or ``[V6]:PORT`` -> (host, port or None); None if malformed."""
+    if authority.startswith("["):
+        host, bracket, rest = authority[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:] if rest else None
+    elif authority.count(":") == 1:
+        host, _, port = authority.partition(":")
+    elif ":" in authority:
+        return None  # an IPv6 address must be bracketed
+    else:
+        host, port = authority, None
+    if port is not None and not (port.isascii() and port.isdigit() and len(port) <= 5):
+        return None
+    return host, int(port) if port is not None else None
 
 
 def _check_passthrough_entry(entry: str) -> str:
-    host, port = entry, None
-    if entry.count(":") == 1 or entry.startswith("["):
-        host, _, port = entry.rpartition(":")
-        if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"passthrough: expected HOST or HOST:PORT, got {entry!r}")
-    if not _PASSTHROUGH_ENTRY.fullmatch(host):
+    split = split_authority(entry)
+    if (
+        split is None
+        or not (_HOST_NAME.fullmatch(split[0]) or _is_ip(split[0]))
+        or (split[1] is not None and not 0 < split[1] < 65536)
+    ):
         raise ValueError(f"passthrough: expected HOST or HOST:PORT, got {entry!r}")
     return entry.lower()
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def is_loopback_host(host: str) -> bool:
@@ -353,28 +379,20 @@ class Settings(_Strict):
 
     @model_validator(mode="after")
     def _exposed_listeners_are_guarded(self) -> Self:
-        # A signing proxy reachable from the network with no guard is an open door.
-        if self.clients or self.proxy_auth:
-            return self
+        # A signing proxy reachable from the network with no guard is an open door. Only the
+        # explicit proxy can ask for credentials: model servers behind a transparent redirect
+        # or fetching a reverse URL send none, so those listeners need client networks.
         for name in ("listen", "transparent", "reverse"):
             address = getattr(self, name)
-            if address is not None and not is_loopback_host(split_host_port(address)[0]):
-                raise ValueError(
-                    f"{name} {address} is reachable from other hosts: set 'clients' (the client "
-                    "networks allowed, e.g. [10.0.0.0/8]) or 'proxy_auth', or bind it to 127.0.0.1"
-                )
-        return self
-
-    @model_validator(mode="after")
-    def _reverse_cannot_use_proxy_auth_alone(self) -> Self:
-        # TorchServe sends no credentials with a model URL: only a network allow-list guards it.
-        if self.reverse and self.proxy_auth and not self.clients:
-            host = split_host_port(self.reverse)[0]
-            if not is_loopback_host(host):
-                raise ValueError(
-                    f"reverse {self.reverse} is reachable from other hosts and model servers "
-                    "cannot send proxy credentials: set 'clients' to the networks allowed"
-                )
+            if address is None or is_loopback_host(split_host_port(address)[0]):
+                continue
+            if self.clients or (name == "listen" and self.proxy_auth):
+                continue
+            guard = "'clients' or 'proxy_auth'" if name == "listen" else "'clients'"
+            raise ValueError(
+                f"{name} {address} is reachable from other hosts: set {guard} (clients: the "
+                "client networks allowed, e.g. [10.0.0.0/8]), or bind it to 127.0.0.1"
+            )
         return self
 
     def mitmproxy_modes(self) -> list[str]:

@@ -83,26 +83,65 @@ S3_OBJECT_PARAMS = frozenset(
 )
 
 
+# S3's limit on a key, in UTF-8 bytes.
+MAX_KEY_BYTES = 1024
+MAX_PART_NUMBER = 10000
+
+
 def _object_params(query: str, signature_params: frozenset[str]) -> tuple[tuple[str, str], ...]:
-    kept = []
+    kept: dict[str, str] = {}
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name in S3_OBJECT_PARAMS:
-            kept.append((name, value))
+            if name in kept:
+                # Which one would the origin use? Refuse rather than guess.
+                raise RequestError(f"query parameter {name!r} is given more than once")
+            kept[name] = value
         elif name not in signature_params:
             raise RequestError(
                 f"query parameter {name!r} is not supported on a signed bucket; "
                 f"supported: {', '.join(sorted(S3_OBJECT_PARAMS))}"
             )
-    return tuple(kept)
+    part = kept.get("partNumber")
+    if part is not None and not (
+        part.isascii() and part.isdigit() and len(part) <= 5 and 1 <= int(part) <= MAX_PART_NUMBER
+    ):
+        raise RequestError(f"partNumber must be a whole number from 1 to {MAX_PART_NUMBER}")
+    return tuple(kept.items())
 
 
 def _decode_key(raw_path: str) -> str:
+    """The object key a raw URL path names: percent-decoded once, and refused when another
+    component on the way (a URL parser, the dfdaemon, the store) could read it as another key.
+    """
     key = unquote(raw_path, errors="strict") if raw_path else ""
     if not key:
         raise RequestError("the URL names a bucket but no object key")
-    if any(ord(c) < 0x20 or 0xD800 <= ord(c) <= 0xDFFF for c in key):
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in key):
         raise RequestError("the object key holds control characters or invalid UTF-8")
+    if any(segment in (".", "..") for segment in key.split("/")):
+        # URL parsers (WHATWG, the dfdaemon's) resolve dot segments and AWS keeps them: the
+        # object fetched and the object cached would differ. One rule: never accepted.
+        raise RequestError("the object key holds a '.' or '..' path segment; name it directly")
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise RequestError(f"the object key is longer than {MAX_KEY_BYTES} bytes")
     return key
+
+
+def is_bucket_host(host: str, port: int, scheme: str, buckets: Iterable[BucketConfig]) -> bool:
+    """Whether requests to ``host:port`` may name an object of a configured bucket: the hosts
+    whose TLS shim intercepts. A path-style endpoint counts, whichever bucket a path names."""
+    host = host.lower()
+    for bucket in buckets:
+        for own in _own_hosts(bucket):
+            if host == own.host and _port_matches(own, scheme, port):
+                return True
+        for endpoint in _endpoints(bucket):
+            if _port_matches(endpoint, scheme, port) and host in (
+                endpoint.host,
+                f"{bucket.bucket.lower()}.{endpoint.host}",
+            ):
+                return True
+    return False
 
 
 def recognize(
@@ -120,6 +159,11 @@ def recognize(
         return None
     host = (parts.hostname or "").lower()
     if parts.scheme not in _DEFAULT_PORTS or not host:
+        return None
+    if parts.fragment or "#" in url:
+        # A request target never holds a fragment; the key must not depend on who drops it.
+        if is_bucket_host(host, port, parts.scheme, buckets):
+            raise RequestError("the URL holds '#': percent-encode it as %23 in a key")
         return None
     for bucket in buckets:
         for own in _own_hosts(bucket):
@@ -145,6 +189,8 @@ def recognize_reverse(
 ) -> ObjectRef | None:
     """The object a reverse-listener request target ``/ALIAS/KEY[?query]`` names, or None when
     no bucket has that alias."""
+    if "#" in target:
+        raise RequestError("the URL holds '#': percent-encode it as %23 in a key")
     path, _, query = target.partition("?")
     alias, slash, raw_key = path.removeprefix("/").partition("/")
     if not slash:

@@ -97,7 +97,8 @@ class S3Signer:
     def sign(self, ref: ObjectRef, method: str) -> str:
         params: dict[str, Any] = {"Bucket": self._bucket.bucket, "Key": ref.key}
         for name, value in ref.params:
-            params[_PARAM_NAMES[name]] = value
+            # boto3 validates types: a part number is an int (recognize checked its digits).
+            params[_PARAM_NAMES[name]] = int(value) if name == "partNumber" else value
         try:
             client = self._client(self._endpoint(ref.client_scheme))
             return client.generate_presigned_url(

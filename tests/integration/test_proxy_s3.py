@@ -107,13 +107,14 @@ def test_stale_client_signature_is_replaced(
     assert reply.body == b"p" * 5000
 
 
-def test_unconfigured_bucket_passes_through_unsigned(
+def test_unconfigured_bucket_is_refused_by_default(
     shim: ShimProcess, s3rver: S3Server, bucket: S3Client
 ) -> None:
     put_object(bucket, "other-bucket", "model.mar", b"secret")
     reply = via_proxy(shim.proxy_port, object_url(s3rver.endpoint, "model.mar", "other-bucket"))
     assert reply.status == 403
-    assert b"AccessDenied" in reply.body
+    assert reply.headers["X-Shim-Error"] == "passthrough"
+    assert b"passthrough" in reply.body
     assert "X-Shim-Cache" not in reply.headers
 
 

@@ -33,9 +33,11 @@ def test_alias_paths_are_signed_cached_and_unknown_aliases_refused(
         assert (second.status, second.headers["X-Shim-Cache"], second.body) == (200, "HIT", body)
         unknown = direct(f"http://127.0.0.1:{port}/reverse-bucket/dir/x.mar")
         assert unknown.status == 404
-        assert b"aliases: models" in unknown.body
+        # The aliases are not listed to whoever asks.
+        assert b"models" not in unknown.body
         upload = direct(f"http://127.0.0.1:{port}/models/new.mar", method="PUT")
-        assert (upload.status, upload.headers["X-Shim-Error"]) == (405, "request")
+        assert (upload.status, upload.headers["X-Shim-Error"]) == (405, "method")
+        assert upload.headers["Allow"] == "GET, HEAD"
         missing = direct(f"http://127.0.0.1:{port}/models/absent.mar")
         assert missing.status == 404
         assert b"NoSuchKey" in missing.body
