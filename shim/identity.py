@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from shim._errors import RequestError
 
 from shim.providers import SIGNATURE_PARAMS
 from shim.taskid import rust_filter_query, rust_task_id
@@ -23,6 +26,10 @@ class TaskIdentity:
 
 
 def identify(signed_url: str, filtered: Iterable[str]) -> TaskIdentity:
+    """The identity of ``signed_url``. Raises RequestError if the dfdaemon's URL parser would
+    read another path than the one signed: the entry would then hold another object."""
     url = rust_filter_query(signed_url, filtered)
+    if urlsplit(url)[:3] != urlsplit(signed_url)[:3]:
+        raise RequestError("the URL does not keep its form through URL parsing; not served")
     # The canonical URL is hashed as it stands (nothing left to filter): one parse, not two.
     return TaskIdentity(url=url, task_id=rust_task_id(url))

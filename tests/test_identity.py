@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import botocore.auth
 import pytest
 
+from shim._errors import RequestError
 from shim.config import BucketConfig
 from shim.identity import TaskIdentity, filtered_params, identify
 from shim.providers.s3 import SIGNATURE_PARAMS, S3Signer
@@ -126,3 +127,18 @@ def test_extra_filter_params_are_left_out_of_the_identity() -> None:
 def test_identity_accepts_any_iterable_of_names() -> None:
     url = "https://h/k?X-Amz-Signature=s&keep=1"
     assert identify(url, iter(S3_FILTER)) == identify(url, list(S3_FILTER))
+
+
+@pytest.mark.parametrize(
+    "signed",
+    [
+        "https://b.s3.amazonaws.com/a/../b?X-Amz-Signature=x",
+        "https://b.s3.amazonaws.com/a/%2e%2e/b?X-Amz-Signature=x",
+        "https://b.s3.amazonaws.com/a\\b?X-Amz-Signature=x",
+        "https://B.S3.amazonaws.com/a?X-Amz-Signature=x",
+    ],
+)
+def test_a_url_that_parsing_would_change_is_refused(signed: str) -> None:
+    # The entry would hold what the dfdaemon fetched, which is not the object signed.
+    with pytest.raises(RequestError):
+        identify(signed, filtered_params("s3"))
