@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from shim._errors import RequestError
-
 from shim.providers import SIGNATURE_PARAMS
 from shim.taskid import rust_filter_query, rust_task_id
 
