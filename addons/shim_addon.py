@@ -4,5 +4,7 @@ Not named shim.py: mitmproxy puts this folder on sys.path, and the file would hi
 """
 
 from shim.addon import ShimAddon
+from shim.lifecycle import GracefulShutdown
 
-addons = [ShimAddon()]
+shim = ShimAddon()
+addons = [shim, GracefulShutdown(shim)]

@@ -1,13 +1,17 @@
-"""The admin listener: ``GET /healthz`` (200 once the proxy is ready) and ``GET /metrics``."""
+"""The admin listener: ``GET /healthz`` (200 while the proxy takes traffic) and ``GET /metrics``."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from aiohttp import web
+from mitmproxy import exceptions
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shim.metrics import Metrics
+
+log = logging.getLogger("shim")
 
 
 class AdminServer:
@@ -17,12 +21,27 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port``. Called from an addon's ``running`` hook: a port that cannot
+        be bound is logged in one line, as mitmproxy reports its own listeners, and start-up
+        stops there (mitmproxy then exits 1 on the logged error)."""
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics_page)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as error:
+            await runner.cleanup()
+            log.error(
+                "admin listener failed to listen on %s:%d: %s",
+                host,
+                port,
+                error.strerror or error,
+            )
+            # Ends the running hook here without a traceback; nothing claims to be ready.
+            raise exceptions.AddonHalt from None
+        self._runner = runner
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -31,7 +50,8 @@ class AdminServer:
     async def _healthz(self, _: web.Request) -> web.Response:
         if self._is_ready():
             return web.Response(text="ok\n")
-        return web.Response(status=503, text="starting\n")
+        # Starting, or shutting down: a Service sends no traffic here.
+        return web.Response(status=503, text="not ready\n")
 
     async def _metrics_page(self, _: web.Request) -> web.Response:
         body = generate_latest(self._metrics.registry)

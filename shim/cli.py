@@ -50,10 +50,12 @@ async def _serve(settings: Settings) -> int:
     from mitmproxy.tools.dump import DumpMaster
 
     from shim.addon import ShimAddon
+    from shim.lifecycle import GracefulShutdown
 
     opts = options.Options()
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
-    master.addons.add(ShimAddon(settings))  # type: ignore[no-untyped-call]
+    shim = ShimAddon(settings)
+    master.addons.add(shim, GracefulShutdown(shim))  # type: ignore[no-untyped-call]
     # Addons declare most options, so they are set once the addons are in.
     opts.update(  # type: ignore[no-untyped-call]
         mode=settings.mitmproxy_modes(),
@@ -61,6 +63,7 @@ async def _serve(settings: Settings) -> int:
         connection_strategy="lazy",
     )
     loop = asyncio.get_running_loop()
+    # Until the proxy runs; from then on GracefulShutdown drains transfers in flight first.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, master.shutdown)
     await master.run()

@@ -1,15 +1,22 @@
-"""The ``shim`` command: task-id output and configuration errors of ``run``."""
+"""The ``shim`` command: task-id output, configuration errors of ``run``, busy ports."""
 
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from shim.cli import build_parser, main
 from shim.identity import filtered_params
 from shim.taskid import go_task_id, rust_task_id
+from tests.support.procs import free_port
+from tests.support.servers import REPO_ROOT
 
 URL = (
     "https://models.s3.eu-west-1.amazonaws.com/dir/model.bin?versionId=v1"
@@ -134,3 +141,38 @@ def test_parser_knows_run_and_task_id() -> None:
         None,
     )
     assert parser.parse_args(["task-id", "http://h/"]).filter is None  # the S3 signature parameters
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port another program listens on."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("listener", ["listen", "admin"])
+def test_run_on_a_busy_port_says_so_in_one_line(
+    listener: str, busy_port: int, tmp_path: Path
+) -> None:
+    ports = {"listen": free_port(), "admin": free_port(), listener: busy_port}
+    config = tmp_path / "shim.yaml"
+    config.write_text(
+        yaml.safe_dump({"confdir": str(tmp_path / "conf"), "cache": {"dir": str(tmp_path / "c")}})
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "shim", "run", "--config", str(config)]
+        + [f"--{name}=127.0.0.1:{port}" for name, port in ports.items()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output
+    (line,) = [line for line in output.splitlines() if f"127.0.0.1:{busy_port}" in line]
+    assert "address already in use" in line.lower()
+    assert "shim ready" not in output
