@@ -224,6 +224,10 @@ class ShimAddon:
             host = (data.client_hello.sni or address[0]).lower()
             decision = decide_tunnel(host, address[1], self._settings())
             self._tunnels[client] = decision
+            if isinstance(decision, Tunnel):
+                # Connect to the name decided on (checked again when it resolves), not to
+                # whatever address the client's packets were sent to.
+                data.context.server.address = (host, address[1])
         if isinstance(decision, Tunnel | Refuse):
             # Not intercepted; a refused one is then cut by server_connect.
             data.ignore_connection = True
@@ -272,6 +276,9 @@ class ShimAddon:
             self._refuse(flow, decision)
         elif isinstance(decision, PassThrough):
             self.metrics.requests.labels(route="pass").inc()
+            if listener_of(flow.client_conn.proxy_mode) == "transparent":
+                # As for tunnels: to the name decided on, not the redirected address.
+                flow.request.host = request_facts(flow).host
             # Streamed: an upload's body is never held in memory.
             flow.request.stream = True
             flow.request.headers.pop("Proxy-Authorization", None)
