@@ -36,7 +36,7 @@ class Metrics:
         self.errors = Counter(
             "shim_errors",
             "Failures by kind (request, signing, origin, origin_status, truncated, transfer, "
-            "client, internal).",
+            "client, internal, disk: the cache's disk full even after evicting).",
             ["kind"],
             registry=self.registry,
         )

@@ -4,24 +4,29 @@ A fill streams the origin's body into a temporary file and tells its readers as 
 arrive, so each client streams at the origin's pace. It belongs to no client: a client that
 goes away does not cancel it. It becomes a cache entry only when every byte promised by
 Content-Length arrived and, where the ETag is a plain MD5, the digest matches.
+
+With no room on disk, not even for a temporary file, a fill streams through memory instead:
+a bounded window of the body that the readers waiting for it share, the origin held back to
+the slowest of them; later requests start a fetch of their own. Such a fill ends when its
+readers have all left, as there is nothing to keep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
 import re
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shim._errors import ShimError, UpstreamError
-from shim.cache.store import CacheStore, EntryMeta
+from shim.cache.store import CacheStore, DiskFull, EntryMeta, Reservation
 from shim.metrics import Metrics
 from shim.redact import redact_error_body, redact_url
 from shim.upstream import Upstream, UpstreamReply
@@ -29,6 +34,11 @@ from shim.upstream import Upstream, UpstreamReply
 log = logging.getLogger("shim.cache")
 
 _MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')
+_READ_SIZE = 1 << 20
+# Body bytes a fill streaming through memory holds at most (plus one chunk of the origin's).
+MEMORY_WINDOW = 4 << 20
+# Times a fill whose write found the disk full evicts entries and writes again.
+_DISK_FULL_RETRIES = 3
 # Origin headers that describe the object itself and are kept with the entry.
 KEPT_HEADERS = ("Content-Type", "Content-Encoding", "ETag", "Last-Modified")
 
@@ -50,6 +60,14 @@ class OriginStatus(ShimError):
         self.body = redact_error_body(body, signed_url)
 
 
+class TransferAborted(ShimError):
+    """A reader cannot complete the body: its connection is dropped so no client sees a 200."""
+
+
+class ReadersGone(ShimError):
+    """Every reader of a fill streaming through memory left: nobody to send it to."""
+
+
 class Fill:
     """One object being fetched. Readers wait on it; the fetch task writes to it."""
 
@@ -58,9 +76,15 @@ class Fill:
         self.identity_url = identity_url
         self.path = temp  # where the body is written; moved into the store on commit
         # Readers pread one descriptor, so a commit (rename) or a drop (unlink) of the file
-        # never gets in their way; it closes when the last holder of the Fill lets go.
+        # never gets in their way; it closes once the fill ended and its last reader left.
         self.fd: int | None = None
-        self.reserved = 0  # store space held for this body until commit or failure
+        # Store space held for this body until commit or failure; None: no room on disk.
+        self.reservation: Reservation | None = None
+        # Without room on disk: the body from object offset _window_start on, as far as some
+        # reader still needs it, and where each reader goes on (offset of its next read).
+        self._window: bytearray | None = None
+        self._window_start = 0
+        self._cursors: dict[FillReader, int] = {}
         self.headers_ready = asyncio.Event()
         self.size: int | None = None
         self.headers: dict[str, str] = {}
@@ -83,9 +107,28 @@ class Fill:
         fill.headers_ready.set()
         return fill
 
+    @property
+    def in_memory(self) -> bool:
+        return self._window is not None
+
+    def stream_through_memory(self) -> None:
+        self._window = bytearray()
+
+    def reader(self) -> FillReader:
+        """A reader of this fill. Take it before waiting for the headers: a fill streaming
+        through memory serves only the readers it had when it started."""
+        return FillReader(self)
+
     def open_for_readers(self) -> None:
-        self.fd = os.open(self.path, os.O_RDONLY)
-        weakref.finalize(self, os.close, self.fd)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def close_when_done(self) -> None:
+        """Close the file once the fill ended and its last reader left: an unlinked file
+        keeps its disk space for as long as a descriptor holds it."""
+        ended = self.finished or self.error is not None
+        if ended and not self._cursors and self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def _notify(self) -> None:
         # Swap in a fresh event so a reader's cancellation never touches the others.
@@ -121,6 +164,79 @@ class Fill:
         """Return once more than ``offset`` bytes are readable, or the fill ended."""
         while self.readable <= offset and not self.finished and self.error is None:
             await self._changed.wait()
+
+    async def hold(self, chunk: bytes) -> None:
+        """Add ``chunk`` to the window of a fill streaming through memory, once the slowest
+        reader made room for it. Raises ReadersGone when no reader is left."""
+        assert self._window is not None
+        while self._cursors and len(self._window) >= MEMORY_WINDOW:
+            await self._changed.wait()
+        if not self._cursors:
+            raise ReadersGone("every reader left")
+        self._window += chunk
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the window's bytes that every reader is past."""
+        assert self._window is not None
+        end = self._window_start + len(self._window)
+        start = min(min(self._cursors.values(), default=end), end)
+        del self._window[: start - self._window_start]
+        self._window_start = start
+
+    def _from_window(self, reader: FillReader, position: int, count: int) -> bytes:
+        assert self._window is not None and position >= self._window_start
+        offset = position - self._window_start
+        data = bytes(self._window[offset : offset + count])
+        self._cursors[reader] = position + count
+        self._trim()
+        self._notify()  # a fetch waiting for room
+        return data
+
+
+class FillReader:
+    """One client's reading of a fill, from its file or from its window in memory."""
+
+    def __init__(self, fill: Fill) -> None:
+        self.fill = fill
+        fill._cursors[self] = 0
+
+    def close(self) -> None:
+        fill = self.fill
+        if fill._cursors.pop(self, None) is not None and fill.in_memory:
+            fill._trim()
+            fill._notify()
+        fill.close_when_done()
+
+    def __enter__(self) -> FillReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def read(self, position: int, stop: int | None) -> bytes:
+        """The next bytes from ``position`` (up to ``stop``, None: the end) once readable;
+        b"" at the end of the object. TransferAborted when the body cannot be completed."""
+        fill = self.fill
+        if fill.in_memory:
+            fill._cursors[self] = position
+            fill._trim()
+        await fill.wait_past(position)
+        if fill.error is not None:
+            raise TransferAborted(str(fill.error))
+        limit = fill.readable if stop is None else min(fill.readable, stop)
+        if position >= limit:
+            if stop is None and fill.finished:
+                return b""
+            raise TransferAborted("the object ended before the promised length")
+        count = min(_READ_SIZE, limit - position)
+        if fill.in_memory:
+            return fill._from_window(self, position, count)
+        assert fill.fd is not None, "a fill opens its file before any byte is readable"
+        data = await asyncio.to_thread(os.pread, fill.fd, count, position)
+        if len(data) != count:
+            raise TransferAborted("the cache file is shorter than its entry")
+        return data
 
 
 class FillRunner:
@@ -176,13 +292,17 @@ class FillRunner:
             log.exception("fill of %s failed unexpectedly", fill.identity_url)
             fill.fail(UpstreamError(f"internal error: {type(error).__name__}"))
         finally:
-            del self._fills[fill.key]
-            self._store.release(fill.reserved)
+            if self._fills.get(fill.key) is fill:
+                del self._fills[fill.key]
+            if fill.reservation is not None:
+                self._store.release(fill.reservation)
             if not fill.finished:
                 fill.path.unlink(missing_ok=True)
-            if fill.error is not None:
-                kind = "origin_status" if isinstance(fill.error, OriginStatus) else "origin"
-                self._metrics.errors.labels(kind=kind).inc()
+            fill.close_when_done()
+            if isinstance(fill.error, ReadersGone):
+                log.info("fetch of %s stopped: %s", fill.identity_url, fill.error)
+            elif fill.error is not None:
+                self._metrics.errors.labels(kind=_error_kind(fill.error)).inc()
                 log.warning("fetch of %s failed: %s", fill.identity_url, fill.error)
 
     async def _fetch(self, fill: Fill, signed_url: str, filtered: Sequence[str]) -> None:
@@ -197,8 +317,7 @@ class FillRunner:
             whole = reply.status == 200
             kept = kept_headers(reply.headers) if whole else part_headers(reply.headers)
             size = reply.content_length
-            if self._keep and whole and size is not None and self._store.reserve(size):
-                fill.reserved = size
+            self._find_room(fill, size, keepable=whole)
             fill.publish(size, kept, reply)
             digest = await self._copy_body(fill, reply)
         finally:
@@ -209,7 +328,7 @@ class FillRunner:
         expected = _MD5_ETAG.fullmatch(kept.get("ETag", "")) if whole else None
         if digest is not None and expected and digest != expected.group(1).lower():
             raise UpstreamError("body does not match the origin's ETag (MD5)")
-        if fill.reserved:
+        if fill.reservation is not None and fill.reservation.kept:
             meta = EntryMeta(
                 key=fill.key,
                 url=fill.identity_url,
@@ -220,39 +339,89 @@ class FillRunner:
                 last_modified=kept.get("Last-Modified"),
                 stored_at=time.time(),
             )
-            self._store.commit(meta, fill.path, fill.reserved)
-            fill.reserved = 0  # the store counts it as used now
-        else:
+            self._store.commit(meta, fill.path, fill.reservation)
+        elif not fill.in_memory:
             fill.path.unlink()  # not kept: its readers go on through their descriptor
         fill.finish()
+
+    def _find_room(self, fill: Fill, size: int | None, *, keepable: bool) -> None:
+        """Where the body goes: a temporary file that becomes an entry, or one that does not
+        (its readers share it until they are done), or, with no room on disk even for that,
+        memory, streaming through to the readers waiting now."""
+        if self._keep and keepable and size is not None:
+            fill.reservation = self._store.reserve(size)
+        if fill.reservation is None:
+            fill.reservation = self._store.reserve_transient(size)
+        if fill.reservation is None:
+            fill.stream_through_memory()
+            del self._fills[fill.key]  # later requests start a fetch of their own
+            log.warning(
+                "no room on the cache's disk for %s (%s bytes): streaming it through memory, "
+                "without keeping it",
+                fill.identity_url,
+                "unknown" if size is None else size,
+            )
 
     async def _copy_body(self, fill: Fill, reply: UpstreamReply) -> str | None:
         loop = asyncio.get_running_loop()
         md5 = hashlib.md5(usedforsecurity=False) if "ETag" in reply.headers else None
         pending: asyncio.Future[None] | None = None
+        reservation = fill.reservation
+        fd = None if reservation is None else self._store.create_temp(fill.path)
         try:
-            with fill.path.open("wb") as out:
+            if fd is not None:
                 fill.open_for_readers()
-                async for chunk in reply.chunks():
-                    out.write(chunk)
-                    out.flush()
-                    fill.advance(len(chunk))
-                    self._metrics.origin_bytes.inc(len(chunk))
-                    if md5 is not None:
-                        if pending is not None:
-                            await pending
-                        pending = loop.run_in_executor(self._hasher, md5.update, chunk)
-                if pending is not None:
-                    await pending
-                if fill.reserved:  # durable before it becomes an entry
-                    await asyncio.to_thread(os.fsync, out.fileno())
+            async for chunk in reply.chunks():
+                if fd is None:
+                    await fill.hold(chunk)
+                else:
+                    assert reservation is not None
+                    self._write(fd, chunk, reservation)
+                fill.advance(len(chunk))
+                self._metrics.origin_bytes.inc(len(chunk))
+                if md5 is not None:
+                    if pending is not None:
+                        await pending
+                    pending = loop.run_in_executor(self._hasher, md5.update, chunk)
+            if pending is not None:
+                await pending
+            if fd is not None and fill.reservation is not None and fill.reservation.kept:
+                await asyncio.to_thread(os.fsync, fd)  # durable before it becomes an entry
         except UpstreamError as error:
             raise UpstreamError(f"{error} after {fill.written} bytes") from None
         finally:
+            if fd is not None:
+                os.close(fd)
             if pending is not None and not pending.done():
                 with contextlib.suppress(Exception):
                     await pending
         return md5.hexdigest() if md5 is not None else None
+
+    def _write(self, fd: int, chunk: bytes, reservation: Reservation) -> None:
+        """Write all of ``chunk``. When the disk is full, evict entries to make room for the
+        rest of the body and write again, a few times; then DiskFull."""
+        view = memoryview(chunk)
+        retries = 0
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+                needed = max(reservation.unwritten, len(view))
+                if retries == _DISK_FULL_RETRIES or not self._store.free_disk(needed):
+                    raise DiskFull(
+                        f"the cache's disk is full after {reservation.written} bytes"
+                    ) from None
+                retries += 1
+                log.warning("the cache's disk is full: evicted entries to write on")
+        reservation.written += len(chunk)
+
+
+def _error_kind(error: ShimError) -> str:
+    if isinstance(error, OriginStatus):
+        return "origin_status"
+    return "disk" if isinstance(error, DiskFull) else "origin"
 
 
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:

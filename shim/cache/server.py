@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +17,15 @@ from aiohttp import web
 from cachetools import TTLCache
 
 from shim._errors import ShimError, UpstreamError
-from shim.cache.fill import Fill, FillRunner, OriginStatus, kept_headers, part_headers
+from shim.cache.fill import (
+    Fill,
+    FillReader,
+    FillRunner,
+    OriginStatus,
+    TransferAborted,
+    kept_headers,
+    part_headers,
+)
 from shim.cache.store import CacheStore, EntryMeta
 from shim.identity import TaskIdentity
 from shim.metrics import Metrics
@@ -43,13 +50,6 @@ class Ticket:
     signed_url: str
     identity: TaskIdentity
     filtered: tuple[str, ...]  # the signature parameters, for the dfdaemon's filter headers
-
-
-_READ_SIZE = 1 << 20
-
-
-class TransferAborted(Exception):
-    """The body cannot be completed; the connection is dropped so no client sees a 200."""
 
 
 def object_headers(
@@ -171,7 +171,8 @@ class CacheServer:
         fill = self._fills.get_or_start(
             key, ticket.identity.url, ticket.signed_url, ticket.filtered
         )
-        return await self._serve_fill(request, fill)
+        with fill.reader() as reader:
+            return await self._serve_fill(request, reader)
 
     async def _head_origin(self, request: web.Request, ticket: Ticket) -> web.StreamResponse:
         """A HEAD for an object not in the cache: ask the origin; fill nothing."""
@@ -208,10 +209,11 @@ class CacheServer:
         response = web.StreamResponse(status=206 if byte_range else 200)
         response.headers.update(entry_headers(meta, byte_range))
         response.headers.update(hit_headers(key))
-        fill = Fill.complete(key, self.store.data_path(key), meta.size)
-        return await self._stream(request, response, fill, byte_range)
+        with Fill.complete(key, self.store.data_path(key), meta.size).reader() as reader:
+            return await self._stream(request, response, reader, byte_range)
 
-    async def _serve_fill(self, request: web.Request, fill: Fill) -> web.StreamResponse:
+    async def _serve_fill(self, request: web.Request, reader: FillReader) -> web.StreamResponse:
+        fill = reader.fill
         await fill.headers_ready.wait()
         if fill.error is not None and not fill.headers_published:
             return _failure_response(fill.error, fill.task_id)
@@ -230,16 +232,17 @@ class CacheServer:
         response.headers.update(
             {CACHE_STATUS_HEADER: "MISS", TASK_ID_HEADER: fill.task_id, ROUTE_HEADER: fill.route}
         )
-        return await self._stream(request, response, fill, byte_range)
+        return await self._stream(request, response, reader, byte_range)
 
     async def _stream(
         self,
         request: web.Request,
         response: web.StreamResponse,
-        fill: Fill,
+        reader: FillReader,
         byte_range: ByteRange | None,
     ) -> web.StreamResponse:
-        """Send ``byte_range`` of ``fill`` (all of it when None) as its bytes arrive."""
+        """Send ``byte_range`` of the fill (all of it when None) as its bytes arrive."""
+        fill = reader.fill
         start = byte_range.start if byte_range else 0
         stop = byte_range.end + 1 if byte_range else fill.size
         position = start
@@ -247,22 +250,12 @@ class CacheServer:
         try:
             await response.prepare(request)
             while stop is None or position < stop:
-                await fill.wait_past(position)
-                if fill.error is not None:
-                    raise TransferAborted(str(fill.error))
-                limit = fill.readable if stop is None else min(fill.readable, stop)
-                if position >= limit:
-                    if stop is None and fill.finished:
-                        break
-                    raise TransferAborted("the object ended before the promised length")
-                assert fill.fd is not None, "a fill opens its file before any byte is readable"
-                count = min(_READ_SIZE, limit - position)
-                data = await asyncio.to_thread(os.pread, fill.fd, count, position)
-                if len(data) != count:
-                    raise TransferAborted("the cache file is shorter than its entry")
+                data = await reader.read(position, stop)
+                if not data:
+                    break
                 await response.write(data)
-                self._metrics.response_bytes.inc(count)
-                position += count
+                self._metrics.response_bytes.inc(len(data))
+                position += len(data)
             await response.write_eof()
         except TransferAborted as error:
             log.warning("aborting a response mid-body: %s", error)

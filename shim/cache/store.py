@@ -4,19 +4,39 @@ An entry is a data file plus a JSON metadata file. A fill writes into ``tmp/`` a
 ``commit`` moves it in only once complete; so a crash or a cut transfer leaves at most a
 temporary file, which ``open`` removes. Files never change in place after commit, which is
 what makes memory-mapping them for zero-copy hits safe.
+
+Space is held for every fill in flight (``Reservation``): against ``max_size`` for a fill that
+will become an entry, and against the disk's free space, of which ``min_free`` is always left,
+for every temporary file. The cache holds private-bucket objects: files are 0600 and
+directories 0700, whatever the umask.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from shim._errors import ShimError
+
+log = logging.getLogger("shim.cache")
+
 _KEY = re.compile(r"[0-9a-f]{64}")
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+# Disk an entry takes beyond its bytes: its last block and the metadata file.
+_ENTRY_OVERHEAD = 2 * 4096
+
+
+class DiskFull(ShimError):
+    """A fill's temporary file found no room even after evicting what could be evicted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,26 +51,46 @@ class EntryMeta:
     stored_at: float = 0.0
 
 
+@dataclass(eq=False, slots=True)
+class Reservation:
+    """Space held for one fill in flight, until it commits or ends."""
+
+    size: int  # bytes expected; 0 when the origin did not say
+    kept: bool  # becomes an entry: counts against max_size too
+    written: int = 0  # bytes already on disk, which the free-space figure shows already
+
+    @property
+    def unwritten(self) -> int:
+        return max(self.size - self.written, 0)
+
+
 class CacheStore:
     """Index and files of the embedded cache. Not thread-safe: used from the event loop."""
 
-    def __init__(self, root: Path, max_size: int) -> None:
+    def __init__(self, root: Path, max_size: int, *, min_free: int = 0) -> None:
         self.root = root
         self.max_size = max_size
+        self.min_free = min_free
         self._objects = root / "objects"
         self._tmp = root / "tmp"
         self._entries: OrderedDict[str, EntryMeta] = OrderedDict()  # LRU first
         self._pins: dict[str, int] = {}
-        self._reserved = 0
+        self._reservations: set[Reservation] = set()
         self.used = 0
 
     # -- start-up ---------------------------------------------------------------------------
     def open(self) -> None:
         """Create the directories, drop leftovers of interrupted fills, index what is complete."""
-        self._objects.mkdir(parents=True, exist_ok=True)
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        if not self.root.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.chmod(DIR_MODE)
+        _private_dir(self._objects)
+        _private_dir(self._tmp)
         for leftover in self._tmp.iterdir():
             leftover.unlink(missing_ok=True)
+        for shard in self._objects.iterdir():
+            if shard.is_dir():
+                shard.chmod(DIR_MODE)  # caches made before files were private
         found: list[tuple[float, EntryMeta]] = []
         for meta_path in self._objects.glob("*/*.json"):
             meta = self._load_meta(meta_path)
@@ -63,6 +103,8 @@ class CacheStore:
                 meta_path.unlink(missing_ok=True)
                 data_path.unlink(missing_ok=True)
                 continue
+            meta_path.chmod(FILE_MODE)
+            data_path.chmod(FILE_MODE)
             found.append((stat.st_atime, meta))
         for data_path in self._objects.glob("*/*"):
             if data_path.suffix != ".json" and not data_path.with_suffix(".json").exists():
@@ -70,7 +112,22 @@ class CacheStore:
         for _, meta in sorted(found, key=lambda item: item[0]):
             self._entries[meta.key] = meta
             self.used += meta.size
-        self._evict(0)
+        self._evict_until(lambda: self._over_cap(0))
+        self._warn_if_the_disk_is_smaller()
+
+    def _warn_if_the_disk_is_smaller(self) -> None:
+        holdable = self.used + self.disk_free() - self.min_free
+        if self.max_size > holdable:
+            log.warning(
+                "cache.max_size (%s) is more than %s can hold (%s cached + %s free - min_free "
+                "%s = %s): objects that do not fit stream through without being kept",
+                _size(self.max_size),
+                self.root,
+                _size(self.used),
+                _size(self.disk_free()),
+                _size(self.min_free),
+                _size(max(holdable, 0)),
+            )
 
     @staticmethod
     def _load_meta(path: Path) -> EntryMeta | None:
@@ -117,32 +174,80 @@ class CacheStore:
         else:
             self._pins.pop(key, None)
 
-    # -- fills ------------------------------------------------------------------------------
-    def reserve(self, size: int) -> bool:
-        """Make room for ``size`` more bytes, evicting unpinned entries; False if impossible."""
-        if not self._evict(size):
-            return False
-        self._reserved += size
-        return True
+    # -- space ------------------------------------------------------------------------------
+    @property
+    def reserved(self) -> int:
+        """Bytes held under max_size for fills in flight that will become entries."""
+        return sum(r.size for r in self._reservations if r.kept)
 
-    def release(self, size: int) -> None:
-        self._reserved -= size
+    def disk_free(self) -> int:
+        """Bytes free on the cache's filesystem now (for an unprivileged writer)."""
+        stats = os.statvfs(self._tmp if self._tmp.exists() else self.root)
+        return stats.f_bavail * stats.f_frsize
+
+    def _over_cap(self, incoming: int) -> int:
+        return self.used + self.reserved + incoming - self.max_size
+
+    def _short_of_disk(self, incoming: int) -> int:
+        """How far ``incoming`` more bytes on disk would eat into min_free, counting what fills
+        in flight are still to write."""
+        unwritten = sum(r.unwritten for r in self._reservations)
+        return incoming + unwritten + self.min_free - self.disk_free()
+
+    # -- fills ------------------------------------------------------------------------------
+    def reserve(self, size: int) -> Reservation | None:
+        """Room for a fill of ``size`` bytes that becomes an entry: under max_size and on disk,
+        leaving min_free, after evicting unpinned entries as needed. None if impossible."""
+
+        def missing() -> int:
+            return max(self._over_cap(size), self._short_of_disk(size + _ENTRY_OVERHEAD))
+
+        if not self._evict_until(missing):
+            return None
+        reservation = Reservation(size, kept=True)
+        self._reservations.add(reservation)
+        return reservation
+
+    def reserve_transient(self, size: int | None) -> Reservation | None:
+        """Disk room, leaving min_free, for the temporary file of a fill that is not kept
+        (``size`` None: unknown). Evicts nothing: entries do not go for a passing object."""
+        if self._short_of_disk(size or 0) > 0:
+            return None
+        reservation = Reservation(size or 0, kept=False)
+        self._reservations.add(reservation)
+        return reservation
+
+    def release(self, reservation: Reservation) -> None:
+        self._reservations.discard(reservation)
+
+    def free_disk(self, needed: int) -> bool:
+        """A write found the disk full: evict unpinned entries until ``needed`` bytes are free.
+        False (evicting nothing) if even evicting every unpinned entry would not do."""
+        return self._evict_until(lambda: needed - self.disk_free())
 
     def temp_path(self, key: str) -> Path:
         return self._tmp / f"{key}.{os.getpid()}.{time.monotonic_ns()}"
 
-    def commit(self, meta: EntryMeta, temp: Path, reserved: int) -> None:
+    def create_temp(self, path: Path) -> int:
+        """Open a new temporary file for writing, owner-only; returns its descriptor."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        os.fchmod(fd, FILE_MODE)  # the umask may have taken more away
+        return fd
+
+    def commit(self, meta: EntryMeta, temp: Path, reservation: Reservation) -> None:
         """Move a complete, verified temporary file in as the entry for ``meta.key``."""
         data_path = self.data_path(meta.key)
-        data_path.parent.mkdir(exist_ok=True)
+        _private_dir(data_path.parent)
         meta_path = data_path.with_suffix(".json")
         meta_tmp = temp.with_suffix(".json")
-        meta_tmp.write_text(json.dumps(asdict(meta)), encoding="utf-8")
+        fd = self.create_temp(meta_tmp)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(json.dumps(asdict(meta)))
         self._drop(meta.key)
         # Metadata first: a data file without metadata is a leftover, never an entry.
         meta_tmp.replace(meta_path)
         temp.replace(data_path)
-        self._reserved -= reserved
+        self.release(reservation)
         self._entries[meta.key] = meta
         self.used += meta.size
 
@@ -156,15 +261,24 @@ class CacheStore:
         data_path.with_suffix(".json").unlink(missing_ok=True)
         data_path.unlink(missing_ok=True)
 
-    def _evict(self, incoming: int) -> bool:
-        """Evict least recently used, unpinned entries until ``incoming`` bytes fit. Evicts
-        nothing when even evicting every unpinned entry would not make room."""
-        evictable = sum(m.size for k, m in self._entries.items() if k not in self._pins)
-        if self.used - evictable + self._reserved + incoming > self.max_size:
+    def _evict_until(self, missing: Callable[[], int]) -> bool:
+        """Evict least recently used, unpinned entries until ``missing()`` bytes are none.
+        Evicts nothing when even evicting every unpinned entry would not be enough."""
+        evictable = [key for key in self._entries if key not in self._pins]
+        if missing() > sum(self._entries[key].size for key in evictable):
             return False
-        for key in list(self._entries):
-            if self.used + self._reserved + incoming <= self.max_size:
+        for key in evictable:
+            if missing() <= 0:
                 break
-            if key not in self._pins:
-                self._drop(key)
-        return self.used + self._reserved + incoming <= self.max_size
+            self._drop(key)
+        return missing() <= 0
+
+
+def _private_dir(path: Path) -> None:
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=DIR_MODE)
+    path.chmod(DIR_MODE)  # the umask may have taken more away, or an older shim made it
+
+
+def _size(count: int) -> str:
+    return f"{count / 1024**3:.1f} GiB" if count >= 1024**3 else f"{count / 1024**2:.1f} MiB"

@@ -1,14 +1,18 @@
-"""CacheStore: commit/lookup, crash leftovers, reopening, LRU eviction, pins, key safety."""
+"""CacheStore: commit/lookup, crash leftovers, reopening, LRU eviction, pins, key safety,
+owner-only files, and the disk's free space (on a small tmpfs of the test's own)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from shim.cache.store import CacheStore, EntryMeta
+from tests.cache.conftest import SMALL_DISK
 
 KEY_A = "a" * 64
 KEY_B = "b" * 64
@@ -16,8 +20,11 @@ KEY_C = "c" * 64
 KEY_D = "d" * 64
 
 
-def _open(root: Path, max_size: int = 100) -> CacheStore:
-    store = CacheStore(root, max_size)
+MiB = 1024 * 1024
+
+
+def _open(root: Path, max_size: int = 100, min_free: int = 0) -> CacheStore:
+    store = CacheStore(root, max_size, min_free=min_free)
     store.open()
     return store
 
@@ -29,12 +36,22 @@ def _meta(key: str, size: int) -> EntryMeta:
 def _fill(store: CacheStore, key: str, size: int, *, content: bytes | None = None) -> EntryMeta:
     """Reserve, write and commit an entry the way a fill does."""
     body = content if content is not None else bytes([ord(key[0])]) * size
-    assert store.reserve(size)
+    reservation = store.reserve(size)
+    assert reservation is not None
     temp = store.temp_path(key)
-    temp.write_bytes(body)
+    _write_temp(store, temp, body)
+    reservation.written = size
     meta = _meta(key, size)
-    store.commit(meta, temp, size)
+    store.commit(meta, temp, reservation)
     return meta
+
+
+def _write_temp(store: CacheStore, temp: Path, body: bytes) -> None:
+    fd = store.create_temp(temp)
+    try:
+        os.write(fd, body)
+    finally:
+        os.close(fd)
 
 
 def _keys(store: CacheStore) -> set[str]:
@@ -56,10 +73,11 @@ def test_commit_then_lookup_returns_the_entry_and_its_file(tmp_path: Path) -> No
         last_modified="Mon, 01 Jan 2024 00:00:00 GMT",
         stored_at=1700000000.0,
     )
-    assert store.reserve(5)
+    reservation = store.reserve(5)
+    assert reservation is not None
     temp = store.temp_path(KEY_A)
     temp.write_bytes(b"hello")
-    store.commit(meta, temp, 5)
+    store.commit(meta, temp, reservation)
 
     assert store.lookup(KEY_A) == meta
     assert store.data_path(KEY_A).read_bytes() == b"hello"
@@ -125,8 +143,10 @@ def test_commit_with_a_bad_key_writes_nothing_into_objects(tmp_path: Path) -> No
     store = _open(tmp_path)
     temp = store.temp_path("x")
     temp.write_bytes(b"data")
+    reservation = store.reserve(4)
+    assert reservation is not None
     with pytest.raises(ValueError, match="SHA-256"):
-        store.commit(_meta("../../evil", 4), temp, 4)
+        store.commit(_meta("../../evil", 4), temp, reservation)
     assert list((tmp_path / "objects").iterdir()) == []
     assert not (tmp_path / "evil").exists()
     assert len(store) == 0
@@ -331,9 +351,10 @@ def test_reserve_of_exactly_max_size_in_an_empty_store_succeeds(tmp_path: Path) 
 
 def test_release_gives_space_back(tmp_path: Path) -> None:
     store = _open(tmp_path)
-    assert store.reserve(80)
+    reservation = store.reserve(80)
+    assert reservation is not None
     assert not store.reserve(30)
-    store.release(80)
+    store.release(reservation)
     assert store.reserve(30)
     assert store.reserve(70)
 
@@ -416,3 +437,131 @@ def test_lookup_drops_an_entry_whose_file_was_damaged_behind_its_back(
     assert store.used == 0
     assert len(store) == 0
     assert not path.with_suffix(".json").exists()
+
+
+# -- owner-only files -----------------------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o277])
+def test_files_are_0600_and_directories_0700_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    root = tmp_path / "cache"
+    previous = os.umask(umask)
+    try:
+        store = _open(root)
+        _fill(store, KEY_A, 5)
+        temp = store.temp_path(KEY_B)
+        _write_temp(store, temp, b"in flight")
+    finally:
+        os.umask(previous)
+    data = store.data_path(KEY_A)
+    for directory in (root, root / "objects", root / "tmp", data.parent):
+        assert _mode(directory) == 0o700, directory
+    for file in (data, data.with_suffix(".json"), temp):
+        assert _mode(file) == 0o600, file
+
+
+def test_open_makes_the_files_of_an_older_cache_private(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 5)
+    data = store.data_path(KEY_A)
+    for path, mode in (
+        (tmp_path / "objects", 0o755),
+        (tmp_path / "tmp", 0o755),
+        (data.parent, 0o755),
+        (data, 0o644),
+        (data.with_suffix(".json"), 0o644),
+    ):
+        path.chmod(mode)
+
+    reopened = _open(tmp_path)
+    assert reopened.lookup(KEY_A) is not None
+    assert [_mode(p) for p in (tmp_path / "objects", tmp_path / "tmp", data.parent)] == [0o700] * 3
+    assert [_mode(p) for p in (data, data.with_suffix(".json"))] == [0o600] * 2
+
+
+# -- the disk's free space ------------------------------------------------------------------
+
+
+def test_in_an_ample_cache_nothing_is_held_for_the_disk(tmp_path: Path) -> None:
+    store = _open(tmp_path, max_size=100)
+    assert store.reserve(100) is not None
+    assert store.reserve_transient(10 * MiB) is not None
+
+
+def test_reserve_leaves_min_free_on_the_disk(small_disk: Path) -> None:
+    store = _open(small_disk, max_size=1024 * MiB, min_free=2 * MiB)
+    assert store.reserve(SMALL_DISK - 3 * MiB) is not None  # 1 MiB to spare
+    assert store.reserve(MiB + 1) is None  # what the first fill still writes counts
+    assert store.reserve(MiB // 2) is not None
+
+
+def test_bytes_a_fill_wrote_are_not_counted_twice(small_disk: Path) -> None:
+    store = _open(small_disk, max_size=1024 * MiB, min_free=MiB)
+    reservation = store.reserve(5 * MiB)
+    assert reservation is not None
+    _write_temp(store, store.temp_path(KEY_A), b"x" * 5 * MiB)
+    reservation.written = 5 * MiB
+    assert store.reserve(MiB) is not None  # 3 MiB free, 1 MiB of them left free
+
+
+def test_reserve_evicts_entries_to_leave_min_free(small_disk: Path) -> None:
+    # max_size is far beyond the disk: only the disk makes room short.
+    store = _open(small_disk, max_size=1024 * MiB, min_free=MiB)
+    _fill(store, KEY_A, 3 * MiB)
+    _fill(store, KEY_B, 3 * MiB)
+    assert store.reserve(2 * MiB) is not None
+    assert _keys(store) == {KEY_B}
+    assert store.disk_free() >= 3 * MiB
+
+
+def test_reserve_evicts_nothing_when_pinned_entries_hold_the_disk(small_disk: Path) -> None:
+    store = _open(small_disk, max_size=1024 * MiB, min_free=MiB)
+    _fill(store, KEY_A, 3 * MiB)
+    _fill(store, KEY_B, 3 * MiB)
+    store.pin(KEY_A)
+    assert store.reserve(4 * MiB) is None
+    assert _keys(store) == {KEY_A, KEY_B}
+
+
+def test_a_transient_reservation_leaves_min_free_and_evicts_nothing(small_disk: Path) -> None:
+    store = _open(small_disk, max_size=1024 * MiB, min_free=MiB)
+    _fill(store, KEY_A, 4 * MiB)
+    assert store.reserve_transient(4 * MiB) is None
+    assert _keys(store) == {KEY_A}
+    assert store.reserve_transient(2 * MiB) is not None
+    assert store.reserve_transient(None) is not None  # unknown size: min_free is still free
+    store.min_free = 3 * MiB
+    assert store.reserve_transient(None) is None
+
+
+def test_free_disk_evicts_until_the_bytes_fit(small_disk: Path) -> None:
+    store = _open(small_disk, max_size=1024 * MiB)
+    _fill(store, KEY_A, 2 * MiB)
+    _fill(store, KEY_B, 2 * MiB)
+    _fill(store, KEY_C, 2 * MiB)
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * store.disk_free())
+    assert store.disk_free() == 0
+
+    assert store.free_disk(3 * MiB)
+    assert _keys(store) == {KEY_C}
+    store.pin(KEY_C)
+    assert not store.free_disk(6 * MiB)  # only C could go, and it is being read
+    assert _keys(store) == {KEY_C}
+
+
+def test_open_warns_when_max_size_is_more_than_the_disk_holds(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="shim.cache"):
+        _open(small_disk / "fits", max_size=SMALL_DISK - 2 * MiB, min_free=MiB)
+    assert caplog.messages == []
+    with caplog.at_level(logging.WARNING, logger="shim.cache"):
+        _open(small_disk / "too-big", max_size=20 * 1024 * MiB, min_free=MiB)
+    assert len(caplog.messages) == 1
+    assert "cache.max_size (20.0 GiB) is more than" in caplog.messages[0]
+    assert "stream through without being kept" in caplog.messages[0]

@@ -9,6 +9,8 @@ Faults, both adjustable while the relay runs:
   direction.
 - `cut_after_bytes`: once a connection has relayed that many down bytes, the relay resets both
   sides of it (RST, not FIN), as a network failure mid-body would.
+- `corrupt_at_byte` flips one down byte; `stall_after_bytes` holds every connection silent
+  after that many down bytes, until `resume()`.
 
 Faults the relay acts out itself, for failures and answers no real server gives on demand
 (`dropped_requests` counts the requests it dropped):
@@ -105,6 +107,7 @@ class Relay(Stoppable):
         # transit, and of the point after which the relay goes silent without closing.
         self.corrupt_at_byte: int | None = None
         self.stall_after_bytes: int | None = None
+        self._resumed = asyncio.Event()
         self.drop_reused = False
         self.drop_next_requests = 0
         self.answer: Callable[[bytes], bytes] | None = None
@@ -211,6 +214,13 @@ class Relay(Stoppable):
         with self._counter_lock:
             return self._dropped
 
+    def resume(self) -> None:
+        """End the stall: stalled connections go on, and no later one stalls."""
+        self.stall_after_bytes = None
+        resumed, self._resumed = self._resumed, asyncio.Event()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(resumed.set)
+
     def reset_counters(self) -> None:
         with self._counter_lock:
             self._bytes_down = self._bytes_up = self._connections = self._dropped = 0
@@ -310,15 +320,20 @@ class Relay(Stoppable):
             cut = self.cut_after_bytes if down else None
             if cut is not None:
                 data = data[: max(0, cut - relayed)]
-            stall = self.stall_after_bytes if down else None
-            if stall is not None and relayed + len(data) > stall:
-                writer.write(data[: max(0, stall - relayed)])
-                await asyncio.Event().wait()  # silent until the peer gives up or stop()
             corrupt = self.corrupt_at_byte if down else None
             if corrupt is not None and relayed <= corrupt < relayed + len(data):
                 flipped = bytearray(data)
                 flipped[corrupt - relayed] ^= 0xFF
                 data = bytes(flipped)
+            stall = self.stall_after_bytes if down else None
+            if stall is not None and relayed + len(data) > stall:
+                before = max(0, stall - relayed)
+                with self._counter_lock:
+                    self._bytes_down += before
+                writer.write(data[:before])
+                data, relayed = data[before:], relayed + before
+                # Silent until resume() (then the rest goes on), the peer gives up or stop().
+                await self._resumed.wait()
             await self._bucket.take(rate, len(data))
             # Count before writing: a reader of the counters that has just received the bytes
             # (in another thread) must already see them counted.

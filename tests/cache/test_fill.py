@@ -1,0 +1,194 @@
+"""FillRunner in-process against a real origin (s3rver behind a relay): the withheld last
+byte, owner-only temporary files, and fills that stream through memory when the disk has no
+room (forced here with a min_free larger than any disk)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from shim.cache.fill import MEMORY_WINDOW, Fill, FillReader, FillRunner, ReadersGone
+from shim.cache.server import Ticket
+from shim.cache.store import CacheStore
+from shim.metrics import Metrics
+from shim.upstream import Upstream
+from tests.cache.origin import Origin, sample
+
+pytestmark = pytest.mark.origin
+
+MiB = 1024 * 1024
+KEY = "models/resnet.mar"
+NO_ROOM = 1 << 60  # as min_free: no disk has room for even a temporary file
+
+
+def run(
+    store: CacheStore,
+    scenario: Callable[[FillRunner, Metrics], Awaitable[None]],
+    *,
+    keep: bool = True,
+) -> None:
+    async def main() -> None:
+        metrics = Metrics()
+        store.open()
+        async with fill_runner(store, metrics, keep=keep) as runner:
+            await scenario(runner, metrics)
+
+    asyncio.run(main())
+
+
+@contextlib.asynccontextmanager
+async def fill_runner(
+    store: CacheStore, metrics: Metrics, *, keep: bool
+) -> AsyncIterator[FillRunner]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        upstream = Upstream(session, metrics, extra_headers={}, read_timeout=20, dfdaemon=None)
+        runner = FillRunner(store, metrics, upstream, keep=keep)
+        try:
+            yield runner
+        finally:
+            await runner.close()
+
+
+def start(runner: FillRunner, ticket: Ticket) -> Fill:
+    identity = ticket.identity
+    return runner.get_or_start(identity.task_id, identity.url, ticket.signed_url, ticket.filtered)
+
+
+async def read(reader: FillReader, start: int = 0, stop: int | None = None) -> bytes:
+    """From ``start`` to ``stop`` (None: the end) of the fill, as its bytes become readable."""
+    out = bytearray()
+    while stop is None or start + len(out) < stop:
+        data = await reader.read(start + len(out), stop)
+        if not data:
+            break
+        out += data
+    return bytes(out)
+
+
+def files(root: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if path.is_file()]
+
+
+def test_the_last_byte_waits_until_the_body_is_verified(origin: Origin, tmp_path: Path) -> None:
+    body = os.urandom(2 * MiB)
+    origin.put(KEY, body)
+    store = CacheStore(tmp_path, 100 * MiB)
+
+    async def scenario(runner: FillRunner, metrics: Metrics) -> None:
+        origin.relay.stall_after_bytes = await origin.head_length(KEY) + len(body) - 1
+        fill = start(runner, origin.ticket(KEY))
+        with fill.reader() as reader:
+            await fill.wait_past(len(body) - 3)  # every byte but the last has arrived
+            assert (fill.written, fill.finished) == (len(body) - 1, False)
+            assert fill.readable == len(body) - 2
+            first = await read(reader, 0, fill.readable)
+            origin.relay.resume()
+            assert first + await read(reader, len(first)) == body
+        assert fill.finished
+        assert store.lookup(fill.key) is not None
+
+    run(store, scenario)
+
+
+def test_a_fill_that_is_not_kept_shares_an_owner_only_file_then_removes_it(
+    origin: Origin, tmp_path: Path
+) -> None:
+    body = os.urandom(2 * MiB)
+    origin.put(KEY, body)
+    store = CacheStore(tmp_path, 100 * MiB)
+
+    async def scenario(runner: FillRunner, metrics: Metrics) -> None:
+        origin.relay.stall_after_bytes = await origin.head_length(KEY) + MiB
+        fill = start(runner, origin.ticket(KEY))
+        with fill.reader() as first, fill.reader() as second:
+            await fill.wait_past(0)
+            assert not fill.in_memory
+            [temp] = files(tmp_path)
+            assert stat.S_IMODE(temp.stat().st_mode) == 0o600
+            origin.relay.resume()
+            assert list(await asyncio.gather(read(first), read(second))) == [body, body]
+        assert files(tmp_path) == []
+        assert len(store) == 0
+
+    previous = os.umask(0)
+    try:
+        run(store, scenario, keep=False)
+    finally:
+        os.umask(previous)
+
+
+# -- no room on disk: through memory ----------------------------------------------------------
+
+
+def test_without_room_on_disk_readers_share_a_bounded_window(
+    origin: Origin, tmp_path: Path
+) -> None:
+    body = os.urandom(3 * MEMORY_WINDOW)
+    origin.put(KEY, body)
+    store = CacheStore(tmp_path, 100 * MiB, min_free=NO_ROOM)
+
+    async def scenario(runner: FillRunner, metrics: Metrics) -> None:
+        fill = start(runner, origin.ticket(KEY))
+        with fill.reader() as fast, fill.reader() as idle:
+            await fill.headers_ready.wait()
+            assert fill.in_memory
+            ahead = await read(fast, 0, MEMORY_WINDOW - 1)
+            # The origin waits for the idle reader: the window is at most full plus a chunk.
+            assert fill.written <= MEMORY_WINDOW + MiB
+            assert files(tmp_path) == []
+            idle_body, fast_rest = await asyncio.gather(read(idle), read(fast, len(ahead)))
+        assert idle_body == ahead + fast_rest == body
+        assert len(store) == 0
+        assert files(tmp_path) == []
+
+    run(store, scenario)
+
+
+def test_without_room_on_disk_the_fetch_stops_when_every_reader_left(
+    origin: Origin, tmp_path: Path
+) -> None:
+    body = os.urandom(3 * MEMORY_WINDOW)
+    origin.put(KEY, body)
+    store = CacheStore(tmp_path, 100 * MiB, min_free=NO_ROOM)
+
+    async def scenario(runner: FillRunner, metrics: Metrics) -> None:
+        fill = start(runner, origin.ticket(KEY))
+        with fill.reader() as reader:
+            await fill.headers_ready.wait()
+            assert fill.in_memory
+            assert await read(reader, 0, MiB) == body[:MiB]
+        await fill.wait_past(len(body))  # returns once the fill ended
+        assert isinstance(fill.error, ReadersGone)
+        assert fill.written < len(body)
+        assert sample(metrics, "shim_errors_total", kind="origin") == 0
+
+    run(store, scenario)
+
+
+def test_without_room_on_disk_a_later_request_fetches_on_its_own(
+    origin: Origin, tmp_path: Path
+) -> None:
+    body = os.urandom(2 * MiB)
+    origin.put(KEY, body)
+    store = CacheStore(tmp_path, 100 * MiB, min_free=NO_ROOM)
+
+    async def scenario(runner: FillRunner, metrics: Metrics) -> None:
+        fill = start(runner, origin.ticket(KEY))
+        with fill.reader() as first:
+            await fill.headers_ready.wait()
+            assert fill.in_memory
+            later = start(runner, origin.ticket(KEY))
+            assert later is not fill
+            with later.reader() as second:
+                assert list(await asyncio.gather(read(first), read(second))) == [body, body]
+        assert sample(metrics, "shim_origin_fetches_total") == 2
+        assert len(store) == 0
+
+    run(store, scenario)
