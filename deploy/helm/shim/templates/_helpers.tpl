@@ -76,19 +76,33 @@ app.kubernetes.io/component: {{ .Values.shape }}
 {{- end }}
 {{- end }}
 
-{{/* shim.yaml. The chart's own keys win over extraConfig. */}}
+{{/* The environment variable holding the proxy_auth password (from proxyAuth.existingSecret). */}}
+{{- define "shim.proxyAuthPasswordEnv" -}}
+SHIM_PROXY_AUTH_PASSWORD
+{{- end }}
+
+{{/* shim.yaml. The values schema refuses the chart's own keys in extraConfig; merge only adds
+     what extraConfig has beyond them (cache.zero_copy_hits, limits, headers...). */}}
 {{- define "shim.config" -}}
 {{- $cfg := dict
       "listen" (printf "127.0.0.1:%d" (int .Values.ports.proxy))
       "admin" (printf "0.0.0.0:%d" (int .Values.ports.admin))
       "confdir" "/var/lib/shim"
-      "cache" (dict "dir" "/var/cache/shim" "max_size" .Values.cache.maxSize)
-      "buckets" .Values.buckets }}
+      "cache" (dict "dir" "/var/cache/shim" "max_size" .Values.cache.maxSize "min_free" .Values.cache.minFree)
+      "buckets" .Values.buckets
+      "passthrough" .Values.passthrough
+      "shutdown_grace" .Values.shutdownGrace }}
 {{- if eq .Values.shape "transparent" }}
 {{- $_ := set $cfg "transparent" (printf "127.0.0.1:%d" (int .Values.ports.transparent)) }}
 {{- end }}
 {{- if eq .Values.shape "standalone" }}
 {{- $_ := set $cfg "reverse" (printf "0.0.0.0:%d" (int .Values.ports.reverse)) }}
+{{- end }}
+{{- with .Values.clients }}
+{{- $_ := set $cfg "clients" . }}
+{{- end }}
+{{- with .Values.proxyAuth.username }}
+{{- $_ := set $cfg "proxy_auth" (dict "username" . "password_env" (include "shim.proxyAuthPasswordEnv" $)) }}
 {{- end }}
 {{- if .Values.dfdaemon.enabled }}
 {{- $_ := set $cfg "dfdaemon" (merge (dict "url" (include "shim.dfdaemonURL" .)) (deepCopy .Values.dfdaemon.options)) }}
@@ -123,6 +137,34 @@ app.kubernetes.io/component: {{ .Values.shape }}
 {{- join " " $opts }}
 {{- end }}
 
+{{/* The example TorchServe's config.properties. Management on loopback only and token
+     authorization on: a registered URL is signed by shim and its archive executed by
+     TorchServe, so registering must stay with whoever can reach the pod's loopback
+     (kubectl port-forward) and holds the management key. gRPC listens on loopback too. */}}
+{{- define "shim.torchserveLockedProperties" -}}
+{{- $ts := .Values.torchserve }}
+inference_address: {{ printf "http://0.0.0.0:%d" (int $ts.ports.inference) }}
+management_address: {{ printf "http://127.0.0.1:%d" (int $ts.ports.management) }}
+metrics_address: {{ printf "http://0.0.0.0:%d" (int $ts.ports.metrics) }}
+grpc_inference_address: 127.0.0.1
+grpc_management_address: 127.0.0.1
+model_store: /home/model-server/model-store
+disable_token_authorization: "false"
+enable_model_api: "true"
+{{- end }}
+
+{{- define "shim.torchserveProperties" -}}
+{{- $props := merge (include "shim.torchserveLockedProperties" . | fromYaml) (deepCopy .Values.torchserve.properties) }}
+{{- range $key := keys $props | sortAlpha }}
+{{ $key }}={{ index $props $key }}
+{{- end }}
+{{- end }}
+
+{{/* The pod's grace after SIGTERM: shim's own grace for transfers in flight, plus time to exit. */}}
+{{- define "shim.terminationGracePeriodSeconds" -}}
+{{- add (int (ceil .Values.shutdownGrace)) 5 }}
+{{- end }}
+
 {{/* securityContext of every shim container (proxy, ca, render-config). */}}
 {{- define "shim.securityContext" -}}
 runAsNonRoot: true
@@ -149,6 +191,13 @@ seccompProfile:
   env:
     - name: SHIM_CONFIG
       value: /etc/shim/shim.yaml
+    {{- if .Values.proxyAuth.username }}
+    - name: {{ include "shim.proxyAuthPasswordEnv" . }}
+      valueFrom:
+        secretKeyRef:
+          name: {{ .Values.proxyAuth.existingSecret }}
+          key: {{ .Values.proxyAuth.passwordKey }}
+    {{- end }}
   {{- with .Values.credentials.existingSecret }}
   envFrom:
     - secretRef:
@@ -206,4 +255,23 @@ seccompProfile:
       mountPath: /var/cache/shim
     - name: tmp
       mountPath: /tmp
+{{- end }}
+
+{{/* NOTES.txt: registering a model with the example TorchServe, whose management API listens on
+     the pod's loopback and asks for the management key. Call with (list $ SCHEME). */}}
+{{- define "shim.notesRegister" -}}
+{{- $ := index . 0 }}
+{{- $port := int $.Values.torchserve.ports.management }}
+{{- if $.Values.torchserve.enabled }}
+TorchServe's management API listens on the pod's 127.0.0.1 only, with token authorization;
+port-forward to it and send the management key from the container's key_file.json (it
+expires after an hour; TorchServe's API key in the same file makes a new one with
+GET /token?type=management):
+  POD=$(kubectl -n {{ $.Release.Namespace }} get pods -l app.kubernetes.io/instance={{ $.Release.Name }} -o jsonpath='{.items[0].metadata.name}')
+  kubectl -n {{ $.Release.Namespace }} port-forward $POD {{ $port }}:{{ $port }} &
+  TOKEN=$(kubectl -n {{ $.Release.Namespace }} exec $POD -c torchserve -- python -c 'import json; print(json.load(open("/home/model-server/key_file.json"))["management"]["key"])')
+  curl -H "Authorization: Bearer $TOKEN" -X POST "http://127.0.0.1:{{ $port }}/models?url={{ index . 1 }}://BUCKET.s3.REGION.amazonaws.com/KEY.mar"
+{{- else }}
+  curl -X POST "http://127.0.0.1:{{ $port }}/models?url={{ index . 1 }}://BUCKET.s3.REGION.amazonaws.com/KEY.mar"
+{{- end }}
 {{- end }}
