@@ -14,6 +14,7 @@ directories 0700, whatever the umask.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -239,10 +240,15 @@ class CacheStore:
         data_path = self.data_path(meta.key)
         _private_dir(data_path.parent)
         meta_path = data_path.with_suffix(".json")
-        meta_tmp = temp.with_suffix(".json")
-        fd = self.create_temp(meta_tmp)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(json.dumps(asdict(meta)))
+        meta_tmp = temp.with_name(f"{temp.name}.json")
+        try:
+            with os.fdopen(self.create_temp(meta_tmp), "w", encoding="utf-8") as out:
+                out.write(json.dumps(asdict(meta)))
+        except BaseException as error:
+            meta_tmp.unlink(missing_ok=True)
+            if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+                raise DiskFull("the cache's disk has no room for an entry's metadata") from None
+            raise
         self._drop(meta.key)
         # Metadata first: a data file without metadata is a leftover, never an entry.
         meta_tmp.replace(meta_path)

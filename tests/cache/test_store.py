@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shim.cache.store import CacheStore, EntryMeta
+from shim.cache.store import CacheStore, DiskFull, EntryMeta
 from tests.cache.conftest import SMALL_DISK
 
 KEY_A = "a" * 64
@@ -565,3 +565,22 @@ def test_open_warns_when_max_size_is_more_than_the_disk_holds(
     assert len(caplog.messages) == 1
     assert "cache.max_size (20.0 GiB) is more than" in caplog.messages[0]
     assert "stream through without being kept" in caplog.messages[0]
+
+
+def test_a_commit_that_cannot_write_its_metadata_leaves_nothing_behind(small_disk: Path) -> None:
+    store = _open(small_disk, max_size=1024 * MiB)
+    reservation = store.reserve(MiB)
+    assert reservation is not None
+    temp = store.temp_path(KEY_A)
+    _write_temp(store, temp, b"a" * MiB)
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * store.disk_free())
+
+    with pytest.raises(DiskFull, match="no room for an entry's metadata"):
+        store.commit(_meta(KEY_A, MiB), temp, reservation)
+    assert list((small_disk / "tmp").iterdir()) == [temp]
+    assert store.lookup(KEY_A) is None
+
+    ballast.unlink()
+    store.commit(_meta(KEY_A, MiB), temp, reservation)
+    assert store.lookup(KEY_A) is not None
