@@ -199,7 +199,7 @@ class FillReader:
 
     def __init__(self, fill: Fill) -> None:
         self.fill = fill
-        fill._cursors[self] = 0
+        fill._cursors[self] = fill._window_start
 
     def close(self) -> None:
         fill = self.fill

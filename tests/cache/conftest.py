@@ -35,7 +35,9 @@ def origin(s3rver: S3Server, request: pytest.FixtureRequest) -> Iterator[Origin]
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """An empty filesystem of SMALL_DISK bytes (tmpfs), unmounted after the test."""
+    """An empty filesystem of SMALL_DISK bytes (tmpfs), unmounted after the test. Mounting
+    needs root: skipped without it, failed under SHIM_REQUIRE_NETNS (set by make test and CI,
+    whose network-namespace tests need root as well)."""
     require("SHIM_REQUIRE_NETNS", None if os.geteuid() == 0 else "mounting a tmpfs needs root")
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
