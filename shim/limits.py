@@ -47,7 +47,7 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers.http import HttpLayer
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
-from mitmproxy.proxy.layers.http._events import ErrorCode, RequestProtocolError
+from mitmproxy.proxy.layers.http._events import ErrorCode, RequestProtocolError, ResponseData
 from mitmproxy.proxy.layers.http._http1 import (
     Http1Connection,
     Http1Server,
@@ -141,6 +141,10 @@ def apply_options(options: Any) -> None:
 
 
 def _bounded(server: Http1Server, event: events.Event) -> layer.CommandGenerator[None]:
+    if isinstance(event, ResponseData):
+        # The hot path, a response going out, changes nothing the wrapper watches.
+        yield from _unwrapped(server, event)
+        return
     assert _active is not None
     limits = _active
     head = _heads.get(server)
