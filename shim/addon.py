@@ -166,7 +166,9 @@ class ShimAddon:
     # -- lifecycle ----------------------------------------------------------------------------
     async def running(self) -> None:
         settings = self._settings()
-        store = CacheStore(settings.cache.dir, settings.cache.max_size)
+        store = CacheStore(
+            settings.cache.dir, settings.cache.max_size, min_free=settings.cache.min_free
+        )
         dfdaemon = settings.dfdaemon
         self._cache = CacheServer(
             store,
