@@ -27,6 +27,7 @@ from shim.cache.fill import (
     part_headers,
 )
 from shim.cache.store import CacheStore, EntryMeta
+from shim.decide import Refuse
 from shim.identity import TaskIdentity
 from shim.metrics import Metrics
 from shim.ranges import ByteRange, Unsatisfiable, parse_range
@@ -39,6 +40,7 @@ CACHE_STATUS_HEADER = "X-Shim-Cache"
 TASK_ID_HEADER = "X-Shim-Task-Id"
 ROUTE_HEADER = "X-Shim-Route"  # cache, direct, dfdaemon, or fallback
 ERROR_HEADER = "X-Shim-Error"
+REFUSAL_PATH = "/refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +98,7 @@ class CacheServer:
     ) -> None:
         self.store = store
         # Unclaimed tickets (a client that went away) expire instead of piling up.
-        self._tickets: TTLCache[str, Ticket] = TTLCache(maxsize=65536, ttl=300)
+        self._tickets: TTLCache[str, Ticket | Refuse] = TTLCache(maxsize=65536, ttl=300)
         self._metrics = metrics
         self._extra_headers = extra_headers
         self._origin_timeout = origin_timeout
@@ -126,6 +128,7 @@ class CacheServer:
         self._fills = FillRunner(self.store, self._metrics, self._upstream, keep=self._keep)
         app = web.Application()
         app.router.add_get("/", self._handle)
+        app.router.add_route("*", REFUSAL_PATH, self._refuse)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -147,14 +150,14 @@ class CacheServer:
         self._metrics.cache_bytes.set(self.store.used)
         self._metrics.cache_entries.set(len(self.store))
 
-    def issue_ticket(self, ticket: Ticket) -> str:
+    def issue_ticket(self, ticket: Ticket | Refuse) -> str:
         ticket_id = secrets.token_urlsafe(24)
         self._tickets[ticket_id] = ticket
         return ticket_id
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         ticket = self._tickets.pop(request.headers.get(TICKET_HEADER, ""), None)
-        if ticket is None or ticket.method != request.method:
+        if not isinstance(ticket, Ticket) or ticket.method != request.method:
             return error_response(403, "forbidden", "this port serves the shim proxy only")
         key = ticket.identity.task_id
         meta = self.store.lookup(key)
@@ -173,6 +176,17 @@ class CacheServer:
         )
         with fill.reader() as reader:
             return await self._serve_fill(request, reader)
+
+    async def _refuse(self, request: web.Request) -> web.StreamResponse:
+        """Answer a refused request that carries a body, without reading a byte of it: the
+        proxy cannot answer such a request itself without holding its body in memory."""
+        refusal = self._tickets.pop(request.headers.get(TICKET_HEADER, ""), None)
+        if not isinstance(refusal, Refuse):
+            return error_response(403, "forbidden", "this port serves the shim proxy only")
+        response = error_response(refusal.status, refusal.kind, refusal.message)
+        response.headers.update(dict(refusal.headers))
+        response.force_close()
+        return response
 
     async def _head_origin(self, request: web.Request, ticket: Ticket) -> web.StreamResponse:
         """A HEAD for an object not in the cache: ask the origin; fill nothing."""
