@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= $(shell scripts/find-python)
 
-.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-load clean
+.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-load mutate clean
 
 run: $(VENV)/.installed
 	$(BIN)/shim run $(ARGS)
@@ -42,6 +42,18 @@ bench-load: $(VENV)/.dev-installed tests/servers/node_modules/.installed
 
 bench-dragonfly: $(VENV)/.dev-installed tests/servers/node_modules/.installed deps
 	$(BIN)/python -m bench.bench_dragonfly $(ARGS)
+
+# Mutation testing, outside CI (about 40 minutes on 2 cores): mutmut mutates shim/cache,
+# decide, access and the addon in a copy (mutants/) and runs their fast tests against each mutant.
+# Incremental: a second run only retests what changed (`rm -rf mutants` starts afresh).
+MUTATE_CHILDREN ?= 2
+mutate: $(VENV)/.mutate-installed
+	$(BIN)/mutmut run --max-children $(MUTATE_CHILDREN) $(ARGS)
+	$(BIN)/mutmut results
+
+$(VENV)/.mutate-installed: $(VENV)/.dev-installed
+	$(BIN)/pip install --quiet -e '.[dev,mutate]'
+	touch $@
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
