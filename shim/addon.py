@@ -20,7 +20,8 @@ from typing import Any
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.proxy import mode_specs, server_hooks
 
-from shim._errors import ConfigError, RequestError, SigningError
+from shim import limits
+from shim._errors import ConfigError, RequestError, ShimError, SigningError
 from shim.access import auth_required, client_allowed, credentials_valid
 from shim.admin import AdminServer
 from shim.cache.mapped import map_entry
@@ -143,6 +144,7 @@ class ShimAddon:
         if ctx.options.connection_strategy != "lazy":
             # Eager would connect to the bucket host at CONNECT time, before shim reroutes.
             ctx.options.update(connection_strategy="lazy")  # type: ignore[no-untyped-call]
+        limits.apply_options(ctx.options)
         if self.settings is not None and "shim_config" not in updated:
             return
         try:
@@ -158,6 +160,10 @@ class ShimAddon:
             raise exceptions.OptionsError(  # type: ignore[no-untyped-call]
                 "cache and admin settings cannot change while shim runs; restart it"
             )
+        try:
+            limits.install(settings.limits)
+        except ShimError as error:  # a mitmproxy whose internals the limits cannot hold
+            raise exceptions.OptionsError(str(error)) from None  # type: ignore[no-untyped-call]
         self.settings = settings
         self._signers = {
             bucket: signer_for(bucket, settings.presign_expires) for bucket in settings.buckets
