@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= $(shell scripts/find-python)
 
-.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-load mutate clean
+.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-load mutate fuzz clean
 
 run: $(VENV)/.installed
 	$(BIN)/shim run $(ARGS)
@@ -50,6 +50,15 @@ MUTATE_CHILDREN ?= 2
 mutate: $(VENV)/.mutate-installed
 	$(BIN)/mutmut run --max-children $(MUTATE_CHILDREN) $(ARGS)
 	$(BIN)/mutmut results
+
+# Coverage-guided fuzzing of request recognition and decision (atheris), outside CI.
+FUZZ_RUNS ?= 200000
+fuzz: $(VENV)/.fuzz-installed
+	$(BIN)/python -m fuzz.fuzz_decide -runs=$(FUZZ_RUNS) $(ARGS)
+
+$(VENV)/.fuzz-installed: $(VENV)/.dev-installed
+	$(BIN)/pip install --quiet -e '.[dev,fuzz]'
+	touch $@
 
 $(VENV)/.mutate-installed: $(VENV)/.dev-installed
 	$(BIN)/pip install --quiet -e '.[dev,mutate]'
