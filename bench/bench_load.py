@@ -97,6 +97,7 @@ class Result:
     client_cpu_percent: float  # this process: the small-GET clients and the sampler
     curl_cpu_percent: float
     origin_fetches: float  # shim_origin_fetches_total
+    load_average: tuple[float, float]  # 1-minute, before and after: the machine is shared
     downloads: list[Download]
     samples: list[MemorySample]
 
@@ -295,6 +296,7 @@ def run(
     sample_interval: float,
 ) -> Result:
     large_size = large_mib * MIB
+    load_before = os.getloadavg()[0]
     with start_s3rver(workdir / "s3rver") as s3:
         print(f"uploading {small_objects} small and {LARGE_STREAMS} large objects...", flush=True)
         small = upload(s3, workdir, small_objects, large_size)
@@ -346,6 +348,7 @@ def run(
         client_cpu_percent=100 * out.client_cpu / wall,
         curl_cpu_percent=100 * out.curl_cpu / wall,
         origin_fetches=origin_fetches,
+        load_average=(load_before, os.getloadavg()[0]),
         downloads=out.downloads,
         samples=out.samples,
     )
@@ -378,6 +381,7 @@ def table(r: Result) -> str:
             f"shim {r.shim_cpu_percent:.0f}, client {r.client_cpu_percent:.0f}, "
             f"curl {r.curl_cpu_percent:.0f}",
         ),
+        ("load average", f"{r.load_average[0]:.1f} before, {r.load_average[1]:.1f} after"),
     ]
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
