@@ -22,6 +22,8 @@ from tests.support.procs import free_port
 from tests.support.relay import Relay
 from tests.support.servers import S3Server, put_object, s3_client, start_s3rver
 
+pytestmark = pytest.mark.origin
+
 MIB = 1024 * 1024
 BUCKET = "lifecycle"
 
