@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= $(shell scripts/find-python)
 
-.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-load mutate fuzz clean
+.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-load bench-faults mutate fuzz clean
 
 run: $(VENV)/.installed
 	$(BIN)/shim run $(ARGS)
@@ -42,6 +42,11 @@ bench-load: $(VENV)/.dev-installed tests/servers/node_modules/.installed
 
 bench-dragonfly: $(VENV)/.dev-installed tests/servers/node_modules/.installed deps
 	$(BIN)/python -m bench.bench_dragonfly $(ARGS)
+
+# Every fault injected into a real shim, with what the client saw and the cache held; exits 1 if
+# one breaks a promise (about 75 s; the full-disk rows mount a tmpfs: root).
+bench-faults: $(VENV)/.dev-installed tests/servers/node_modules/.installed
+	$(BIN)/python -m bench.bench_faults $(ARGS)
 
 # Mutation testing, outside CI (about 40 minutes on 2 cores): mutmut mutates shim/cache,
 # decide, access and the addon in a copy (mutants/) and runs their fast tests against each mutant.
