@@ -22,36 +22,20 @@ from urllib.parse import unquote, urlsplit
 import atheris
 
 with atheris.instrument_imports():
-    from shim.config import settings_from_mapping
     from shim.decide import PassThrough, RequestFacts, Serve, decide
     from shim.identity import filtered_params, identify
     from shim.providers.s3 import S3Signer
+    from tests.test_decide import make_settings
 
-CREDENTIALS = {"source": "static", "access_key_id": "AKIDFUZZ", "secret_access_key": "fuzz"}
-SETTINGS = settings_from_mapping(
-    {
-        "passthrough": ["example.com", "*.example.org:8080"],
-        "buckets": [
-            {"provider": "s3", "bucket": "models", "credentials": CREDENTIALS},
-            {
-                "provider": "s3",
-                "bucket": "local",
-                "endpoint": "http://127.0.0.1:9000",
-                "alias": "m",
-                "hosts": ["cdn.example.net"],
-                "credentials": CREDENTIALS,
-            },
-        ],
-    },
-    env={},
-)
+# The buckets of the decision table (tests/test_decide.py), with an allow-list to pass through.
+SETTINGS = make_settings(passthrough=["example.com", "*.example.org:8080"])
 SIGNERS = {bucket.bucket: S3Signer(bucket, 3600) for bucket in SETTINGS.buckets}
 HOSTS = [
     "models.s3.us-east-1.amazonaws.com",
     "s3.us-east-1.amazonaws.com",
     "s3.amazonaws.com",
     "127.0.0.1",
-    "cdn.example.net",
+    "models.example.com",
     "example.com",
     "a.example.org",
     "169.254.169.254",

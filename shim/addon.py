@@ -41,6 +41,7 @@ from shim.cache.store import CacheStore
 from shim.config import BucketConfig, DfdaemonSettings, Settings, load_settings
 from shim.decide import (
     Decision,
+    IPAddress,
     Listener,
     PassThrough,
     Refuse,
@@ -214,10 +215,17 @@ class ShimAddon:
             log.warning("refused a client at %s: not in 'clients'", client.peername[0])
             client.error = "client address not allowed"
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
         if not self._authorized(flow):
             return
-        decision = decide_tunnel(flow.request.host.lower(), flow.request.port, self._settings())
+        host, port = flow.request.host.lower(), flow.request.port
+        decision = decide_tunnel(host, port, self._settings())
+        if isinstance(decision, Tunnel):
+            # Checked now as server_connect will check it, so that a refusal is a 403 and not
+            # a "200 Connection established" cut at the first byte.
+            checked = await self._destination(host, port)
+            if isinstance(checked, Refuse):
+                decision = checked
         if isinstance(decision, Refuse):
             self._refuse(flow, decision)
             return
@@ -247,24 +255,32 @@ class ShimAddon:
         host, port = data.server.address[:2]
         if self._cache is not None and (host, port) == self._cache.address:
             return  # where shim itself routes signed requests
-        settings = self._settings()
         refusal = self._tunnels.get(data.client)
         if not isinstance(refusal, Refuse):
-            try:
-                addresses = await _resolve(host, port)
-            except OSError as error:
-                data.server.error = f"cannot resolve {host}: {error.strerror or error}"
+            checked = await self._destination(host, port)
+            if checked is None:
+                data.server.error = f"cannot resolve {host}"
                 return
-            refusal = refuse_destination(host, port, addresses, settings)
-            if refusal is None:
+            if not isinstance(checked, Refuse):
                 # Connect to the address just checked, not to a second lookup's answer.
-                if data.server.sni is None and host != str(addresses[0]):
+                if data.server.sni is None and host != str(checked):
                     data.server.sni = host
-                data.server.address = (str(addresses[0]), port)
+                data.server.address = (str(checked), port)
                 return
+            refusal = checked
         self.metrics.errors.labels(kind=refusal.kind).inc()
         log.warning("refused a connection to %s:%d: %s", host, port, refusal.message)
         data.server.error = f"shim: {refusal.message}"
+
+    async def _destination(self, host: str, port: int) -> IPAddress | Refuse | None:
+        """The address to connect to for ``host:port``, the refusal of every address it
+        resolves to, or None when it does not resolve."""
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, proto=6)
+        except OSError:
+            return None
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+        return refuse_destination(host, port, addresses, self._settings()) or addresses[0]
 
     # -- requests -----------------------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -470,8 +486,3 @@ def _body_is_empty(flow: http.HTTPFlow) -> bool:
     return headers.get("Content-Length", "0").strip() in ("", "0") and (
         "Transfer-Encoding" not in headers
     )
-
-
-async def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, proto=6)
-    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]

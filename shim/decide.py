@@ -167,7 +167,7 @@ def passthrough_allows(host: str, port: int, policy: Passthrough) -> bool:
     if policy == "none":
         return False
     address = _ip(host)
-    if (address is not None and _internal(address)) or host.lower() == "localhost":
+    if (address is not None and _internal(address)) or _canonical_host(host) == "localhost":
         return named_exactly(host, port, policy)
     if policy == "all":
         return True

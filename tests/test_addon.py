@@ -166,21 +166,21 @@ def test_connect_intercepts_buckets_tunnels_allowed_hosts_refuses_the_rest(
     addon: ShimAddon,
 ) -> None:
     bucket = connect_flow(BUCKET_HOST, 443)
-    addon.http_connect(bucket)
+    run(addon.http_connect(bucket))
     assert bucket.response is None and addon._tunnels[bucket.client_conn] == Intercept()
     hello = client_hello(bucket.client_conn)
     addon.tls_clienthello(hello)
     assert not hello.ignore_connection
 
     allowed = connect_flow("example.com", 443)
-    addon.http_connect(allowed)
+    run(addon.http_connect(allowed))
     assert addon._tunnels[allowed.client_conn] == Tunnel()
     hello = client_hello(allowed.client_conn)
     addon.tls_clienthello(hello)
     assert hello.ignore_connection  # relayed untouched, never decrypted
 
     refused = connect_flow("internal.example", 443)
-    addon.http_connect(refused)
+    run(addon.http_connect(refused))
     assert error_kind(refused) == (403, "passthrough")
 
 
@@ -231,3 +231,11 @@ def test_the_gate_pins_the_address_it_checked(addon: ShimAddon) -> None:
     assert server.error is None
     assert server.address is not None and server.address[0] in ("127.0.0.1", "::1")
     assert server.sni == "localhost"
+
+
+@pytest.mark.parametrize("addon", [{"passthrough": "all"}], indirect=True)
+def test_connect_to_a_name_of_a_loopback_address_is_refused_up_front(addon: ShimAddon) -> None:
+    # 127.1 is no IP literal to ipaddress, but resolves to 127.0.0.1.
+    flow = connect_flow("127.1", 443)
+    run(addon.http_connect(flow))
+    assert error_kind(flow) == (403, "passthrough")

@@ -181,6 +181,7 @@ POLICY = [
     ("all", "127.0.0.1", 80, False),
     ("all", "127.9.9.9", 80, False),
     ("all", "localhost", 80, False),
+    ("all", "LocalHost.", 80, False),
     ("all", "169.254.169.254", 80, False),
     ("all", "0.0.0.0", 80, False),
     ("all", "::1", 80, False),
