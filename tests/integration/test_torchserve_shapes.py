@@ -80,6 +80,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, s3rver: S3Server) -> Iterato
         config = {
             "reverse": f"127.0.0.1:{reverse_port}",
             "transparent": f"{netns.gateway}:{transparent_port}",
+            # Loopback (the explicit and standalone shapes) and the TorchServe namespace.
+            "clients": ["127.0.0.0/8", f"{netns.address}/32"],
             "buckets": [
                 {**s3_bucket_config(BUCKET, origin.endpoint), "hosts": [BUCKET_HOST],
                  "alias": "models"},
@@ -137,7 +139,7 @@ def shape(world: World, name: str) -> Shape:
         return Shape(
             lambda wd: start_torchserve(wd, netns=host.name, api_host=host.address),
             lambda key: f"http://{BUCKET_HOST}/{key}",
-            # The redirect catches port 80 only; an unknown host passes through to nowhere.
+            # An unknown host: refused (passthrough: none), as everywhere.
             "http://unconfigured.example.test/unconfigured.mar",
             f"http://{GONE_HOST}/gone.mar",
         )
@@ -201,5 +203,6 @@ def test_the_shim_passes_the_real_status_through(world: World) -> None:
     proxy = world.shim.proxy_port
     assert via_proxy(proxy, f"http://{BUCKET_HOST}/absent.mar").status == 404
     unconfigured = f"http://127.0.0.1:{world.plain_s3.port}/unconfigured/unconfigured.mar"
-    assert via_proxy(proxy, unconfigured).status == 403
+    refused = via_proxy(proxy, unconfigured)  # shim's own refusal: passthrough is none
+    assert (refused.status, refused.headers["X-Shim-Error"]) == (403, "passthrough")
     assert via_proxy(proxy, f"http://{GONE_HOST}/gone.mar").status == 502

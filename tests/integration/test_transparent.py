@@ -28,14 +28,22 @@ def test_host() -> Iterator[NetnsHost]:
 
 
 @pytest.fixture
-def shim(tmp_path: Path, s3rver: S3Server, test_host: NetnsHost) -> Iterator[ShimProcess]:
+def shim(
+    tmp_path: Path, s3rver: S3Server, test_host: NetnsHost, request: pytest.FixtureRequest
+) -> Iterator[ShimProcess]:
     port = free_port()
     bucket = {
         **s3_bucket_config("transparent", s3rver.endpoint),
         # The client asks for the bucket by its AWS name; the test's origin is s3rver.
         "hosts": [BUCKET_HOST],
     }
-    config = {"transparent": f"{test_host.gateway}:{port}", "buckets": [bucket]}
+    config = {
+        "transparent": f"{test_host.gateway}:{port}",
+        # The listener is on the link to the test's namespace: only that host may use it.
+        "clients": [f"{test_host.address}/32"],
+        "passthrough": getattr(request, "param", "none"),
+        "buckets": [bucket],
+    }
     with start_shim(tmp_path / "shim", config) as process:
         test_host.redirect(80, port)
         test_host.resolve({BUCKET_HOST: test_host.gateway, "elsewhere.test": test_host.gateway})
@@ -68,11 +76,24 @@ def test_plain_bucket_url_is_intercepted_signed_and_cached(
     assert (metrics["shim_cache_misses_total"], metrics["shim_cache_hits_total"]) == (1, 1)
 
 
-def test_other_hosts_pass_through_unsigned(
+def test_other_hosts_are_refused_by_default(
     shim: ShimProcess, test_host: NetnsHost, tmp_path: Path
 ) -> None:
-    # Passed through to the original destination, where nothing listens: a gateway error,
-    # and nothing was signed or cached.
+    status = curl_in(test_host, "http://elsewhere.test/x.mar", tmp_path / "out")
+    assert status == "403"
+    assert b"passthrough" in (tmp_path / "out").read_bytes()
+    metrics = shim.metrics()
+    assert metrics['shim_errors_total{kind="passthrough"}'] == 1
+    assert 'shim_requests_total{route="pass"}' not in metrics
+
+
+@pytest.mark.parametrize("shim", [["elsewhere.test"]], indirect=True)
+def test_allowed_hosts_pass_through_unsigned_to_the_name_not_the_address(
+    shim: ShimProcess, test_host: NetnsHost, tmp_path: Path
+) -> None:
+    # The redirected packets went to the gateway, where nothing listens for this; shim connects
+    # to the name decided on instead, which does not resolve outside the test's namespace: a
+    # gateway error, and nothing was signed or cached.
     status = curl_in(test_host, "http://elsewhere.test/x.mar", tmp_path / "out")
     assert status == "502"
     assert shim.metrics()['shim_requests_total{route="pass"}'] == 1
