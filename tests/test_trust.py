@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -48,8 +47,8 @@ def test_env_rejects_a_bad_proxy_address(capsys: pytest.CaptureFixture[str]) -> 
     assert "--proxy" in capsys.readouterr().err
 
 
+# Java 17 is a prerequisite (README): without keytool this fails rather than skips.
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("keytool") is None, reason="needs a JDK (keytool)")
 def test_ca_writes_the_ca_and_a_truststore_holding_jdk_and_shim_cas(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

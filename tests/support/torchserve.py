@@ -644,4 +644,8 @@ def require_torchserve() -> None:
     try:
         torchserve_venv()
     except TorchServeMissing as exc:
-        require("SHIM_REQUIRE_TORCHSERVE", str(exc))
+        missing: str | None = str(exc)
+    else:
+        missing = None
+    # Outside the except block: a failure under the requirement is not "during handling".
+    require("SHIM_REQUIRE_TORCHSERVE", missing)
