@@ -339,3 +339,69 @@ def test_decide_never_raises_and_serves_only_reads_without_bodies(
     if isinstance(decision, PassThrough):
         # Even under `all`, never to this node's own addresses or its metadata service.
         assert host not in ("127.0.0.1", "169.254.169.254")
+
+
+# -- what a refusal tells the client, and where the policy reads ports and host names ---------
+
+
+@pytest.mark.parametrize(
+    ("case", "request_facts", "status", "kind"), REFUSED, ids=[c[0] for c in REFUSED]
+)
+def test_every_refusal_says_why(
+    case: str, request_facts: RequestFacts, status: int, kind: str
+) -> None:
+    refusal = decide(request_facts, DEFAULT)
+    assert isinstance(refusal, Refuse)
+    assert isinstance(refusal.message, str) and len(refusal.message) > 10
+    assert "None" not in refusal.message
+
+
+def test_refusals_name_where_the_request_went_with_ipv6_bracketed() -> None:
+    refusal = decide(facts("/x", host="fe80::1", port=8080), DEFAULT)
+    assert isinstance(refusal, Refuse) and refusal.message.startswith("[fe80::1]:8080 is not ")
+    tunnel = decide_tunnel("2001:db8::7", 443, DEFAULT)
+    assert isinstance(tunnel, Refuse) and tunnel.message.startswith("[2001:db8::7]:443 is not ")
+    named = decide(facts("/x", host="example.com", port=8080), DEFAULT)
+    assert isinstance(named, Refuse) and named.message.startswith("example.com:8080 is not ")
+
+
+def test_the_destination_gate_refuses_with_403_passthrough_naming_the_host() -> None:
+    for policy, host, addresses in [
+        ("none", "example.com", [ADDR("93.184.216.34")]),
+        ("all", "rebind.example", [ADDR("127.0.0.1")]),
+    ]:
+        refusal = refuse_destination(host, 81, addresses, make_settings(passthrough=policy))
+        assert refusal is not None
+        assert (refusal.status, refusal.kind) == (403, "passthrough")
+        assert refusal.message.startswith(f"{host}:81 ")
+
+
+def test_a_port_in_the_passthrough_policy_is_checked_against_the_requests_port() -> None:
+    policy = make_settings(passthrough=["example.com:8080"])
+    assert decide(facts("/x", host="example.com", port=8080), policy) == PassThrough()
+    assert isinstance(decide(facts("/x", host="example.com", port=80), policy), Refuse)
+
+
+def test_the_reverse_listener_drops_a_stale_signature_as_the_proxy_does() -> None:
+    stale = "/m/a.mar?X-Amz-Signature=abc&X-Amz-Credential=AKID%2Fx"
+    assert served_key(decide(facts(stale, listener="reverse", host="shim"), DEFAULT)) == "a.mar"
+
+
+@pytest.mark.parametrize(
+    ("policy", "host", "port", "allowed"),
+    [
+        # one host however it is spelt: IPv6 in full or compressed, a trailing dot
+        (("[0:0:0:0:0:0:0:1]:9000",), "::1", 9000, True),
+        (("example.com",), "example.com.", 80, True),
+        (("example.com.",), "example.com", 80, True),
+        # one address is not every address
+        (("10.0.0.1",), "10.0.0.2", 80, False),
+        (("127.0.0.1:9000",), "127.0.0.2", 9000, False),
+        # a bracketed loopback address is still loopback
+        ("all", "[::1]", 80, False),
+    ],
+)
+def test_passthrough_compares_canonical_hosts(
+    policy: Any, host: str, port: int, allowed: bool
+) -> None:
+    assert passthrough_allows(host, port, policy) is allowed

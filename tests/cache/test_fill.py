@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -190,5 +191,33 @@ def test_without_room_on_disk_a_later_request_fetches_on_its_own(
                 assert list(await asyncio.gather(read(first), read(second))) == [body, body]
         assert sample(metrics, "shim_origin_fetches_total") == 2
         assert len(store) == 0
+
+    run(store, scenario)
+
+
+def test_a_fill_in_flight_holds_the_disk_it_has_still_to_write(
+    origin: Origin, tmp_path: Path
+) -> None:
+    body = os.urandom(2 * MiB)
+    origin.put(KEY, body)
+    store = CacheStore(tmp_path, 100 * MiB)
+
+    async def scenario(runner: FillRunner, metrics: Metrics) -> None:
+        origin.relay.stall_after_bytes = await origin.head_length(KEY) + MiB
+        fill = start(runner, origin.ticket(KEY))
+        with fill.reader() as reader:
+            await fill.wait_past(MiB - 2)  # the first MiB arrived, in several chunks
+            reservation = fill.reservation
+            assert reservation is not None and reservation.kept
+            assert fill.written == MiB
+            assert (reservation.size, reservation.written) == (2 * MiB, MiB)
+            assert store.reserved == 2 * MiB
+            # The descriptor readers share is not inherited by any process shim starts.
+            assert fill.fd is not None
+            assert fcntl.fcntl(fill.fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+            origin.relay.resume()
+            assert await read(reader) == body
+        assert store.reserved == 0  # the reservation became the entry
+        assert store.used == 2 * MiB
 
     run(store, scenario)

@@ -584,3 +584,65 @@ def test_a_commit_that_cannot_write_its_metadata_leaves_nothing_behind(small_dis
     ballast.unlink()
     store.commit(_meta(KEY_A, MiB), temp, reservation)
     assert store.lookup(KEY_A) is not None
+
+
+# -- edges: empty objects, files that went, temporary paths, the exact min_free boundary -------
+
+
+def test_an_empty_object_is_an_entry_that_survives_reopening(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 0)
+    assert store.lookup(KEY_A) == _meta(KEY_A, 0)
+    reopened = _open(tmp_path)
+    assert reopened.lookup(KEY_A) == _meta(KEY_A, 0)
+
+
+def test_an_entry_whose_files_both_went_is_dropped_without_an_error(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    _fill(store, KEY_A, 10)
+    path = store.data_path(KEY_A)
+    path.with_suffix(".json").unlink()  # an operator clearing the cache directory
+    path.unlink()
+    assert store.lookup(KEY_A) is None
+    assert (store.used, len(store)) == (0, 0)
+
+
+def test_a_temporary_file_is_never_opened_twice(tmp_path: Path) -> None:
+    store = _open(tmp_path)
+    temp = store.temp_path(KEY_A)
+    _write_temp(store, temp, b"first")
+    with pytest.raises(FileExistsError):
+        store.create_temp(temp)
+    assert temp.read_bytes() == b"first"
+
+
+def test_a_metadata_write_failing_for_another_reason_than_room_is_not_disk_full(
+    tmp_path: Path,
+) -> None:
+    store = _open(tmp_path)
+    reservation = store.reserve(5)
+    assert reservation is not None
+    temp = store.temp_path(KEY_A)
+    _write_temp(store, temp, b"aaaaa")
+    temp.with_name(f"{temp.name}.json").write_bytes(b"")  # its temporary name is taken
+    with pytest.raises(FileExistsError):
+        store.commit(_meta(KEY_A, 5), temp, reservation)
+    assert store.lookup(KEY_A) is None
+
+
+def test_transient_reservations_may_use_the_disk_down_to_exactly_min_free(
+    small_disk: Path,
+) -> None:
+    store = _open(small_disk, max_size=1024 * MiB)
+    free = store.disk_free()
+    store.min_free = free - 100
+    assert store.reserve_transient(101) is None
+    held = store.reserve_transient(100)
+    assert held is not None and (held.size, held.kept) == (100, False)
+    assert store.reserve_transient(1) is None  # the 100 bytes are still to be written
+    store.release(held)
+    store.min_free = free
+    unknown = store.reserve_transient(None)  # an unknown size holds nothing ahead
+    assert unknown is not None and unknown.size == 0
+    assert store.reserve_transient(None) is not None
+    assert store.reserve_transient(1) is None
