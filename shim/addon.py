@@ -289,20 +289,19 @@ class ShimAddon:
             return
         try:
             if self._authorized(flow):
-                self._apply(flow, decide(request_facts(flow), self._settings()))
+                facts = request_facts(flow)
+                self._apply(flow, facts, decide(facts, self._settings()))
         except Exception:
-            # An answer, never a silent pass-through: that would send the request unsigned.
-            log.exception("internal error on %s", redact_url(flow.request.url))
-            self._reply(flow, Refuse(500, "internal", "internal error; see shim's log"))
+            self._internal_error(flow)
 
-    def _apply(self, flow: http.HTTPFlow, decision: Decision) -> None:
+    def _apply(self, flow: http.HTTPFlow, facts: RequestFacts, decision: Decision) -> None:
         if isinstance(decision, Refuse):
             self._refuse(flow, decision)
         elif isinstance(decision, PassThrough):
             self.metrics.requests.labels(route="pass").inc()
-            if listener_of(flow.client_conn.proxy_mode) == "transparent":
+            if facts.listener == "transparent":
                 # As for tunnels: to the name decided on, not the redirected address.
-                flow.request.host = request_facts(flow).host
+                flow.request.host = facts.host
             # Streamed: an upload's body is never held in memory.
             flow.request.stream = True
             flow.request.headers.pop("Proxy-Authorization", None)
@@ -316,8 +315,7 @@ class ShimAddon:
         try:
             await self._serve(flow, serve)
         except Exception:
-            log.exception("internal error on %s", redact_url(flow.request.url))
-            self._reply(flow, Refuse(500, "internal", "internal error; see shim's log"))
+            self._internal_error(flow)
 
     async def _serve(self, flow: http.HTTPFlow, serve: Serve) -> None:
         settings = self._settings()
@@ -410,6 +408,11 @@ class ShimAddon:
             request.headers.pop(name, None)
         request.headers["Content-Length"] = "0"
         self._route_to_cache(flow, REFUSAL_PATH, self._cache.issue_ticket(refusal))
+
+    def _internal_error(self, flow: http.HTTPFlow) -> None:
+        # An answer, never a silent pass-through: that would send the request unsigned.
+        log.exception("internal error on %s", redact_url(flow.request.url))
+        self._reply(flow, Refuse(500, "internal", "internal error; see shim's log"))
 
     def _reply(self, flow: http.HTTPFlow, refusal: Refuse) -> None:
         self._count_refusal(flow, refusal)
