@@ -23,7 +23,6 @@ is the table the README shows. Prints a Markdown table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import hashlib
 import json
@@ -33,11 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.disk import tmpfs
 from tests.support.dragonfly import (
     DragonflyError,
     dragonfly_bin_dir,
@@ -547,21 +547,6 @@ def dfdaemon_truncating(lab: Lab, t: Trial) -> None:
         t.violations.append("the dfdaemon never reached the origin")
 
 
-@contextlib.contextmanager
-def small_disk(mount_point: Path) -> Iterator[Path]:
-    """A SMALL_DISK tmpfs at ``mount_point`` (root), unmounted afterwards."""
-    mount_point.mkdir(parents=True)
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK},mode=0700", "tmpfs", str(mount_point)],
-        check=True,
-    )
-    try:
-        yield mount_point
-    finally:
-        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
-            subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
-
-
 def fill_disk(disk: Path, leave: int) -> Path:
     """Write a file on ``disk`` until ``leave`` bytes are free (0: until ENOSPC)."""
     filler = disk / "filler"
@@ -591,7 +576,7 @@ def disk_full_mid_fill(lab: Lab, t: Trial) -> None:
         return
     origin = lab.relay()
     origin.rate_limit_bytes_per_s = SLOW_ORIGIN
-    with small_disk(t.dir / "disk") as disk:
+    with tmpfs(t.dir / "disk", SMALL_DISK) as disk:
         shim = t.shim(disk_config(disk, origin.endpoint))
         filler: list[Path] = []
         t.inject(
@@ -611,7 +596,7 @@ def no_room_on_disk(lab: Lab, t: Trial) -> None:
         t.violations.append("not run: mounting a tmpfs needs root")
         return
     origin = lab.relay()
-    with small_disk(t.dir / "disk") as disk:
+    with tmpfs(t.dir / "disk", SMALL_DISK) as disk:
         shim = t.shim(disk_config(disk, origin.endpoint))
         filler = fill_disk(disk, len(lab.body) // 4)
         t.inject(shim, object_url(origin), cache_dir=disk / "cache")

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cache.origin import Origin
+from tests.support.disk import tmpfs
 from tests.support.procs import require
 from tests.support.relay import Relay
 from tests.support.servers import S3Server, start_s3rver
@@ -39,15 +39,5 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     needs root: skipped without it, failed under SHIM_REQUIRE_NETNS (set by make test and CI,
     whose network-namespace tests need root as well)."""
     require("SHIM_REQUIRE_NETNS", None if os.geteuid() == 0 else "mounting a tmpfs needs root")
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs", str(mount_point)],
-        check=True,
-    )
-    try:
-        yield mount_point
-    finally:
-        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
-            subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
-            pytest.fail("the small disk was still in use after the test: a file left open")
+    with tmpfs(tmp_path / "disk", SMALL_DISK) as disk:
+        yield disk
