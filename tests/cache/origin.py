@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -107,3 +107,22 @@ async def body_or_error(response: aiohttp.ClientResponse) -> bytes | str:
         return await response.read()
     except aiohttp.ClientPayloadError as error:
         return f"{type(error).__name__}: {error}"
+
+
+def run_with_cache_server(
+    store: CacheStore,
+    scenario: Callable[[CacheServer, Metrics, aiohttp.ClientSession], Awaitable[None]],
+    *,
+    dfdaemon: DfdaemonRoute | None = None,
+) -> None:
+    """Run ``scenario`` against a cache server on ``store`` and a client session, then stop."""
+
+    async def main() -> None:
+        metrics = Metrics()
+        async with (
+            running_cache(store, metrics, dfdaemon=dfdaemon) as server,
+            aiohttp.ClientSession(auto_decompress=False) as session,
+        ):
+            await scenario(server, metrics, session)
+
+    asyncio.run(main())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aiohttp
@@ -26,7 +26,7 @@ from tests.cache.origin import (
     Origin,
     body_or_error,
     get,
-    running_cache,
+    run_with_cache_server,
     sample,
     until,
 )
@@ -35,23 +35,6 @@ pytestmark = pytest.mark.origin
 
 MiB = 1024 * 1024
 KEY = "models/resnet.mar"
-
-
-def run(
-    store: CacheStore,
-    scenario: Callable[[CacheServer, Metrics, aiohttp.ClientSession], Awaitable[None]],
-    *,
-    dfdaemon: DfdaemonRoute | None = None,
-) -> None:
-    async def main() -> None:
-        metrics = Metrics()
-        async with (
-            running_cache(store, metrics, dfdaemon=dfdaemon) as server,
-            aiohttp.ClientSession(auto_decompress=False) as session,
-        ):
-            await scenario(server, metrics, session)
-
-    asyncio.run(main())
 
 
 async def fetch(
@@ -104,7 +87,7 @@ def test_concurrent_requests_share_one_origin_fetch(origin: Origin, tmp_path: Pa
         assert await fetch(session, server, origin.ticket(KEY)) == (200, "HIT", body)
         assert origin.gets() == 1
 
-    run(CacheStore(tmp_path, 100 * MiB), scenario)
+    run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
 
 
 # -- complete or nothing ----------------------------------------------------------------------
@@ -135,7 +118,7 @@ def test_a_flipped_byte_fails_every_reader_and_leaves_nothing(
         assert await fetch(session, server, origin.ticket(KEY)) == (200, "MISS", body)
         assert await fetch(session, server, origin.ticket(KEY)) == (200, "HIT", body)
 
-    run(CacheStore(tmp_path, 100 * MiB), scenario)
+    run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
 
 
 def test_a_body_cut_short_fails_every_reader_and_leaves_nothing(
@@ -158,7 +141,7 @@ def test_a_body_cut_short_fails_every_reader_and_leaves_nothing(
         assert len(server.store) == 0
         assert leftovers(tmp_path) == []
 
-    run(CacheStore(tmp_path, 100 * MiB), scenario)
+    run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
 
 
 def _chunked_short_of_its_length(head: bytes) -> bytes:
@@ -191,7 +174,7 @@ def test_a_body_shorter_than_its_content_length_is_never_kept(
         assert len(server.store) == 0
         assert leftovers(tmp_path) == []
 
-    run(CacheStore(tmp_path, 100 * MiB), scenario, dfdaemon=dfdaemon)
+    run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario, dfdaemon=dfdaemon)
 
 
 # -- readers ------------------------------------------------------------------------------------
@@ -214,7 +197,7 @@ def test_a_reader_that_leaves_does_not_cancel_the_fill(origin: Origin, tmp_path:
         assert await fetch(session, server, origin.ticket(KEY)) == (200, "HIT", body)
         assert sample(metrics, "shim_origin_fetches_total") == 1
 
-    run(store, scenario)
+    run_with_cache_server(store, scenario)
 
 
 def server_key(origin: Origin) -> str:
@@ -251,7 +234,7 @@ def test_an_entry_being_read_is_never_evicted(origin: Origin, tmp_path: Path) ->
         assert store.lookup(b_key) is not None  # A was no longer read: it made room
         assert store.lookup(a_key) is None
 
-    run(store, scenario)
+    run_with_cache_server(store, scenario)
 
 
 # -- a full disk --------------------------------------------------------------------------------
@@ -280,7 +263,7 @@ def test_an_object_larger_than_the_disk_streams_to_every_waiting_reader(
         assert sample(metrics, "shim_origin_fetches_total") == 2
 
     with caplog.at_level(logging.WARNING, logger="shim.cache"):
-        run(store, scenario)
+        run_with_cache_server(store, scenario)
 
 
 def test_a_cap_larger_than_the_disk_keeps_what_fits_and_evicts_for_the_rest(
@@ -302,7 +285,7 @@ def test_a_cap_larger_than_the_disk_keeps_what_fits_and_evicts_for_the_rest(
         for key in list(bodies)[-2:]:
             assert await fetch(session, server, origin.ticket(key)) == (200, "HIT", bodies[key])
 
-    run(store, scenario)
+    run_with_cache_server(store, scenario)
 
 
 def _fill_the_disk(path: Path, store: CacheStore) -> None:
@@ -322,7 +305,7 @@ def test_a_disk_filled_under_a_fill_evicts_entries_and_the_fill_goes_on(
     ) -> None:
         assert await fetch(session, server, origin.ticket("old.mar")) == (200, "MISS", old)
 
-    run(CacheStore(small_disk, 1024 * MiB), keep_old)
+    run_with_cache_server(CacheStore(small_disk, 1024 * MiB), keep_old)
     # A fresh cache server: the relay's offsets count from a connection's start, and the
     # first one's origin connection could be reused.
     store = CacheStore(small_disk, 1024 * MiB)
@@ -339,7 +322,7 @@ def test_a_disk_filled_under_a_fill_evicts_entries_and_the_fill_goes_on(
         assert store.lookup(server_key(origin)) is not None
         assert store.lookup(origin.ticket("old.mar").identity.task_id) is None
 
-    run(store, scenario)
+    run_with_cache_server(store, scenario)
 
 
 def test_a_full_disk_with_nothing_to_evict_fails_the_transfer_and_keeps_nothing(
@@ -369,4 +352,4 @@ def test_a_full_disk_with_nothing_to_evict_fails_the_transfer_and_keeps_nothing(
         assert await fetch(session, server, origin.ticket(KEY)) == (200, "MISS", body)
         assert await fetch(session, server, origin.ticket(KEY)) == (200, "HIT", body)
 
-    run(store, scenario)
+    run_with_cache_server(store, scenario)

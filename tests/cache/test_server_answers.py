@@ -5,9 +5,7 @@ answers itself only where s3rver cannot (a redirect, a 206 to partNumber)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,7 +26,7 @@ from shim.cache.store import CacheStore
 from shim.identity import identify
 from shim.metrics import Metrics
 from shim.redact import signature_secrets
-from tests.cache.origin import FILTERED, Origin, running_cache, sample, until
+from tests.cache.origin import FILTERED, Origin, run_with_cache_server, sample, until
 from tests.support.relay import raw_response
 from tests.support.servers import s3_client
 
@@ -36,21 +34,6 @@ pytestmark = pytest.mark.origin
 
 MiB = 1024 * 1024
 KEY = "models/resnet.mar"
-
-
-def run(
-    store: CacheStore,
-    scenario: Callable[[CacheServer, Metrics, aiohttp.ClientSession], Awaitable[None]],
-) -> None:
-    async def main() -> None:
-        metrics = Metrics()
-        async with (
-            running_cache(store, metrics) as server,
-            aiohttp.ClientSession(auto_decompress=False) as session,
-        ):
-            await scenario(server, metrics, session)
-
-    asyncio.run(main())
 
 
 def head_ticket(origin: Origin, key: str) -> Ticket:
@@ -123,7 +106,7 @@ def test_only_a_fresh_ticket_for_the_same_method_is_served(origin: Origin, tmp_p
         assert (await send(session, server, None, ticket_id=ticket_id))[0] == 200
         assert (await send(session, server, None, ticket_id=ticket_id))[0] == 403
 
-    run(CacheStore(tmp_path, 100 * MiB), scenario)
+    run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
 
 
 # -- HEAD ---------------------------------------------------------------------------------------
@@ -165,7 +148,7 @@ def test_head_asks_the_origin_then_the_entry_and_fills_nothing(
         assert origin.relay.bytes_up == sent_to_origin  # the hit did not ask the origin
         assert sample(metrics, "shim_cache_hits_total") == 1
 
-    run(store, scenario)
+    run_with_cache_server(store, scenario)
 
 
 def test_head_of_a_missing_object_passes_the_origin_status_on(
@@ -182,7 +165,7 @@ def test_head_of_a_missing_object_passes_the_origin_status_on(
         assert headers[CACHE_STATUS_HEADER] == "MISS"
         assert headers[TASK_ID_HEADER] == ticket.identity.task_id
 
-    run(CacheStore(tmp_path, 100 * MiB), scenario)
+    run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
 
 
 # -- entries and ranges ---------------------------------------------------------------------------
@@ -209,7 +192,7 @@ def test_a_hit_carries_the_objects_headers(origin: Origin, tmp_path: Path) -> No
         assert hit["Accept-Ranges"] == "bytes"
         assert "Content-Range" not in hit
 
-    run(CacheStore(tmp_path, 100 * MiB), scenario)
+    run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
 
 
 def test_one_range_from_a_fill_and_from_the_entry_and_416_past_the_end(
@@ -236,7 +219,7 @@ def test_one_range_from_a_fill_and_from_the_entry_and_416_past_the_end(
         assert headers["Content-Range"] == "bytes */3000"
         assert fetches(metrics) == 1
 
-    run(CacheStore(tmp_path, 100 * MiB), scenario)
+    run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
 
 
 # -- origin answers that are no object ------------------------------------------------------------
@@ -264,7 +247,7 @@ def test_an_origin_error_passes_through_redacted_and_is_never_kept(
         assert len(store) == 0
         assert sample(metrics, "shim_errors_total", kind="origin_status") == 2
 
-    run(store, scenario)
+    run_with_cache_server(store, scenario)
 
 
 def test_a_redirect_passes_through_unfollowed_redacted_and_uncached(
@@ -290,7 +273,7 @@ def test_a_redirect_passes_through_unfollowed_redacted_and_uncached(
         assert len(origin.relay.request_heads) == 1  # not followed
         assert len(server.store) == 0
 
-    run(CacheStore(tmp_path, 100 * MiB), scenario)
+    run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
 
 
 def test_a_part_streams_as_the_origin_framed_it_and_is_never_kept(
@@ -327,7 +310,7 @@ def test_a_part_streams_as_the_origin_framed_it_and_is_never_kept(
         assert headers["Content-Length"] == "100"
         assert len(server.store) == 0
 
-    run(CacheStore(tmp_path, 100 * MiB), scenario)
+    run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
 
 
 def test_a_206_without_content_range_is_an_origin_failure(origin: Origin, tmp_path: Path) -> None:
@@ -344,4 +327,4 @@ def test_a_206_without_content_range_is_an_origin_failure(origin: Origin, tmp_pa
         assert len(server.store) == 0
         assert sample(metrics, "shim_errors_total", kind="origin") == 1
 
-    run(CacheStore(tmp_path, 100 * MiB), scenario)
+    run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
