@@ -307,7 +307,12 @@ def metric(addon: ShimAddon, name: str, **labels: str) -> float:
 def routed_to_cache(addon: ShimAddon, flow: http.HTTPFlow) -> bool:
     assert addon._cache is not None
     request = flow.request
-    return flow.response is None and (request.host, request.port) == addon._cache.address
+    host, port = addon._cache.address
+    return (
+        flow.response is None
+        and (request.host, request.port, request.host_header) == (host, port, f"{host}:{port}")
+        and TICKET_HEADER in request.headers
+    )
 
 
 # -- plain-HTTP hits from a memory map --------------------------------------------------------
@@ -329,6 +334,7 @@ def test_a_plain_http_hit_is_answered_from_the_entry_pinned_until_sent(addon: Sh
     assert headers["ETag"] == '"etag-1"' and headers["Content-Type"] == "application/x-mar"
     assert metric(addon, "shim_cache_hits_total") == 1
     assert metric(addon, "shim_response_bytes_total") == len(BODY)
+    assert TICKET_HEADER not in flow.request.headers  # answered here, not by the cache server
 
     assert store._pins.get(key) == 1  # the body is a map of the file: not evictable now
     del flow, response, headers
@@ -357,6 +363,7 @@ def test_a_plain_http_hit_honours_one_range(
     assert flow.response.headers["Content-Range"] == content_range
     assert flow.response.raw_content == body
     assert flow.response.headers["Content-Length"] == str(len(body))
+    assert TICKET_HEADER not in flow.request.headers
 
 
 def test_what_a_memory_map_does_not_answer_goes_to_the_cache_server(addon: ShimAddon) -> None:
@@ -458,6 +465,9 @@ def test_a_body_is_told_by_the_framing_headers(
 
 def test_a_transparent_pass_through_goes_to_the_name_decided_on(addon: ShimAddon) -> None:
     addon.settings = addon._settings().model_copy(update={"passthrough": ("example.com",)})
+    bare = flow_for("example.com", "/", mode="transparent")  # no credentials to drop
+    addon.requestheaders(bare)
+    assert bare.response is None
     flow = flow_for("example.com", "/page", mode="transparent")
     flow.request.host = "93.184.216.34"
     flow.request.headers["Host"] = "example.com"
@@ -466,7 +476,7 @@ def test_a_transparent_pass_through_goes_to_the_name_decided_on(addon: ShimAddon
     assert flow.response is None and flow.request.stream is True
     assert flow.request.host == "example.com"
     assert "Proxy-Authorization" not in flow.request.headers
-    assert metric(addon, "shim_requests_total", route="pass") == 1
+    assert metric(addon, "shim_requests_total", route="pass") == 2
 
 
 def test_a_flow_already_answered_or_not_live_is_left_alone(addon: ShimAddon) -> None:
@@ -607,3 +617,147 @@ def test_the_proxy_connects_lazily_and_cache_settings_cannot_change_live(
     with pytest.raises(exceptions.OptionsError, match="restart"):
         reconfigure({**same, "admin": "127.0.0.1:1"})
     assert [b.bucket for b in addon._settings().buckets] == ["other"]
+
+
+# -- proxy credentials per connection, transparent TLS, and the paths that answer directly -------
+
+AUTH = {"proxy_auth": {"username": "u", "password": "p"}}
+
+
+def serve_with(addon: ShimAddon, flow: http.HTTPFlow, credentials: str | None) -> http.HTTPFlow:
+    if credentials is not None:
+        flow.request.headers["Proxy-Authorization"] = credentials
+    return serve(addon, flow)
+
+
+@pytest.mark.parametrize("addon", [AUTH], indirect=True)
+def test_credentials_proved_in_a_connect_cover_its_tunnel_and_nothing_else(
+    addon: ShimAddon,
+) -> None:
+    tunnel = connect_flow(BUCKET_HOST, 443)
+    tunnel.request.headers["Proxy-Authorization"] = basic("u", "p")
+    run(addon.http_connect(tunnel))
+    assert tunnel.response is None and "Proxy-Authorization" not in tunnel.request.headers
+    inside = flow_for(BUCKET_HOST, "/model.mar")
+    inside.client_conn = tunnel.client_conn
+    assert routed_to_cache(addon, serve_with(addon, inside, None))  # decided, and signed
+
+    # An authorised plain request proves nothing for the next one on its connection.
+    first = serve_with(addon, flow_for(BUCKET_HOST, "/model.mar"), basic("u", "p"))
+    assert routed_to_cache(addon, first)
+    second = flow_for(BUCKET_HOST, "/model.mar")
+    second.client_conn = first.client_conn
+    addon.requestheaders(second)
+    assert second.response is not None and second.response.status_code == 407
+
+    # Without credentials a CONNECT is answered 407, whatever it asked for.
+    anonymous = connect_flow("internal.example", 443)
+    run(addon.http_connect(anonymous))
+    assert anonymous.response is not None and anonymous.response.status_code == 407
+    assert anonymous.client_conn not in addon._tunnels
+    assert metric(addon, "shim_errors_total", kind="auth") == 2
+
+
+@pytest.mark.parametrize("addon", [{"clients": ["10.0.0.0/8"]}], indirect=True)
+def test_a_refused_client_is_counted(addon: ShimAddon) -> None:
+    addon.client_connected(tflow.tclient_conn())
+    assert metric(addon, "shim_errors_total", kind="client_refused") == 1
+
+
+def hello_with_sni(server_name: str | None) -> bytes:
+    """A TLS 1.2 ClientHello, with a server_name extension when a name is given."""
+    extensions = b""
+    if server_name is not None:
+        name = server_name.encode()
+        entry = b"\x00" + len(name).to_bytes(2, "big") + name
+        listed = len(entry).to_bytes(2, "big") + entry
+        extensions = b"\x00\x00" + len(listed).to_bytes(2, "big") + listed
+    return _CLIENT_HELLO + len(extensions).to_bytes(2, "big") + extensions
+
+
+def transparent_hello(server_name: str | None) -> tls.ClientHelloData:
+    client = tflow.tclient_conn()
+    client.proxy_mode = mode_specs.ProxyMode.parse("transparent")
+    ctx = context.Context(client, taddons.context().options)
+    ctx.server.address = ("93.184.216.34", 443)  # where the redirected packets were going
+    return tls.ClientHelloData(ctx, tls.ClientHello(hello_with_sni(server_name)))
+
+
+@pytest.mark.parametrize("addon", [{"passthrough": ["example.com:443"]}], indirect=True)
+def test_transparent_tls_is_decided_by_its_server_name(addon: ShimAddon) -> None:
+    bucket = transparent_hello(BUCKET_HOST.upper())
+    addon.tls_clienthello(bucket)
+    assert not bucket.ignore_connection  # intercepted: its requests are signed
+    assert addon._tunnels[bucket.context.client] == Intercept()
+
+    allowed = transparent_hello("example.com")
+    addon.tls_clienthello(allowed)
+    assert allowed.ignore_connection
+    assert addon._tunnels[allowed.context.client] == Tunnel()
+    # Relayed to the name decided on (checked again as it resolves), not the packets' address.
+    assert allowed.context.server.address == ("example.com", 443)
+
+    for refused in (transparent_hello("internal.example"), transparent_hello(None)):
+        addon.tls_clienthello(refused)
+        assert refused.ignore_connection
+        assert isinstance(addon._tunnels[refused.context.client], Refuse)
+        assert refused.context.server.address == ("93.184.216.34", 443)
+
+
+@pytest.mark.parametrize("addon", [{"passthrough": ["example.com"]}], indirect=True)
+def test_a_passed_through_request_is_left_to_mitmproxy(addon: ShimAddon) -> None:
+    flow = flow_for("example.com", "/page")
+    addon.requestheaders(flow)
+    run(addon.request(flow))
+    assert flow.response is None and flow.request.stream is True
+    assert (flow.request.host, flow.request.port) == ("example.com", 80)
+
+
+def test_a_served_request_is_not_served_once_answered_or_gone(addon: ShimAddon) -> None:
+    answered = flow_for(BUCKET_HOST, "/model.mar")
+    addon.requestheaders(answered)
+    answered.response = http.Response.make(204)  # another addon answered meanwhile
+    run(addon.request(answered))
+    assert answered.response.status_code == 204 and answered.request.host == BUCKET_HOST
+
+    gone = flow_for(BUCKET_HOST, "/model.mar")
+    addon.requestheaders(gone)
+    gone.live = False  # the client went away
+    run(addon.request(gone))
+    assert gone.response is None and gone.request.host == BUCKET_HOST
+
+
+def test_a_refusal_answered_directly_keeps_its_headers(addon: ShimAddon) -> None:
+    flow = flow_for("shim", "/models/model.mar", method="PUT", mode="reverse:http://x")
+    addon.requestheaders(flow)
+    assert error_kind(flow) == (405, "method")
+    assert flow.response is not None and flow.response.headers["Allow"] == "GET, HEAD"
+    assert flow.response.text == "shim: the reverse listener serves GET and HEAD only\n"
+
+
+@pytest.mark.parametrize(
+    "addon",
+    [{"buckets": [{"provider": "s3", "bucket": "models", "credentials": {"source": "default"}}]}],
+    indirect=True,
+)
+def test_a_bucket_without_credentials_answers_502_signing(
+    addon: ShimAddon, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The AWS SDK's default chain, with nothing to find: no variables, files or IMDS.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("BOTO_CONFIG", str(tmp_path / "none"))
+    flow = serve(addon, flow_for(BUCKET_HOST, "/model.mar"))
+    assert error_kind(flow) == (502, "signing")
+    assert flow.response is not None
+    assert "no credentials found for bucket 'models'" in flow.response.text
+    assert flow.request.host == BUCKET_HOST  # nothing sent anywhere
+    assert metric(addon, "shim_errors_total", kind="signing") == 1
+
+
+def test_an_addon_is_not_ready_before_it_runs(tmp_path: Path) -> None:
+    settings = settings_from_mapping({"cache": {"dir": str(tmp_path)}}, env={})
+    assert ShimAddon(settings).ready is False

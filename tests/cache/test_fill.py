@@ -221,3 +221,25 @@ def test_a_fill_in_flight_holds_the_disk_it_has_still_to_write(
         assert store.used == 2 * MiB
 
     run(store, scenario)
+
+
+def test_without_room_on_disk_the_slowest_reader_leaving_lets_the_others_go_on(
+    origin: Origin, tmp_path: Path
+) -> None:
+    body = os.urandom(3 * MEMORY_WINDOW)
+    origin.put(KEY, body)
+    store = CacheStore(tmp_path, 100 * MiB, min_free=NO_ROOM)
+
+    async def scenario(runner: FillRunner, metrics: Metrics) -> None:
+        fill = start(runner, origin.ticket(KEY))
+        with fill.reader() as fast:
+            idle = fill.reader()
+            await fill.headers_ready.wait()
+            assert fill.in_memory
+            ahead = await read(fast, 0, MEMORY_WINDOW - 1)  # the window is full: idle holds it
+            idle.close()  # the slowest reader goes: the window moves on without it
+            async with asyncio.timeout(20):
+                assert ahead + await read(fast, len(ahead)) == body
+        assert fill.finished
+
+    run(store, scenario)

@@ -5,6 +5,7 @@ answers itself only where s3rver cannot (a redirect, a 206 to partNumber)."""
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -16,6 +17,7 @@ from multidict import CIMultiDict
 from shim.cache.server import (
     CACHE_STATUS_HEADER,
     ERROR_HEADER,
+    REFUSAL_PATH,
     ROUTE_HEADER,
     TASK_ID_HEADER,
     TICKET_HEADER,
@@ -23,10 +25,19 @@ from shim.cache.server import (
     Ticket,
 )
 from shim.cache.store import CacheStore
+from shim.decide import Refuse
 from shim.identity import identify
 from shim.metrics import Metrics
 from shim.redact import signature_secrets
-from tests.cache.origin import FILTERED, Origin, run_with_cache_server, sample, until
+from tests.cache.origin import (
+    FILTERED,
+    Origin,
+    body_or_error,
+    get,
+    run_with_cache_server,
+    sample,
+    until,
+)
 from tests.support.relay import raw_response
 from tests.support.servers import s3_client
 
@@ -218,6 +229,7 @@ def test_one_range_from_a_fill_and_from_the_entry_and_416_past_the_end(
         assert (status, got) == (416, b"")
         assert headers["Content-Range"] == "bytes */3000"
         assert fetches(metrics) == 1
+        assert sample(metrics, "shim_errors_total", kind="truncated") == 0  # each ended whole
 
     run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
 
@@ -256,7 +268,9 @@ def test_a_redirect_passes_through_unfollowed_redacted_and_uncached(
     origin.put(KEY, b"model")
     elsewhere = origin.ticket("moved/resnet.mar").signed_url
     origin.relay.answer = lambda head: raw_response(
-        302, {"Location": elsewhere, "Content-Type": "application/xml"}, b"<Moved/>"
+        302,
+        {"Location": elsewhere, "Content-Type": "application/xml", "Content-Encoding": "gzip"},
+        b"<Moved/>",
     )
 
     async def scenario(
@@ -270,6 +284,8 @@ def test_a_redirect_passes_through_unfollowed_redacted_and_uncached(
         assert urlsplit(location).path == urlsplit(elsewhere).path
         assert signature(elsewhere) not in location
         assert headers["Content-Type"] == "application/xml" and body == b"<Moved/>"
+        # The body a client gets may be redacted: it is not the encoded bytes the origin sent.
+        assert "Content-Encoding" not in headers
         assert len(origin.relay.request_heads) == 1  # not followed
         assert len(server.store) == 0
 
@@ -321,10 +337,105 @@ def test_a_206_without_content_range_is_an_origin_failure(origin: Origin, tmp_pa
         server: CacheServer, metrics: Metrics, session: aiohttp.ClientSession
     ) -> None:
         for ticket, method in [(origin.ticket(KEY), "GET"), (head_ticket(origin, KEY), "HEAD")]:
-            status, headers, _ = await send(session, server, ticket, method=method)
+            status, headers, body = await send(session, server, ticket, method=method)
             assert (status, headers[ERROR_HEADER]) == (502, "origin"), method
+            if method == "GET":
+                assert body == b"shim: origin answered 206 without Content-Range\n"
             assert headers[TASK_ID_HEADER] == ticket.identity.task_id
         assert len(server.store) == 0
         assert sample(metrics, "shim_errors_total", kind="origin") == 1
+
+    run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
+
+
+# -- bytes as stored, entries without an ETag, what a failed fill gives back -----------------------
+
+
+def test_a_compressed_object_is_served_and_kept_byte_for_byte(
+    origin: Origin, tmp_path: Path
+) -> None:
+    stored = gzip.compress(b"model weights " * 1000)
+    origin.put(KEY, b"")  # creates the bucket
+    s3_client(origin.s3rver).put_object(
+        Bucket=origin.bucket, Key=KEY, Body=stored, ContentEncoding="gzip"
+    )
+    store = CacheStore(tmp_path, 100 * MiB)
+
+    async def scenario(
+        server: CacheServer, metrics: Metrics, session: aiohttp.ClientSession
+    ) -> None:
+        ticket = origin.ticket(KEY)
+        for state in ("MISS", "HIT"):
+            status, headers, body = await send(session, server, ticket)
+            assert (status, headers[CACHE_STATUS_HEADER], body) == (200, state, stored)
+            assert headers["Content-Encoding"] == "gzip"
+        meta = store.lookup(ticket.identity.task_id)
+        assert meta is not None and meta.size == len(stored)
+        assert meta.url == ticket.identity.url  # kept for operators: which object this is
+
+    run_with_cache_server(store, scenario)
+
+
+def test_an_object_without_an_etag_is_served_and_kept(origin: Origin, tmp_path: Path) -> None:
+    origin.put(KEY, b"x")
+    origin.relay.answer = lambda head: raw_response(200, {}, b"no etag here")
+    store = CacheStore(tmp_path, 100 * MiB)
+
+    async def scenario(
+        server: CacheServer, metrics: Metrics, session: aiohttp.ClientSession
+    ) -> None:
+        ticket = origin.ticket(KEY)
+        status, headers, body = await send(session, server, ticket)
+        assert (status, headers[CACHE_STATUS_HEADER], body) == (200, "MISS", b"no etag here")
+        assert store.lookup(ticket.identity.task_id) is not None
+
+    run_with_cache_server(store, scenario)
+
+
+def test_a_failed_fill_gives_its_reserved_space_back_and_leaves_no_task(
+    origin: Origin, tmp_path: Path
+) -> None:
+    body = os.urandom(2 * MiB)
+    origin.put(KEY, body)
+    store = CacheStore(tmp_path, 3 * MiB)
+
+    async def scenario(
+        server: CacheServer, metrics: Metrics, session: aiohttp.ClientSession
+    ) -> None:
+        origin.relay.cut_after_bytes = MiB  # the origin's answer stops partway
+        async with await get(session, server, origin.ticket(KEY)) as response:
+            assert isinstance(await body_or_error(response), str)
+        await until(lambda: not server._fills._tasks, "the fill ended")  # type: ignore[union-attr]
+        assert (store.reserved, store.used, len(store)) == (0, 0, 0)
+        assert sample(metrics, "shim_errors_total", kind="truncated") == 1
+        origin.relay.cut_after_bytes = None
+        status, _, got = await send(session, server, origin.ticket(KEY))
+        assert (status, got) == (200, body)  # the whole cap is free for the next fill
+        assert store.lookup(origin.ticket(KEY).identity.task_id) is not None
+
+    run_with_cache_server(store, scenario)
+
+
+def test_a_refusal_ticket_answers_as_decided_and_closes(origin: Origin, tmp_path: Path) -> None:
+    async def scenario(
+        server: CacheServer, metrics: Metrics, session: aiohttp.ClientSession
+    ) -> None:
+        host, port = server.address
+        url = f"http://{host}:{port}{REFUSAL_PATH}"
+        refusal = Refuse(
+            405,
+            "method",
+            "the reverse listener serves GET and HEAD only",
+            (("Allow", "GET, HEAD"),),
+        )
+        headers = {TICKET_HEADER: server.issue_ticket(refusal)}
+        async with session.put(url, headers=headers, data=b"upload") as response:
+            assert (response.status, response.headers[ERROR_HEADER]) == (405, "method")
+            assert response.headers["Allow"] == "GET, HEAD"
+            assert response.headers["Connection"] == "close"
+            assert await response.text() == "shim: the reverse listener serves GET and HEAD only\n"
+        async with session.put(url, headers=headers, data=b"upload") as response:
+            assert (response.status, response.headers[ERROR_HEADER]) == (403, "forbidden")
+            assert await response.text() == "shim: this port serves the shim proxy only\n"
 
     run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
