@@ -206,11 +206,12 @@ def test_a_fill_in_flight_holds_the_disk_it_has_still_to_write(
         origin.relay.stall_after_bytes = await origin.head_length(KEY) + MiB
         fill = start(runner, origin.ticket(KEY))
         with fill.reader() as reader:
-            await fill.wait_past(MiB - 2)  # the first MiB arrived, in several chunks
+            async with asyncio.timeout(20):
+                await fill.wait_past(MiB // 2)  # half a MiB arrived, in several chunks
             reservation = fill.reservation
             assert reservation is not None and reservation.kept
-            assert fill.written == MiB
-            assert (reservation.size, reservation.written) == (2 * MiB, MiB)
+            assert MiB // 2 < fill.written < 2 * MiB
+            assert (reservation.size, reservation.written) == (2 * MiB, fill.written)
             assert store.reserved == 2 * MiB
             # The descriptor readers share is not inherited by any process shim starts.
             assert fill.fd is not None
