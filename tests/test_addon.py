@@ -761,3 +761,15 @@ def test_a_bucket_without_credentials_answers_502_signing(
 def test_an_addon_is_not_ready_before_it_runs(tmp_path: Path) -> None:
     settings = settings_from_mapping({"cache": {"dir": str(tmp_path)}}, env={})
     assert ShimAddon(settings).ready is False
+
+
+def test_the_ticket_names_the_method_and_the_signature_parameters_to_filter(
+    addon: ShimAddon,
+) -> None:
+    for method in ("GET", "HEAD"):
+        flow = serve(addon, plain(flow_for(BUCKET_HOST, "/model.mar", method=method)))
+        assert addon._cache is not None
+        ticket = addon._cache._tickets[flow.request.headers[TICKET_HEADER]]
+        assert not isinstance(ticket, Refuse)
+        assert ticket.method == method  # the cache server serves a ticket to its method only
+        assert "X-Amz-Signature" in ticket.filtered and "X-Amz-Credential" in ticket.filtered

@@ -439,3 +439,20 @@ def test_a_refusal_ticket_answers_as_decided_and_closes(origin: Origin, tmp_path
             assert await response.text() == "shim: this port serves the shim proxy only\n"
 
     run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
+
+
+def test_a_range_past_the_end_of_a_miss_is_416(origin: Origin, tmp_path: Path) -> None:
+    body = os.urandom(3000)
+    origin.put(KEY, body)
+
+    async def scenario(
+        server: CacheServer, metrics: Metrics, session: aiohttp.ClientSession
+    ) -> None:
+        past = {"Range": "bytes=5000-"}
+        status, headers, got = await send(session, server, origin.ticket(KEY), headers=past)
+        assert (status, got) == (416, b"")
+        assert headers["Content-Range"] == "bytes */3000"
+        assert fetches(metrics) == 1  # the fill goes on for the next request
+        await until(lambda: len(server.store) == 1, "the fill ended")
+
+    run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
