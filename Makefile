@@ -48,7 +48,7 @@ bench-dragonfly: $(VENV)/.dev-installed tests/servers/node_modules/.installed de
 bench-faults: $(VENV)/.dev-installed tests/servers/node_modules/.installed
 	$(BIN)/python -m bench.bench_faults $(ARGS)
 
-# Mutation testing, outside CI (about 40 minutes on 2 cores): mutmut mutates shim/cache,
+# Mutation testing, outside CI (over an hour on 2 cores): mutmut mutates shim/cache,
 # decide, access and the addon in a copy (mutants/) and runs their fast tests against each mutant.
 # Incremental: a second run only retests what changed (`rm -rf mutants` starts afresh).
 MUTATE_CHILDREN ?= 2
