@@ -127,21 +127,24 @@ def _decode_key(raw_path: str) -> str:
     return key
 
 
+def _names(bucket: BucketConfig, host: str, scheme: str, port: int) -> str | None:
+    """How ``host:port`` names ``bucket``: ``own`` (one of its own hosts: the key is the whole
+    path), ``virtual`` (bucket.endpoint/key), ``path`` (endpoint/bucket/key), or None."""
+    if any(host == own.host and _port_matches(own, scheme, port) for own in _own_hosts(bucket)):
+        return "own"
+    for endpoint in _endpoints(bucket):
+        if _port_matches(endpoint, scheme, port):
+            if host == f"{bucket.bucket.lower()}.{endpoint.host}":
+                return "virtual"
+            if host == endpoint.host:
+                return "path"
+    return None
+
+
 def is_bucket_host(host: str, port: int, scheme: str, buckets: Iterable[BucketConfig]) -> bool:
     """Whether requests to ``host:port`` may name an object of a configured bucket: the hosts
     whose TLS shim intercepts. A path-style endpoint counts, whichever bucket a path names."""
-    host = host.lower()
-    for bucket in buckets:
-        for own in _own_hosts(bucket):
-            if host == own.host and _port_matches(own, scheme, port):
-                return True
-        for endpoint in _endpoints(bucket):
-            if _port_matches(endpoint, scheme, port) and host in (
-                endpoint.host,
-                f"{bucket.bucket.lower()}.{endpoint.host}",
-            ):
-                return True
-    return False
+    return any(_names(bucket, host.lower(), scheme, port) for bucket in buckets)
 
 
 def recognize(
@@ -166,21 +169,14 @@ def recognize(
             raise RequestError("the URL holds '#': percent-encode it as %23 in a key")
         return None
     for bucket in buckets:
-        for own in _own_hosts(bucket):
-            if host == own.host and _port_matches(own, parts.scheme, port):
-                return _object_ref(
-                    bucket, parts.path[1:], parts.query, parts.scheme, signature_params
-                )
-        for endpoint in _endpoints(bucket):
-            if not _port_matches(endpoint, parts.scheme, port):
-                continue
-            if host == f"{bucket.bucket.lower()}.{endpoint.host}":
-                raw_key = parts.path[1:]
-            elif host == endpoint.host and parts.path.startswith(f"/{bucket.bucket}/"):
-                raw_key = parts.path[len(bucket.bucket) + 2 :]
-            else:
-                continue
-            return _object_ref(bucket, raw_key, parts.query, parts.scheme, signature_params)
+        names = _names(bucket, host, parts.scheme, port)
+        if names in ("own", "virtual"):
+            raw_key = parts.path[1:]
+        elif names == "path" and parts.path.startswith(f"/{bucket.bucket}/"):
+            raw_key = parts.path[len(bucket.bucket) + 2 :]
+        else:
+            continue
+        return _object_ref(bucket, raw_key, parts.query, parts.scheme, signature_params)
     return None
 
 

@@ -117,7 +117,8 @@ class CacheStore:
         self._warn_if_the_disk_is_smaller()
 
     def _warn_if_the_disk_is_smaller(self) -> None:
-        holdable = self.used + self.disk_free() - self.min_free
+        free = self.disk_free()
+        holdable = self.used + free - self.min_free
         if self.max_size > holdable:
             log.warning(
                 "cache.max_size (%s) is more than %s can hold (%s cached + %s free - min_free "
@@ -125,7 +126,7 @@ class CacheStore:
                 _size(self.max_size),
                 self.root,
                 _size(self.used),
-                _size(self.disk_free()),
+                _size(free),
                 _size(self.min_free),
                 _size(max(holdable, 0)),
             )
