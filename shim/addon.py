@@ -38,7 +38,7 @@ from shim.cache.server import (
     hit_headers,
 )
 from shim.cache.store import CacheStore
-from shim.config import BucketConfig, DfdaemonSettings, Settings, load_settings
+from shim.config import DfdaemonSettings, Settings, load_settings
 from shim.decide import (
     Decision,
     IPAddress,
@@ -56,9 +56,10 @@ from shim.decide import (
 from shim.dfdaemon import DragonflyOptions
 from shim.identity import TaskIdentity, filtered_params, identify
 from shim.metrics import Metrics
-from shim.providers import Signer, signer_for
+from shim.providers import BucketConfig
 from shim.ranges import ByteRange, Unsatisfiable, parse_range
 from shim.redact import redact_url
+from shim.signing import CachedSigner, credential_problem, signers_for
 from shim.upstream import DfdaemonRoute
 
 log = logging.getLogger("shim")
@@ -120,9 +121,10 @@ class ShimAddon:
         self._given_settings = settings
         self.settings: Settings | None = None
         self.metrics = Metrics()
-        self._signers: dict[BucketConfig, Signer] = {}
+        self._signers: dict[BucketConfig, CachedSigner] = {}
         self._cache: CacheServer | None = None
         self._admin: AdminServer | None = None
+        self._credential_check: asyncio.Task[None] | None = None
         # Per client connection: what its CONNECT (or transparent TLS) was allowed to become,
         # and whether it proved proxy credentials in its CONNECT.
         self._tunnels: weakref.WeakKeyDictionary[connection.Client, TunnelDecision] = (
@@ -166,9 +168,7 @@ class ShimAddon:
         except ShimError as error:  # a mitmproxy whose internals the limits cannot hold
             raise exceptions.OptionsError(str(error)) from None  # type: ignore[no-untyped-call]
         self.settings = settings
-        self._signers = {
-            bucket: signer_for(bucket, settings.presign_expires) for bucket in settings.buckets
-        }
+        self._signers = signers_for(settings.buckets, settings.presign_expires)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def running(self) -> None:
@@ -196,9 +196,26 @@ class ShimAddon:
             len(store),
             settings.admin,
         )
+        self._credential_check = asyncio.create_task(self._check_credentials())
+
+    async def _check_credentials(self) -> None:
+        """Report every bucket whose credentials cannot be loaded at start-up, with the reason,
+        rather than at its first download. Concurrent: a default chain may probe the network."""
+        buckets = list(self._signers)
+        reasons = await asyncio.gather(
+            *(asyncio.to_thread(credential_problem, self._signers[b]) for b in buckets)
+        )
+        for bucket, reason in zip(buckets, reasons, strict=True):
+            self.metrics.bucket_credentials.labels(
+                bucket=bucket.reverse_alias, provider=bucket.provider
+            ).set(reason is None)
+            if reason is not None:
+                log.error("bucket %r (%s): %s", bucket.reverse_alias, bucket.provider, reason)
 
     async def done(self) -> None:
         self.ready = False
+        if self._credential_check is not None:
+            self._credential_check.cancel()
         if self._admin is not None:
             await self._admin.stop()
         if self._cache is not None:
@@ -321,9 +338,11 @@ class ShimAddon:
         settings = self._settings()
         ref = serve.ref
         try:
-            signed = await asyncio.to_thread(
-                self._signers[ref.bucket].sign, ref, flow.request.method
-            )
+            signer = self._signers[ref.bucket]
+            method = flow.request.method
+            signed = signer.cached(ref, method)
+            if signed is None:
+                signed = await asyncio.to_thread(signer.sign, ref, method)
             filtered = filtered_params(ref.bucket.provider, settings.filter)
             identity = identify(signed, filtered)
         except SigningError as error:

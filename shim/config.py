@@ -15,17 +15,18 @@ from typing import Any, Literal, Self
 import platformdirs
 import yaml
 from pydantic import (
-    BaseModel,
     ByteSize,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from shim._errors import ConfigError
+from shim.providers import PROVIDERS, BucketConfig
+from shim.providers._base import Strict as _Strict
 
 # Ports chosen to collide with neither TorchServe (8080-8082, 7070-7071) nor dfdaemon
 # (4000-4006, 65000-65004).
@@ -44,104 +45,6 @@ def split_host_port(value: str) -> tuple[str, int]:
             f"expected HOST:PORT (IPv6 as [ADDR]:PORT) with a port from 0 to 65535, got {value!r}"
         )
     return match.group(1).strip("[]"), int(match.group(2))
-
-
-class _Strict(BaseModel):
-    # A misspelt key must be an error, not silently ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Credentials(_Strict):
-    """How to obtain credentials for one bucket.
-
-    ``source: static`` takes the values given here; ``env`` reads the named environment
-    variables when the config is loaded; ``default`` leaves it to the SDK's default chain
-    (environment, profile, web identity, instance metadata...).
-    """
-
-    source: Literal["static", "env", "default"] = "default"
-    access_key_id: SecretStr | None = None
-    secret_access_key: SecretStr | None = None
-    session_token: SecretStr | None = None
-    access_key_id_env: str = "AWS_ACCESS_KEY_ID"
-    secret_access_key_env: str = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 (a variable name)
-    session_token_env: str = "AWS_SESSION_TOKEN"  # noqa: S105 (a variable name)
-    profile: str | None = None
-
-    @model_validator(mode="after")
-    def _static_needs_both_keys(self) -> Self:
-        if self.source == "static" and not (self.access_key_id and self.secret_access_key):
-            raise ValueError("source 'static' needs both access_key_id and secret_access_key")
-        return self
-
-
-class BucketConfig(_Strict):
-    """One bucket shim may sign for."""
-
-    provider: Literal["s3"]
-    bucket: str = Field(min_length=1, max_length=255)
-    region: str = "us-east-1"
-    endpoint: str | None = Field(
-        default=None,
-        description="S3-compatible endpoint URL; absent means AWS (https://s3.REGION.amazonaws.com)",
-    )
-    addressing_style: Literal["auto", "virtual", "path"] = "auto"
-    upgrade_http: bool = Field(
-        default=True,
-        description="fetch plain http:// client URLs over https from the origin",
-    )
-    credentials: Credentials = Credentials()
-    alias: str | None = Field(
-        default=None,
-        description="first path segment naming this bucket on the reverse listener "
-        "(http://SHIM/ALIAS/KEY); default: the bucket name",
-    )
-    hosts: tuple[str, ...] = Field(
-        default=(),
-        description="more HOST[:PORT] names clients use for this bucket, with the key as the "
-        "whole path (a custom domain, or the address a transparent redirect catches)",
-    )
-
-    @property
-    def reverse_alias(self) -> str:
-        return self.alias or self.bucket
-
-    @field_validator("alias")
-    @classmethod
-    def _alias_is_one_segment(cls, value: str | None) -> str | None:
-        if value is not None and (not value or "/" in value or value != value.strip()):
-            raise ValueError("an alias is one non-empty path segment, without '/'")
-        return value
-
-    @field_validator("hosts")
-    @classmethod
-    def _hosts_are_host_port(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for host in value:
-            if not host or "/" in host or host != host.strip():
-                raise ValueError(f"expected HOST or HOST:PORT, got {host!r}")
-        return tuple(host.lower() for host in value)
-
-    @field_validator("bucket")
-    @classmethod
-    def _bucket_is_one_name(cls, value: str) -> str:
-        if "/" in value or value != value.strip():
-            raise ValueError("a bucket name has no '/' and no surrounding spaces")
-        return value
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint_is_http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if "://" not in value:
-            value = "https://" + value
-        scheme, _, rest = value.partition("://")
-        host = rest.split("/", 1)[0]
-        if scheme not in ("http", "https") or not host:
-            raise ValueError(
-                f"expected an http(s) URL such as https://s3.example.com, got {value!r}"
-            )
-        return f"{scheme}://{host}"
 
 
 class CacheSettings(_Strict):
@@ -417,47 +320,48 @@ class Settings(_Strict):
 
 def _location(loc: tuple[int | str, ...]) -> str:
     text = ""
-    for part in loc:
+    for index, part in enumerate(loc):
+        if index and isinstance(loc[index - 1], int) and part in PROVIDERS:
+            continue  # the tag pydantic adds inside a bucket: buckets[0].s3.region
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
     return text or "(top level)"
 
 
+def _message(error: ErrorDetails) -> str:
+    if error["type"] in ("union_tag_not_found", "union_tag_invalid"):
+        known = ", ".join(repr(name) for name in sorted(PROVIDERS))
+        given = error.get("ctx", {}).get("tag")
+        return (f"{given!r} is not a store shim knows" if given else "required") + (
+            f"; expected one of {known}"
+        )
+    return error["msg"]
+
+
 def _describe(error: ValidationError, source: str) -> str:
-    problems = [f"{_location(e['loc'])}: {e['msg']}" for e in error.errors()]
+    problems = []
+    for e in error.errors():
+        where = _location(e["loc"])
+        if e["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            where += ".provider"
+        problems.append(f"{where}: {_message(e)}")
     return f"{source}: " + "; ".join(problems)
 
 
-_ENV_NAME_KEYS = frozenset({"access_key_id_env", "secret_access_key_env", "session_token_env"})
-
-
 def _resolve_env_credentials(raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
-    """Turn ``source: env`` credentials into static values, so only this module reads env."""
+    """Turn ``source: env`` credentials into values, each provider by its own variable names,
+    so only this module reads the environment."""
     buckets = raw.get("buckets")
     if not isinstance(buckets, list):
         return raw
     resolved = []
     for index, bucket in enumerate(buckets):
-        creds = bucket.get("credentials") if isinstance(bucket, dict) else None
-        if not isinstance(creds, dict) or creds.get("source") != "env":
-            resolved.append(bucket)
+        provider = PROVIDERS.get(str(bucket.get("provider"))) if isinstance(bucket, dict) else None
+        creds = bucket.get("credentials", {}) if isinstance(bucket, dict) else None
+        if provider is None or not isinstance(creds, dict):
+            resolved.append(bucket)  # validation names what is wrong with it
             continue
-        names = {
-            "access_key_id": creds.get("access_key_id_env", "AWS_ACCESS_KEY_ID"),
-            "secret_access_key": creds.get("secret_access_key_env", "AWS_SECRET_ACCESS_KEY"),
-            "session_token": creds.get("session_token_env", "AWS_SESSION_TOKEN"),
-        }
-        values = {key: env.get(name) for key, name in names.items()}
-        for key in ("access_key_id", "secret_access_key"):
-            if not values[key]:
-                raise ConfigError(
-                    f"buckets[{index}].credentials.{key}_env: environment variable "
-                    f"{names[key]!r} is not set"
-                )
-        # Only the known *_env keys go; a misspelt one stays, for validation to reject.
-        static = {k: v for k, v in creds.items() if k not in _ENV_NAME_KEYS}
-        static.update({k: v for k, v in values.items() if v})
-        static["source"] = "static"
-        resolved.append({**bucket, "credentials": static})
+        creds = provider.resolve_env(creds, env, f"buckets[{index}].credentials")
+        resolved.append({**bucket, "credentials": creds} if creds else bucket)
     return {**raw, "buckets": resolved}
 
 
@@ -509,21 +413,13 @@ def dragonfly_endpoint_to_mapping(doc: Any, source: str) -> dict[str, Any]:
     if not isinstance(storage, dict):
         raise ConfigError(f"{source}: object_storage: required, an object with 'type'")
     kind = storage.get("type")
-    if kind != "s3":
+    by_type = {p.dragonfly_type: p for p in PROVIDERS.values()}
+    if kind not in by_type:
         raise ConfigError(
-            f"{source}: object_storage.type: {kind!r} is not supported by this shim version; "
-            "supported: 's3'"
+            f"{source}: object_storage.type: {kind!r} is not supported; "
+            f"supported: {', '.join(sorted(by_type))}"
         )
-    bucket: dict[str, Any] = {"provider": "s3", "bucket": storage.get("bucket_name")}
-    for ours, theirs in (("region", "region"), ("endpoint", "endpoint")):
-        if storage.get(theirs):
-            bucket[ours] = storage[theirs]
-    if storage.get("access_key") or storage.get("secret_key"):
-        bucket["credentials"] = {
-            "source": "static",
-            "access_key_id": storage.get("access_key"),
-            "secret_access_key": storage.get("secret_key"),
-        }
+    bucket = by_type[kind].bucket_from_dragonfly(storage)
     mapping: dict[str, Any] = {"buckets": [bucket]}
     if doc.get("addr"):
         mapping["dfdaemon"] = {"url": doc["addr"]}

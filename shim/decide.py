@@ -22,7 +22,6 @@ from typing import Literal
 
 from shim._errors import RequestError
 from shim.config import Passthrough, Settings, split_authority
-from shim.providers import ALL_SIGNATURE_PARAMS
 from shim.recognize import ObjectRef, is_bucket_host, recognize, recognize_reverse
 
 Listener = Literal["regular", "transparent", "reverse"]
@@ -88,7 +87,7 @@ def decide(facts: RequestFacts, settings: Settings) -> Decision:
         return Refuse(400, "request", "the Host header does not match the request target")
     url = f"{facts.scheme}://{_bracketed(facts.host)}:{facts.port}{facts.target}"
     try:
-        ref = recognize(url, settings.buckets, ALL_SIGNATURE_PARAMS)
+        ref = recognize(url, settings.buckets)
     except RequestError as error:
         return Refuse(400, "request", str(error))
     if ref is None:
@@ -107,7 +106,7 @@ def decide(facts: RequestFacts, settings: Settings) -> Decision:
 
 def _decide_reverse(facts: RequestFacts, settings: Settings) -> Decision:
     try:
-        ref = recognize_reverse(facts.target, settings.buckets, ALL_SIGNATURE_PARAMS)
+        ref = recognize_reverse(facts.target, settings.buckets)
     except RequestError as error:
         return Refuse(400, "request", str(error))
     if ref is None:

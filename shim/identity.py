@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from shim._errors import RequestError
-from shim.providers import SIGNATURE_PARAMS
+from shim.providers import PROVIDERS
 from shim.taskid import rust_filter_query, rust_task_id
 
 
 def filtered_params(provider: str, extra: Iterable[str] = ()) -> tuple[str, ...]:
     """The full filter list for one provider's URLs: its signature parameters plus ``extra``."""
-    return tuple(sorted(SIGNATURE_PARAMS[provider] | set(extra)))
+    return tuple(sorted(PROVIDERS[provider].signature_params | set(extra)))
 
 
 @dataclass(frozen=True, slots=True)

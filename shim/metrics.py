@@ -65,3 +65,10 @@ class Metrics:
         self.cache_entries = Gauge(
             "shim_cache_entries", "Complete entries in the embedded cache.", registry=self.registry
         )
+        self.bucket_credentials = Gauge(
+            "shim_bucket_credentials",
+            "1 when a bucket's credentials loaded at start-up, 0 when they could not be (the "
+            "log says why), by bucket (its reverse alias) and provider.",
+            ["bucket", "provider"],
+            registry=self.registry,
+        )

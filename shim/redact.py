@@ -6,24 +6,19 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
-from shim.providers import ALL_SIGNATURE_PARAMS
+from shim.providers import ALL_SIGNATURE_PARAMS, PUBLIC_SIGNATURE_PARAMS
 
 REDACTED = "REDACTED"
 
-# Elements of S3 error documents that repeat what a request was signed with:
+# Elements of the stores' XML error documents that repeat what a request was signed with:
 # SignatureDoesNotMatch's key ID, string-to-sign, canonical request and the signature itself,
-# and ExpiredToken/InvalidToken's session token (Token-0). An element cut off by a truncated
-# body is redacted to its end.
+# S3's ExpiredToken/InvalidToken session token (Token-0), Azure's AuthenticationErrorDetail
+# (it quotes the string to sign). An element cut off by a truncated body is redacted to its end.
 _SECRET_ELEMENTS = re.compile(
-    rb"<(AWSAccessKeyId|StringToSign|StringToSignBytes|SignatureProvided|CanonicalRequest"
-    rb"|CanonicalRequestBytes|Token-\d+)>.*?(?:</\1>|\Z)",
+    rb"<(AWSAccessKeyId|OSSAccessKeyId|GoogleAccessId|StringToSign|StringToSignBytes"
+    rb"|SignatureProvided|CanonicalRequest|CanonicalRequestBytes|AuthenticationErrorDetail"
+    rb"|Token-\d+)>.*?(?:</\1>|\Z)",
     re.DOTALL,
-)
-# Signature parameters whose values only say how and when a URL was signed (algorithm,
-# timestamp, lifetime, signed header names): public, and short enough ("host", "3600") to
-# occur in any text. Every other signature parameter's value is redacted wherever it occurs.
-_SCHEME_PARAMS = frozenset(
-    {"X-Amz-Algorithm", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders", "Expires"}
 )
 
 
@@ -48,7 +43,7 @@ def signature_secrets(signed_url: str) -> frozenset[str]:
     for piece in urlsplit(signed_url).query.split("&"):
         name, _, raw = piece.partition("=")
         name = unquote_plus(name)
-        if name not in ALL_SIGNATURE_PARAMS or name in _SCHEME_PARAMS:
+        if name not in ALL_SIGNATURE_PARAMS or name in PUBLIC_SIGNATURE_PARAMS:
             continue
         for value in (raw, unquote(raw), unquote_plus(raw)):
             secrets.add(value)

@@ -9,17 +9,16 @@ import botocore.auth
 import pytest
 
 from shim._errors import RequestError
-from shim.config import BucketConfig
 from shim.identity import TaskIdentity, filtered_params, identify
-from shim.providers.s3 import SIGNATURE_PARAMS, S3Signer
+from shim.providers.s3 import SIGNATURE_PARAMS, S3Bucket, S3Signer
 from shim.recognize import ObjectRef
 from shim.taskid import rust_task_id
 
 S3_FILTER = filtered_params("s3")
 
 
-def _bucket(access_key: str, secret_key: str) -> BucketConfig:
-    return BucketConfig.model_validate(
+def _bucket(access_key: str, secret_key: str) -> S3Bucket:
+    return S3Bucket.model_validate(
         {
             "provider": "s3",
             "bucket": "models",
@@ -37,7 +36,7 @@ def _bucket(access_key: str, secret_key: str) -> BucketConfig:
 def _sign_at(
     monkeypatch: pytest.MonkeyPatch,
     when: datetime.datetime,
-    bucket: BucketConfig,
+    bucket: S3Bucket,
     key: str,
     params: tuple[tuple[str, str], ...] = (),
     expires: int = 3600,

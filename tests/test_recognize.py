@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 
 from shim._errors import RequestError
-from shim.config import BucketConfig
-from shim.providers import ALL_SIGNATURE_PARAMS
+from shim.providers.obs import ObsBucket
+from shim.providers.s3 import S3Bucket
 from shim.recognize import ObjectRef, recognize
 
-AWS = BucketConfig(provider="s3", bucket="my-bucket", region="eu-west-1")
-MINIO = BucketConfig(provider="s3", bucket="data", endpoint="http://minio.local:9000")
-OBS = BucketConfig(provider="s3", bucket="models", endpoint="https://obs.example.com")
+AWS = S3Bucket(provider="s3", bucket="my-bucket", region="eu-west-1")
+MINIO = S3Bucket(provider="s3", bucket="data", endpoint="http://minio.local:9000")
+OBS = S3Bucket(provider="s3", bucket="models", endpoint="https://obs.example.com")
 BUCKETS = (AWS, MINIO, OBS)
 
 
 def _recognize(url: str) -> ObjectRef | None:
-    return recognize(url, BUCKETS, ALL_SIGNATURE_PARAMS)
+    return recognize(url, BUCKETS)
 
 
 def _key(url: str) -> str:
@@ -148,14 +148,14 @@ def test_aws_spellings_do_not_apply_to_a_custom_endpoint_bucket() -> None:
 
 
 def test_first_configured_bucket_that_matches_wins() -> None:
-    twin = BucketConfig(provider="s3", bucket="data", endpoint="http://minio.local:9000")
-    ref = recognize("http://minio.local:9000/data/k", (MINIO, twin), ALL_SIGNATURE_PARAMS)
+    twin = S3Bucket(provider="s3", bucket="data", endpoint="http://minio.local:9000")
+    ref = recognize("http://minio.local:9000/data/k", (MINIO, twin))
     assert ref is not None
     assert ref.bucket is MINIO
 
 
 def test_no_buckets_configured_recognises_nothing() -> None:
-    assert recognize("https://my-bucket.s3.amazonaws.com/k", (), ALL_SIGNATURE_PARAMS) is None
+    assert recognize("https://my-bucket.s3.amazonaws.com/k", ()) is None
 
 
 # -- keys -------------------------------------------------------------------------------------
@@ -259,13 +259,15 @@ def test_unknown_query_param_is_a_request_error_naming_it(name: str) -> None:
     assert "versionId" in str(info.value)
 
 
-def test_signature_params_are_those_passed_in() -> None:
-    url = "https://my-bucket.s3.eu-west-1.amazonaws.com/k?token=abc"
-    with pytest.raises(RequestError, match="'token'"):
-        recognize(url, BUCKETS, ALL_SIGNATURE_PARAMS)
-    ref = recognize(url, BUCKETS, frozenset({"token"}))
+def test_signature_params_are_those_of_the_buckets_own_store() -> None:
+    # X-Obs-Date signs OBS URLs: dropped from an OBS bucket's URL, refused on an S3 bucket's.
+    query = "k?X-Obs-Date=20260101T000000Z"
+    with pytest.raises(RequestError, match="'X-Obs-Date'"):
+        recognize(f"https://my-bucket.s3.eu-west-1.amazonaws.com/{query}", BUCKETS)
+    obs = ObsBucket(provider="obs", bucket="my-bucket", region="cn-north-4")
+    ref = recognize(f"https://my-bucket.obs.cn-north-4.myhuaweicloud.com/{query}", [obs])
     assert ref is not None
-    assert ref.params == ()
+    assert (ref.bucket, ref.key, ref.params) == (obs, "k", ())
 
 
 def test_query_of_an_unrecognised_url_is_not_inspected() -> None:

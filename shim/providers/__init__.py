@@ -1,29 +1,44 @@
-"""Providers: per object store, the query parameters its signatures use and a signer.
+"""Providers: one module per object store, each exposing a ``PROVIDER`` (see ``_base.Provider``).
 
-A provider is one module exposing ``SIGNATURE_PARAMS`` and a ``Signer`` class built from a
-``BucketConfig``; ``signer_for`` picks it. Adding a store touches one module and its test.
+This is the one list of stores. Adding a store: its module, a line in ``PROVIDERS`` and in the
+``BucketConfig`` union, its tests and its README section.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Annotated
 
-from shim.config import BucketConfig
-from shim.providers import s3
-from shim.recognize import ObjectRef
+from pydantic import Field
+
+from shim.providers import obs, s3
+from shim.providers._base import BucketBase, Provider, Route, Signer
+
+__all__ = [
+    "ALL_SIGNATURE_PARAMS",
+    "PROVIDERS",
+    "PUBLIC_SIGNATURE_PARAMS",
+    "BucketConfig",
+    "Provider",
+    "Route",
+    "Signer",
+    "provider_of",
+]
+
+PROVIDERS: dict[str, Provider] = {p.name: p for p in (s3.PROVIDER, obs.PROVIDER)}
+
+# A bucket of any store, told apart by its ``provider`` key.
+BucketConfig = Annotated[s3.S3Bucket | obs.ObsBucket, Field(discriminator="provider")]
+
+# Every store's signature parameters, so a stale signature of any kind is redacted.
+ALL_SIGNATURE_PARAMS: frozenset[str] = frozenset().union(
+    *(p.signature_params for p in PROVIDERS.values())
+)
+
+# Signature parameters whose values are public in every store that uses them.
+PUBLIC_SIGNATURE_PARAMS: frozenset[str] = frozenset().union(
+    *(p.public_params for p in PROVIDERS.values())
+) - frozenset().union(*(p.signature_params - p.public_params for p in PROVIDERS.values()))
 
 
-class Signer(Protocol):
-    def sign(self, ref: ObjectRef, method: str) -> str:
-        """Return a presigned URL for ``method`` on ``ref``. May block (credential refresh)."""
-        ...
-
-
-SIGNATURE_PARAMS: dict[str, frozenset[str]] = {"s3": s3.SIGNATURE_PARAMS}
-
-# Every provider's parameters, so a client's stale signature of any kind is recognised.
-ALL_SIGNATURE_PARAMS: frozenset[str] = frozenset().union(*SIGNATURE_PARAMS.values())
-
-
-def signer_for(bucket: BucketConfig, expires: int) -> Signer:
-    return s3.S3Signer(bucket, expires)
+def provider_of(bucket: BucketBase) -> Provider:
+    return PROVIDERS[bucket.provider]

@@ -1,16 +1,29 @@
-"""S3 and S3-compatible stores (AWS, Huawei OBS, MinIO...): SigV4 presigned URLs via boto3."""
+"""Amazon S3 and S3-compatible stores (MinIO, Ceph...): SigV4 presigned URLs via boto3.
+
+``S3Compatible`` and ``S3Signer`` are shared with stores that speak S3's signatures against
+their own endpoints (Huawei OBS).
+"""
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import boto3
 import botocore.config
 import botocore.exceptions
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from shim._errors import SigningError
-from shim.config import BucketConfig
+from shim._errors import RequestError, SigningError
+from shim.providers._base import (
+    BucketBase,
+    Route,
+    Strict,
+    http_endpoint,
+    own_routes,
+    resolve_env_values,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -35,7 +48,11 @@ SIGNATURE_PARAMS = frozenset(
     }
 )
 
-# boto3's names for the object-shaping query parameters recognise.py lets through.
+PUBLIC_PARAMS = frozenset(
+    {"X-Amz-Algorithm", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders", "Expires"}
+)
+
+# Query parameters of a GET/HEAD that name or shape the object, with boto3's names for them.
 _PARAM_NAMES = {
     "versionId": "VersionId",
     "partNumber": "PartNumber",
@@ -46,43 +63,130 @@ _PARAM_NAMES = {
     "response-content-type": "ResponseContentType",
     "response-expires": "ResponseExpires",
 }
+OBJECT_PARAMS = frozenset(_PARAM_NAMES)
+MAX_PART_NUMBER = 10000
 _OPERATIONS = {"GET": "get_object", "HEAD": "head_object"}
 
 
-class S3Signer:
-    """Presigns with SigV4 for one bucket. The boto3 client is built on first use, once."""
+class S3Credentials(Strict):
+    """``static``: the values given here; ``env``: the named environment variables, read when
+    the config is loaded (default names: the store's own, e.g. AWS_ACCESS_KEY_ID); ``default``:
+    the AWS SDK's default chain (environment, profile, web identity, instance metadata...),
+    which refreshes temporary credentials before they expire."""
 
-    def __init__(self, bucket: BucketConfig, expires: int) -> None:
+    source: Literal["static", "env", "default"] = "default"
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    access_key_id_env: str | None = None
+    secret_access_key_env: str | None = None
+    session_token_env: str | None = None
+    profile: str | None = None
+
+    @model_validator(mode="after")
+    def _static_needs_both_keys(self) -> Self:
+        if self.source == "static" and not (self.access_key_id and self.secret_access_key):
+            raise ValueError("source 'static' needs both access_key_id and secret_access_key")
+        return self
+
+
+class S3Compatible(BucketBase):
+    """A bucket of a store that verifies S3's signatures."""
+
+    bucket: str = Field(min_length=1, max_length=255)
+    region: str = "us-east-1"
+    endpoint: str | None = Field(
+        default=None,
+        description="the store's endpoint URL; absent means the provider's regional endpoint",
+    )
+    addressing_style: Literal["auto", "virtual", "path"] = "auto"
+    credentials: S3Credentials = S3Credentials()
+
+    @property
+    def name(self) -> str:
+        return self.bucket
+
+    def default_endpoint_host(self) -> str:
+        raise NotImplementedError
+
+    def endpoint_url(self, client_scheme: str) -> str:
+        if self.endpoint is not None:
+            return self.endpoint
+        return f"{self.origin_scheme(client_scheme)}://{self.default_endpoint_host()}"
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_is_one_name(cls, value: str) -> str:
+        if "/" in value or value != value.strip():
+            raise ValueError("a bucket name has no '/' and no surrounding spaces")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_http_url(cls, value: str | None) -> str | None:
+        return http_endpoint(value)
+
+
+class S3Bucket(S3Compatible):
+    """An AWS S3 bucket, or one of an S3-compatible store given as ``endpoint``."""
+
+    provider: Literal["s3"]
+
+    def default_endpoint_host(self) -> str:
+        return f"s3.{self.region}.amazonaws.com"
+
+
+def endpoint_routes(bucket: S3Compatible, endpoint_hosts: tuple[str, ...]) -> tuple[Route, ...]:
+    """Virtual-hosted (BUCKET.HOST/KEY) and path-style (HOST/BUCKET/KEY) routes on each endpoint
+    host (a default port), or on the configured endpoint alone."""
+    bases = (
+        (Route.of(bucket.endpoint),)
+        if bucket.endpoint is not None
+        else tuple(Route(host, None, "/") for host in endpoint_hosts)
+    )
+    routes = list(own_routes(bucket))
+    for base in bases:
+        routes.append(Route(f"{bucket.bucket.lower()}.{base.host}", base.port, "/"))
+        routes.append(Route(base.host, base.port, f"{base.prefix}{bucket.bucket}/"))
+    return tuple(routes)
+
+
+def check_part_number(params: Mapping[str, str]) -> None:
+    part = params.get("partNumber")
+    if part is not None and not (
+        part.isascii() and part.isdigit() and len(part) <= 5 and 1 <= int(part) <= MAX_PART_NUMBER
+    ):
+        raise RequestError(f"partNumber must be a whole number from 1 to {MAX_PART_NUMBER}")
+
+
+class S3Signer:
+    """Presigns with SigV4 for one bucket. The boto3 client is built on first use, once per
+    endpoint; boto3 refreshes temporary credentials of its default chain by itself."""
+
+    def __init__(self, bucket: S3Compatible, expires: int) -> None:
         self._bucket = bucket
         self._expires = expires
         self._clients: dict[str, S3Client] = {}
         self._lock = threading.Lock()
 
-    def _endpoint(self, client_scheme: str) -> str:
-        if self._bucket.endpoint is not None:
-            return self._bucket.endpoint
-        scheme = "https" if client_scheme == "https" or self._bucket.upgrade_http else "http"
-        return f"{scheme}://s3.{self._bucket.region}.amazonaws.com"
+    def _session(self) -> boto3.session.Session:
+        creds = self._bucket.credentials
+        if creds.source == "static":
+            assert creds.access_key_id and creds.secret_access_key
+            return boto3.session.Session(
+                aws_access_key_id=creds.access_key_id.get_secret_value(),
+                aws_secret_access_key=creds.secret_access_key.get_secret_value(),
+                aws_session_token=(
+                    creds.session_token.get_secret_value() if creds.session_token else None
+                ),
+            )
+        return boto3.session.Session(profile_name=creds.profile)
 
     def _client(self, endpoint: str) -> S3Client:
         with self._lock:
             client = self._clients.get(endpoint)
             if client is None:
-                creds = self._bucket.credentials
-                session_args: dict[str, Any] = {}
-                if creds.source == "static":
-                    assert creds.access_key_id and creds.secret_access_key
-                    session_args = {
-                        "aws_access_key_id": creds.access_key_id.get_secret_value(),
-                        "aws_secret_access_key": creds.secret_access_key.get_secret_value(),
-                        "aws_session_token": (
-                            creds.session_token.get_secret_value() if creds.session_token else None
-                        ),
-                    }
-                elif creds.profile:
-                    session_args = {"profile_name": creds.profile}
-                session = boto3.session.Session(**session_args)
-                client = session.client(
+                client = self._session().client(
                     "s3",
                     region_name=self._bucket.region,
                     endpoint_url=endpoint,
@@ -94,22 +198,106 @@ class S3Signer:
                 self._clients[endpoint] = client
             return client
 
+    def _no_credentials(self) -> SigningError:
+        return SigningError(
+            f"no credentials found for bucket {self._bucket.bucket!r}: set "
+            "buckets[].credentials, or provide them to the AWS SDK's default chain"
+        )
+
+    def check(self) -> None:
+        try:
+            found = self._session().get_credentials()
+        except botocore.exceptions.BotoCoreError as error:
+            raise SigningError(
+                f"cannot load credentials for bucket {self._bucket.bucket!r}: "
+                f"{type(error).__name__}"
+            ) from None
+        if found is None:
+            raise self._no_credentials()
+
     def sign(self, ref: ObjectRef, method: str) -> str:
         params: dict[str, Any] = {"Bucket": self._bucket.bucket, "Key": ref.key}
         for name, value in ref.params:
-            # boto3 validates types: a part number is an int (recognize checked its digits).
+            # boto3 validates types: a part number is an int (check_params checked its digits).
             params[_PARAM_NAMES[name]] = int(value) if name == "partNumber" else value
         try:
-            client = self._client(self._endpoint(ref.client_scheme))
+            client = self._client(self._bucket.endpoint_url(ref.client_scheme))
             return client.generate_presigned_url(
                 _OPERATIONS[method], Params=params, ExpiresIn=self._expires
             )
         except botocore.exceptions.NoCredentialsError:
-            raise SigningError(
-                f"no credentials found for bucket {self._bucket.bucket!r}: set "
-                "buckets[].credentials, or provide them to the AWS SDK's default chain"
-            ) from None
+            raise self._no_credentials() from None
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             raise SigningError(
                 f"cannot sign for bucket {self._bucket.bucket!r}: {type(error).__name__}"
             ) from None
+
+
+def s3_bucket_from_dragonfly(storage: Mapping[str, Any], provider: str) -> dict[str, Any]:
+    """dragonfly-endpoint's ``object_storage`` for an S3-signed store, as a bucket mapping."""
+    bucket: dict[str, Any] = {"provider": provider, "bucket": storage.get("bucket_name")}
+    for key in ("region", "endpoint"):
+        if storage.get(key):
+            bucket[key] = storage[key]
+    if storage.get("access_key") or storage.get("secret_key"):
+        bucket["credentials"] = {
+            "source": "static",
+            "access_key_id": storage.get("access_key"),
+            "secret_access_key": storage.get("secret_key"),
+        }
+    return bucket
+
+
+class S3Provider:
+    name = "s3"
+    dragonfly_type = "s3"
+    config = S3Bucket
+    signature_params = SIGNATURE_PARAMS
+    public_params = PUBLIC_PARAMS
+    object_params = OBJECT_PARAMS
+    # MD5 of a single-part upload as the ETag; SHA/CRC checksums when the uploader asked for them.
+    checksum_headers = (
+        "ETag",
+        "x-amz-checksum-crc32",
+        "x-amz-checksum-crc32c",
+        "x-amz-checksum-crc64nvme",
+        "x-amz-checksum-sha1",
+        "x-amz-checksum-sha256",
+    )
+    env_variables: ClassVar[dict[str, str]] = {
+        "access_key_id": "AWS_ACCESS_KEY_ID",
+        "secret_access_key": "AWS_SECRET_ACCESS_KEY",
+        "session_token": "AWS_SESSION_TOKEN",
+    }
+
+    def routes(self, bucket: S3Bucket) -> tuple[Route, ...]:
+        # Every spelling AWS accepts for a regional endpoint, plus the legacy global one.
+        region = bucket.region
+        return endpoint_routes(
+            bucket,
+            (
+                f"s3.{region}.amazonaws.com",
+                f"s3-{region}.amazonaws.com",
+                f"s3.dualstack.{region}.amazonaws.com",
+                "s3.amazonaws.com",
+            ),
+        )
+
+    def check_params(self, params: Mapping[str, str]) -> None:
+        check_part_number(params)
+
+    def signer(self, bucket: S3Bucket, expires: int) -> S3Signer:
+        return S3Signer(bucket, expires)
+
+    def resolve_env(
+        self, credentials: Mapping[str, Any], env: Mapping[str, str], where: str
+    ) -> Mapping[str, Any]:
+        return resolve_env_values(
+            credentials, env, where, self.env_variables, ("access_key_id", "secret_access_key")
+        )
+
+    def bucket_from_dragonfly(self, storage: Mapping[str, Any]) -> dict[str, Any]:
+        return s3_bucket_from_dragonfly(storage, self.name)
+
+
+PROVIDER = S3Provider()
