@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shim._errors import ConfigError
+from shim._errors import ConfigError, RequestError, SigningError
 from shim.config import Settings, load_settings, split_host_port
-from shim.identity import filtered_params
+from shim.identity import filtered_params, identify
+from shim.providers import PROVIDERS
 from shim.taskid import go_task_id, rust_task_id
 from shim.trust import (
     JAVA_NON_PROXY_HOSTS,
@@ -109,7 +110,7 @@ def _env(args: argparse.Namespace) -> int:
 
 def _task_id(args: argparse.Namespace) -> int:
     if args.filter is None:
-        filtered = filtered_params("s3")  # what shim sends for a signed S3 URL
+        filtered = filtered_params(args.provider)  # what shim sends for a signed URL
     else:
         filtered = tuple(name for name in args.filter.split(",") if name)
     try:
@@ -122,6 +123,43 @@ def _task_id(args: argparse.Namespace) -> int:
     print(f"rust dfdaemon (dragonfly-client 1.5):    {rust}")
     print(f"rust dfdaemon (dragonfly-client 0.2.28): {rust_0_2}")
     print(f"go dfdaemon (dfget 2.3.4 and earlier):   {go}")
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    # Imported here: the stores' SDKs are heavy, and other subcommands do not need them.
+    from shim.recognize import recognize
+    from shim.redact import redact_url
+    from shim.signing import signers_for
+
+    try:
+        settings = load_settings(args.config, env=os.environ)
+        ref = recognize(args.url, settings.buckets)
+        if ref is None:
+            print(
+                "shim: the URL names no object of a configured bucket: shim would pass it "
+                "through unsigned (if 'passthrough' allows its host) or refuse it",
+                file=sys.stderr,
+            )
+            return 1
+        signer = signers_for([ref.bucket], settings.presign_expires)[ref.bucket]
+        signed = signer.sign(ref, args.method)
+        identity = identify(signed, filtered_params(ref.bucket.provider, settings.filter))
+    except (ConfigError, RequestError, SigningError) as error:
+        print(f"shim: {error}", file=sys.stderr)
+        return 1 if isinstance(error, SigningError | RequestError) else 2
+    print(f"provider:   {ref.bucket.provider}")
+    print(f"bucket:     {ref.bucket.name} (alias {ref.bucket.reverse_alias})")
+    print(f"key:        {ref.key}")
+    print(f"signed URL: {signed if args.show_signature else redact_url(signed)}")
+    print(f"identity:   {identity.url}")
+    print(f"cache key:  {identity.task_id}")
+    dfdaemon = settings.dfdaemon
+    if dfdaemon is not None:
+        task = rust_task_id(identity.url, tag=dfdaemon.tag, application=dfdaemon.application)
+        print(
+            f"dfdaemon task ID (tag {dfdaemon.tag!r}, application {dfdaemon.application!r}): {task}"
+        )
     return 0
 
 
@@ -168,10 +206,30 @@ def build_parser() -> argparse.ArgumentParser:
     task_id.add_argument(
         "--filter",
         default=None,
-        help="comma-separated query parameters to drop (default: the S3 signature parameters "
-        "shim sends in its filter headers; '' for none)",
+        help="comma-separated query parameters to drop (default: the signature parameters "
+        "of --provider, which shim sends in its filter headers; '' for none)",
+    )
+    task_id.add_argument(
+        "--provider",
+        choices=sorted(PROVIDERS),
+        default="s3",
+        help="the store whose signature parameters are dropped (default: s3)",
     )
     task_id.set_defaults(handler=_task_id)
+    sign = commands.add_parser(
+        "sign",
+        help="print the signed URL shim would fetch for URL, its provider and task ID "
+        "(signature redacted unless --show-signature)",
+    )
+    sign.add_argument("url", help="the URL a client would request through shim")
+    sign.add_argument("--config", type=Path, help="YAML config (default: $SHIM_CONFIG)")
+    sign.add_argument("--method", choices=("GET", "HEAD"), default="GET")
+    sign.add_argument(
+        "--show-signature",
+        action="store_true",
+        help="print the signature too (it grants access to the object until it expires)",
+    )
+    sign.set_defaults(handler=_sign)
     return parser
 
 

@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +14,10 @@ import pytest
 import yaml
 
 from shim.cli import build_parser, main
-from shim.identity import filtered_params
+from shim.identity import filtered_params, identify
 from shim.taskid import go_task_id, rust_task_id
 from tests.support.procs import free_port
-from tests.support.servers import REPO_ROOT
+from tests.support.servers import REPO_ROOT, put_object, s3_client, start_s3rver
 
 URL = (
     "https://models.s3.eu-west-1.amazonaws.com/dir/model.bin?versionId=v1"
@@ -176,3 +177,94 @@ def test_run_on_a_busy_port_says_so_in_one_line(
     (line,) = [line for line in output.splitlines() if f"127.0.0.1:{busy_port}" in line]
     assert "address already in use" in line.lower()
     assert "shim ready" not in output
+
+
+# -- shim sign ------------------------------------------------------------------------------
+
+
+def _sign_config(tmp_path: Path, endpoint: str, **bucket: object) -> Path:
+    config = tmp_path / "shim.yaml"
+    raw = {
+        "buckets": [
+            {
+                "provider": "s3",
+                "bucket": "models",
+                "endpoint": endpoint,
+                "credentials": {
+                    "source": "static",
+                    "access_key_id": "S3RVER",
+                    "secret_access_key": "S3RVER",
+                },
+                **bucket,
+            }
+        ],
+        "dfdaemon": {"url": "http://127.0.0.1:4001", "tag": "t1"},
+    }
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def _field(out: str, name: str) -> str:
+    (line,) = [line for line in out.splitlines() if line.startswith(f"{name}:")]
+    return line.partition(":")[2].strip()
+
+
+@pytest.mark.origin
+def test_sign_prints_a_url_the_strict_store_serves_and_its_task_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with start_s3rver(tmp_path / "s3") as s3:
+        put_object(s3_client(s3), "models", "a b+c.mar", b"model bytes")
+        config = _sign_config(tmp_path, s3.endpoint)
+        url = f"{s3.endpoint}/models/a%20b%2Bc.mar?X-Amz-Signature=stale"
+
+        assert main(["sign", "--config", str(config), url]) == 0
+        out = capsys.readouterr().out
+        assert _field(out, "provider") == "s3"
+        assert _field(out, "key") == "a b+c.mar"
+        redacted = _field(out, "signed URL")
+        assert "X-Amz-Signature=REDACTED" in redacted
+        assert "X-Amz-Credential=REDACTED" in redacted
+
+        assert main(["sign", "--config", str(config), "--show-signature", url]) == 0
+        shown = capsys.readouterr().out
+        signed = _field(shown, "signed URL")
+        assert "REDACTED" not in signed
+        with urllib.request.urlopen(signed, timeout=10) as response:
+            assert response.read() == b"model bytes"
+        identity = identify(signed, filtered_params("s3"))
+        assert _field(shown, "cache key") == identity.task_id
+        task_line = next(line for line in shown.splitlines() if line.startswith("dfdaemon"))
+        assert task_line.endswith(rust_task_id(identity.url, tag="t1"))
+        # Signed again later: another signature, the same identity.
+        assert _field(shown, "identity") == _field(out, "identity")
+
+
+def test_sign_of_a_url_of_no_bucket_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _sign_config(tmp_path, "http://127.0.0.1:9")
+    assert main(["sign", "--config", str(config), "https://example.com/models/k"]) == 1
+    assert "names no object of a configured bucket" in capsys.readouterr().err
+
+
+def test_sign_of_a_bad_key_is_the_request_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _sign_config(tmp_path, "http://127.0.0.1:9")
+    assert main(["sign", "--config", str(config), "http://127.0.0.1:9/models/a/../b"]) == 1
+    assert "'..'" in capsys.readouterr().err
+
+
+def test_sign_without_credentials_names_the_bucket_and_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("OBS_ACCESS_KEY_ID", "OBS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "shim.yaml"
+    config.write_text(yaml.safe_dump({"buckets": [{"provider": "obs", "bucket": "models"}]}))
+    url = "https://models.obs.cn-north-4.myhuaweicloud.com/k"
+    assert main(["sign", "--config", str(config), url]) == 2
+    err = capsys.readouterr().err
+    assert "buckets[0].credentials.access_key_id_env" in err
+    assert "'OBS_ACCESS_KEY_ID' is not set" in err
