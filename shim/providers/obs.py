@@ -29,6 +29,8 @@ SIGNATURE_PARAMS = S3_SIGNATURE_PARAMS | {
     "Expires",
     "X-Obs-Date",
     "X-Obs-Security-Token",
+    # The spelling Huawei's own SDK writes into the URLs it signs with STS credentials.
+    "x-obs-security-token",
 }
 
 
