@@ -57,6 +57,32 @@ def test_metrics_page_lists_every_family(
     assert metrics["shim_cache_bytes"] == 100_000
 
 
+def test_a_bucket_without_credentials_is_reported_at_start_up(
+    tmp_path: Path, s3rver: S3Server
+) -> None:
+    """Before any download: the log names the bucket and the reason, and a gauge says which
+    buckets can sign; the other buckets serve."""
+    keyless = {"provider": "s3", "bucket": "keyless", "endpoint": s3rver.endpoint}
+    config = {"buckets": [s3_bucket_config("proc", s3rver.endpoint), keyless]}
+    no_aws = {
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+    }
+    with start_shim(tmp_path, config, env=no_aws) as shim:
+        deadline = time.monotonic() + 20
+        while "'keyless' (s3)" not in shim.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        metrics = shim.metrics()
+        output = shim.output()
+    (line,) = [line for line in output.splitlines() if "'keyless' (s3)" in line]
+    assert "no credentials found for bucket 'keyless'" in line
+    assert metrics['shim_bucket_credentials{bucket="keyless",provider="s3"}'] == 0
+    assert metrics['shim_bucket_credentials{bucket="proc",provider="s3"}'] == 1
+
+
 def test_broken_config_stops_start_up_with_one_message(tmp_path: Path) -> None:
     config = tmp_path / "shim.yaml"
     config.write_text(yaml.safe_dump({"buckets": [{"provider": "s3", "bucket": "b"}], "lisen": 1}))
