@@ -21,9 +21,11 @@ import contextlib
 import http.client
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -649,3 +651,18 @@ def require_torchserve() -> None:
         missing = None
     # Outside the except block: a failure under the requirement is not "during handling".
     require("SHIM_REQUIRE_TORCHSERVE", missing)
+
+
+def java_tool_options_from_shim_env(proxy_port: int, *, truststore: Path | None = None) -> str:
+    """The ``JAVA_TOOL_OPTIONS`` that ``shim env`` prints for a shim proxy on loopback, taken as
+    a user would copy it (``-Dhttp.nonProxyHosts=`` empty: test origins are on 127.*)."""
+    command = [sys.executable, "-m", "shim", "env", "--proxy", f"127.0.0.1:{proxy_port}"]
+    command += ["--non-proxy-hosts", ""]
+    if truststore is not None:
+        command += ["--truststore", str(truststore)]
+    printed = subprocess.run(
+        command, check=True, cwd=REPO_ROOT, capture_output=True, text=True
+    ).stdout
+    prefix = "export JAVA_TOOL_OPTIONS="
+    (line,) = [ln for ln in printed.splitlines() if ln.startswith(prefix)]
+    return shlex.split(line.removeprefix(prefix))[0]
