@@ -214,6 +214,8 @@ class S3Signer:
             ) from None
         if found is None:
             raise self._no_credentials()
+        # Built now, so that the first download does not wait for it (about 0.1 s).
+        self._client(self._bucket.endpoint_url("https"))
 
     def sign(self, ref: ObjectRef, method: str) -> str:
         params: dict[str, Any] = {"Bucket": self._bucket.bucket, "Key": ref.key}
