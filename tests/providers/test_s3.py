@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -13,6 +15,7 @@ from shim._errors import SigningError
 from shim.providers import PROVIDERS
 from shim.providers.s3 import SIGNATURE_PARAMS, S3Bucket, S3Signer
 from shim.recognize import ObjectRef, recognize
+from tests.support.servers import put_object, s3_client, start_s3rver
 
 ACCESS_KEY = "AKIDEXAMPLESIGNER"
 SECRET_KEY = "wJalrXUtnFEMI-signer-secret"
@@ -231,3 +234,47 @@ def test_signing_error_never_carries_a_secret(
         _sign(bucket)
     assert SECRET_KEY not in str(info.value)
     assert info.value.__cause__ is None
+
+
+# A credential_process that hands out the next of ROTATING key pairs on each call, valid for
+# nine minutes: inside botocore's mandatory refresh window, so each signature asks again.
+_ROTATING_PROCESS = """
+import datetime, json, pathlib, sys
+counter = pathlib.Path(sys.argv[1])
+n = int(counter.read_text()) if counter.exists() else 0
+counter.write_text(str(n + 1))
+expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=9)
+print(json.dumps({"Version": 1, "AccessKeyId": f"ROT{n}", "SecretAccessKey": f"secret{n}",
+                  "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}))
+"""
+
+
+@pytest.mark.origin
+@pytest.mark.usefixtures("no_aws_environment")
+def test_expiring_credentials_are_refreshed_and_every_download_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pairs = {f"ROT{n}": f"secret{n}" for n in range(6)}
+    script, counter = tmp_path / "creds.py", tmp_path / "calls"
+    script.write_text(_ROTATING_PROCESS)
+    config = tmp_path / "aws-config"
+    config.write_text(
+        f"[profile rotating]\ncredential_process = {sys.executable} {script} {counter}\n"
+    )
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    with start_s3rver(tmp_path / "s3", extra_key_pairs=pairs) as s3:
+        client = s3_client(s3)
+        for n in range(3):
+            put_object(client, "models", f"m{n}.bin", f"model {n}".encode())
+        bucket = _bucket(
+            endpoint=s3.endpoint, credentials={"source": "default", "profile": "rotating"}
+        )
+        signer = S3Signer(bucket, 600)
+        used = []
+        for n in range(3):
+            url = signer.sign(ObjectRef(bucket, f"m{n}.bin", (), "http"), "GET")
+            used.append(_query(url)["X-Amz-Credential"].split("/")[0])
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert response.read() == f"model {n}".encode()
+    assert len(set(used)) == 3, used  # a fresh key pair for each signature
+    assert int(counter.read_text()) >= 3
