@@ -1,0 +1,68 @@
+"""The provider registry: every store keeps the contract the rest of shim relies on."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+from pydantic import TypeAdapter
+
+from shim.providers import (
+    ALL_SIGNATURE_PARAMS,
+    PROVIDERS,
+    PUBLIC_SIGNATURE_PARAMS,
+    BucketConfig,
+    Provider,
+)
+
+STORES = sorted(PROVIDERS)
+
+
+@pytest.mark.parametrize("name", STORES)
+def test_the_config_model_is_tagged_with_the_providers_name(name: str) -> None:
+    provider = PROVIDERS[name]
+    assert provider.name == name
+    assert typing.get_args(provider.config.model_fields["provider"].annotation) == (name,)
+    members = typing.get_args(typing.get_args(BucketConfig)[0])
+    assert provider.config in members
+
+
+def test_every_config_model_is_registered() -> None:
+    members = typing.get_args(typing.get_args(BucketConfig)[0])
+    assert sorted(member.model_fields["provider"].annotation.__args__[0] for member in members) == (
+        STORES
+    )
+
+
+@pytest.mark.parametrize("name", STORES)
+def test_parameters_are_consistent(name: str) -> None:
+    provider: Provider = PROVIDERS[name]
+    assert provider.public_params <= provider.signature_params
+    # A parameter that shapes the object is never dropped as a signature.
+    assert not provider.object_params & provider.signature_params
+    assert provider.signature_params <= ALL_SIGNATURE_PARAMS
+
+
+def test_a_value_secret_in_any_store_is_never_treated_as_public() -> None:
+    for provider in PROVIDERS.values():
+        secret = provider.signature_params - provider.public_params
+        assert not secret & PUBLIC_SIGNATURE_PARAMS, provider.name
+
+
+def test_dragonfly_types_are_unique() -> None:
+    types = [provider.dragonfly_type for provider in PROVIDERS.values()]
+    assert len(types) == len(set(types))
+
+
+@pytest.mark.parametrize("name", STORES)
+def test_a_bucket_routes_its_own_hosts_first(name: str) -> None:
+    adapter: TypeAdapter[BucketConfig] = TypeAdapter(BucketConfig)
+    provider = PROVIDERS[name]
+    required = {
+        field: "x" for field, info in provider.config.model_fields.items() if info.is_required()
+    }
+    bucket = adapter.validate_python({**required, "provider": name, "hosts": ["models.example"]})
+    routes = provider.routes(bucket)
+    assert routes[0].host == "models.example"
+    assert routes[0].prefix == "/"
+    assert all(route.prefix.startswith("/") and route.prefix.endswith("/") for route in routes)
