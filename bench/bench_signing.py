@@ -19,26 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter
-
-from shim.providers import PROVIDERS, BucketConfig
+from shim.providers import PROVIDERS
 from shim.recognize import ObjectRef
 from shim.signing import CachedSigner, signers_for
-
-# One bucket per provider, with credentials that sign offline.
-SAMPLE_BUCKETS: dict[str, dict[str, Any]] = {
-    "s3": {
-        "provider": "s3",
-        "bucket": "models",
-        "region": "eu-west-1",
-        "credentials": {"source": "static", "access_key_id": "AKID", "secret_access_key": "SK"},
-    },
-    "obs": {
-        "provider": "obs",
-        "bucket": "models",
-        "credentials": {"source": "static", "access_key_id": "AKID", "secret_access_key": "SK"},
-    },
-}
+from tests.support.offline_buckets import OFFLINE_BUCKETS, offline_bucket
 
 
 def _ms(seconds: list[float]) -> dict[str, float]:
@@ -60,7 +44,7 @@ def _time(signer: CachedSigner, refs: list[ObjectRef]) -> list[float]:
 
 
 def measure(provider: str, rounds: int) -> dict[str, Any]:
-    bucket: BucketConfig = TypeAdapter(BucketConfig).validate_python(SAMPLE_BUCKETS[provider])
+    bucket = offline_bucket(provider)
     signer = signers_for([bucket], 3600)[bucket]
     signer.check()  # as shim does at start-up
     first = _time(signer, [ObjectRef(bucket, "first/model.bin", (), "https")])[0]
@@ -80,7 +64,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=Path("bench/results/signing.json"))
     args = parser.parse_args()
-    missing = sorted(set(PROVIDERS) - set(SAMPLE_BUCKETS))
+    missing = sorted(set(PROVIDERS) - set(OFFLINE_BUCKETS))
     if missing:
         raise SystemExit(f"no sample bucket for provider(s) {', '.join(missing)}")
     rows = [measure(name, args.rounds) for name in PROVIDERS]

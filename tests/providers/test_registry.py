@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import typing
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
+from shim.identity import filtered_params, identify
 from shim.providers import (
     ALL_SIGNATURE_PARAMS,
     PROVIDERS,
     PUBLIC_SIGNATURE_PARAMS,
     BucketConfig,
     Provider,
+    Signer,
 )
+from shim.recognize import ObjectRef, recognize
+from tests.support.offline_buckets import OFFLINE_BUCKETS, offline_bucket
 
 STORES = sorted(PROVIDERS)
 
@@ -66,3 +74,38 @@ def test_a_bucket_routes_its_own_hosts_first(name: str) -> None:
     assert routes[0].host == "models.example"
     assert routes[0].prefix == "/"
     assert all(route.prefix.startswith("/") and route.prefix.endswith("/") for route in routes)
+
+
+def test_every_provider_has_an_offline_bucket_for_the_properties_and_the_benchmark() -> None:
+    assert sorted(OFFLINE_BUCKETS) == STORES
+
+
+# Keys of any characters a store allows, but the ones shim refuses (dot segments, control
+# characters, '#'), which tests/test_recognize.py covers.
+KEYS = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="#"),
+    min_size=1,
+    max_size=60,
+).filter(lambda key: not any(part in (".", "..") for part in key.split("/")))
+
+
+@functools.cache
+def _offline_signer(name: str) -> tuple[BucketConfig, Signer]:
+    bucket = offline_bucket(name)
+    return bucket, PROVIDERS[name].signer(bucket, 600)
+
+
+@pytest.mark.parametrize("name", STORES)
+@settings(max_examples=60, deadline=None)
+@given(key=KEYS)
+def test_the_signed_url_names_the_key_the_client_named(name: str, key: str) -> None:
+    """Recognising the URL shim signed gives back the key it was asked to sign: the store is
+    asked for exactly that object, and the identity hashes exactly that path."""
+    bucket, signer = _offline_signer(name)
+    signed = signer.sign(ObjectRef(bucket, key, (), "https"), "GET")
+    again = recognize(signed, [bucket])
+    assert again is not None, signed
+    assert (again.key, again.params) == (key, ())
+    identity = identify(signed, filtered_params(name))
+    assert urlsplit(identity.url).path == urlsplit(signed).path
+    assert not parse_qsl(urlsplit(identity.url).query)

@@ -1,0 +1,29 @@
+"""One bucket per provider with credentials that sign offline (no network, no server), for
+property tests and the signing benchmark. Every registered provider must have one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from shim.providers import BucketConfig
+
+OFFLINE_BUCKETS: dict[str, dict[str, Any]] = {
+    "s3": {
+        "provider": "s3",
+        "bucket": "models",
+        "region": "eu-west-1",
+        "credentials": {"source": "static", "access_key_id": "AKID", "secret_access_key": "SK"},
+    },
+    "obs": {
+        "provider": "obs",
+        "bucket": "models",
+        "credentials": {"source": "static", "access_key_id": "AKID", "secret_access_key": "SK"},
+    },
+}
+
+
+def offline_bucket(provider: str) -> BucketConfig:
+    adapter: TypeAdapter[BucketConfig] = TypeAdapter(BucketConfig)
+    return adapter.validate_python(OFFLINE_BUCKETS[provider])
