@@ -7,7 +7,7 @@ import typing
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
@@ -66,10 +66,8 @@ def test_dragonfly_types_are_unique() -> None:
 def test_a_bucket_routes_its_own_hosts_first(name: str) -> None:
     adapter: TypeAdapter[BucketConfig] = TypeAdapter(BucketConfig)
     provider = PROVIDERS[name]
-    required = {
-        field: "x" for field, info in provider.config.model_fields.items() if info.is_required()
-    }
-    bucket = adapter.validate_python({**required, "provider": name, "hosts": ["models.example"]})
+    # The offline bucket: a store may validate its names (OSS: 3 to 63 characters).
+    bucket = adapter.validate_python({**OFFLINE_BUCKETS[name], "hosts": ["models.example"]})
     routes = provider.routes(bucket)
     assert routes[0].host == "models.example"
     assert routes[0].prefix == "/"
@@ -101,6 +99,8 @@ def _offline_signer(name: str) -> tuple[BucketConfig, Signer]:
 def test_the_signed_url_names_the_key_the_client_named(name: str, key: str) -> None:
     """Recognising the URL shim signed gives back the key it was asked to sign: the store is
     asked for exactly that object, and the identity hashes exactly that path."""
+    # oss2 refuses to sign a key made only of whitespace (shim answers 502 for it).
+    assume(name != "oss" or key.strip())
     bucket, signer = _offline_signer(name)
     signed = signer.sign(ObjectRef(bucket, key, (), "https"), "GET")
     again = recognize(signed, [bucket])

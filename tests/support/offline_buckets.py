@@ -21,6 +21,12 @@ OFFLINE_BUCKETS: dict[str, dict[str, Any]] = {
         "bucket": "models",
         "credentials": {"source": "static", "access_key_id": "AKID", "secret_access_key": "SK"},
     },
+    "oss": {
+        "provider": "oss",
+        "bucket": "models",
+        "region": "cn-hangzhou",
+        "credentials": {"source": "static", "access_key_id": "AKID", "access_key_secret": "SK"},
+    },
 }
 
 
