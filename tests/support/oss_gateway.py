@@ -18,7 +18,8 @@ import http.server
 import ipaddress
 import secrets
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,10 +122,13 @@ class OssGateway(Stoppable):
         *,
         credentials: Mapping[str, Credential] = CREDENTIALS,
         region: str | None = REGION,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.root = root
         self.credentials = dict(credentials)
         self.region = region
+        # The time signatures are checked at: tests move it to expire a URL.
+        self.clock = clock
         self.served: list[Served] = []
         self._objects: dict[tuple[str, str], _Object] = {}
         self._lock = threading.Lock()
@@ -135,7 +139,9 @@ class OssGateway(Stoppable):
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     @property
@@ -239,6 +245,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 credentials=self.owner.credentials,
                 region=self.owner.region,
                 headers=dict(self.headers.items()),
+                now=self.owner.clock(),
             )
         except Denied as denied:
             self._error(403, denied.code, denied.message, bucket, key, denied.echo)
@@ -263,19 +270,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         first, last = wanted if isinstance(wanted, tuple) else (0, found.size - 1)
         status = 206 if isinstance(wanted, tuple) else 200
         length = last - first + 1 if found.size else 0
-        self.send_response(status)
-        self.send_header("Content-Length", str(length))
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("ETag", f'"{found.etag}"')
-        self.send_header("Content-MD5", base64.b64encode(bytes.fromhex(found.etag)).decode())
-        self.send_header("x-oss-hash-crc64ecma", found.crc64)
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("x-oss-request-id", secrets.token_hex(12).upper())
+        headers = {
+            "Content-Length": str(length),
+            "Content-Type": "application/octet-stream",
+            "ETag": f'"{found.etag}"',
+            "Content-MD5": base64.b64encode(bytes.fromhex(found.etag)).decode(),
+            "x-oss-hash-crc64ecma": found.crc64,
+            "Accept-Ranges": "bytes",
+            "x-oss-request-id": secrets.token_hex(12).upper(),
+        }
         if status == 206:
-            self.send_header("Content-Range", f"bytes {first}-{last}/{found.size}")
-        for name, header in _OVERRIDES.items():
-            if name in params:
-                self.send_header(header, params[name])
+            headers["Content-Range"] = f"bytes {first}-{last}/{found.size}"
+        headers |= {header: params[name] for name, header in _OVERRIDES.items() if name in params}
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
         sent = 0
         if body and length:
