@@ -214,9 +214,11 @@ def _add(url: str, name: str, value: str) -> str:
 
 
 def _flip(value: str) -> str:
-    """A signature with one character changed (still well-formed)."""
-    i = len(value) // 2
-    return value[:i] + ("A" if value[i] != "A" else "B") + value[i + 1 :]
+    """A raw signature value with one character of the signature changed (still well-formed)."""
+    signature = unquote(value)
+    i = len(signature) // 2
+    changed = signature[:i] + ("A" if signature[i] != "A" else "B") + signature[i + 1 :]
+    return quote(changed, safe="")
 
 
 def _signature_param(case: Case) -> str:
