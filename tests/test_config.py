@@ -212,7 +212,7 @@ def test_dragonfly_filter_drops_empty_pieces() -> None:
     assert settings_from_mapping(mapping, env={}).filter == ("a", "b")
 
 
-@pytest.mark.parametrize("kind", ["oss", "gcs", "", None])
+@pytest.mark.parametrize("kind", ["hdfs", "", None])
 def test_dragonfly_unsupported_storage_type_names_the_key(kind: str | None) -> None:
     with pytest.raises(ConfigError) as info:
         dragonfly_endpoint_to_mapping(_dragonfly_doc(type=kind), "config.json")

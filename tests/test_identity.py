@@ -62,7 +62,7 @@ def test_filtered_params_add_extra_names_once() -> None:
 
 def test_filtered_params_unknown_provider_is_an_error() -> None:
     with pytest.raises(KeyError):
-        filtered_params("gcs")
+        filtered_params("no-such-store")
 
 
 def test_two_signings_of_one_object_have_one_identity(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from shim.providers import obs, oss, s3
+from shim.providers import azure, obs, oss, s3
 from shim.providers._base import BucketBase, Provider, Route, Signer
 
 __all__ = [
@@ -24,11 +24,13 @@ __all__ = [
     "provider_of",
 ]
 
-PROVIDERS: dict[str, Provider] = {p.name: p for p in (s3.PROVIDER, obs.PROVIDER, oss.PROVIDER)}
+PROVIDERS: dict[str, Provider] = {
+    p.name: p for p in (s3.PROVIDER, obs.PROVIDER, azure.PROVIDER, oss.PROVIDER)
+}
 
 # A bucket of any store, told apart by its ``provider`` key.
 BucketConfig = Annotated[
-    s3.S3Bucket | obs.ObsBucket | oss.OssBucket,
+    s3.S3Bucket | obs.ObsBucket | azure.AzureBucket | oss.OssBucket,
     Field(discriminator="provider"),
 ]
 

@@ -21,6 +21,12 @@ OFFLINE_BUCKETS: dict[str, dict[str, Any]] = {
         "bucket": "models",
         "credentials": {"source": "static", "access_key_id": "AKID", "secret_access_key": "SK"},
     },
+    "azure": {
+        "provider": "azure",
+        "account": "models0",
+        "container": "models",
+        "credentials": {"source": "static", "account_key": "a2V5LWZvci1vZmZsaW5lLXNpZ25pbmc="},
+    },
     "oss": {
         "provider": "oss",
         "bucket": "models",
