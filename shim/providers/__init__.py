@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from shim.providers import azure, obs, oss, s3
+from shim.providers import azure, gcs, obs, oss, s3
 from shim.providers._base import BucketBase, Provider, Route, Signer
 
 __all__ = [
@@ -25,12 +25,12 @@ __all__ = [
 ]
 
 PROVIDERS: dict[str, Provider] = {
-    p.name: p for p in (s3.PROVIDER, obs.PROVIDER, azure.PROVIDER, oss.PROVIDER)
+    p.name: p for p in (s3.PROVIDER, obs.PROVIDER, azure.PROVIDER, oss.PROVIDER, gcs.PROVIDER)
 }
 
 # A bucket of any store, told apart by its ``provider`` key.
 BucketConfig = Annotated[
-    s3.S3Bucket | obs.ObsBucket | azure.AzureBucket | oss.OssBucket,
+    s3.S3Bucket | obs.ObsBucket | azure.AzureBucket | oss.OssBucket | gcs.GcsBucket,
     Field(discriminator="provider"),
 ]
 

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from shim.providers import BucketConfig
+from tests.support.gcs_gateway import TEST_SERVICE_ACCOUNT_FILE
 
 OFFLINE_BUCKETS: dict[str, dict[str, Any]] = {
     "s3": {
@@ -32,6 +33,15 @@ OFFLINE_BUCKETS: dict[str, dict[str, Any]] = {
         "bucket": "models",
         "region": "cn-hangzhou",
         "credentials": {"source": "static", "access_key_id": "AKID", "access_key_secret": "SK"},
+    },
+    "gcs": {
+        "provider": "gcs",
+        "bucket": "models",
+        # Google's conformance-vector service account: its key signs locally.
+        "credentials": {
+            "source": "static",
+            "service_account_json": TEST_SERVICE_ACCOUNT_FILE.read_text(),
+        },
     },
 }
 
