@@ -76,6 +76,7 @@ class Served:
     key: str
     status: int
     body_bytes: int
+    query: str  # raw, as sent: the signature parameters a test must not find elsewhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +178,14 @@ class OssGateway(Stoppable):
         with self._lock:
             self.served.append(served)
 
-    def fetches(self, key: str, status: int = 200) -> list[Served]:
-        """The GETs of ``key`` answered with ``status`` (200 or 206)."""
+    def fetches(self, bucket: str, key: str, status: int = 200) -> list[Served]:
+        """The GETs of ``bucket``/``key`` answered with ``status`` (200 or 206)."""
         with self._lock:
-            return [s for s in self.served if s.key == key and s.status == status]
+            return [
+                s
+                for s in self.served
+                if (s.method, s.bucket, s.key, s.status) == ("GET", bucket, key, status)
+            ]
 
     @property
     def bytes_served(self) -> int:
@@ -211,6 +216,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._error(405, "MethodNotAllowed", "The specified method is not allowed.", "", "")
 
     do_PUT = do_POST = do_DELETE = _refuse_method
+
+    def _query(self) -> str:
+        return urlsplit(self.path).query
 
     def _locate(self) -> tuple[str, str, str] | None:
         """(bucket, raw key, raw query) of the request target."""
@@ -296,7 +304,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                         break
                     self.wfile.write(chunk)
                     sent += len(chunk)
-        self.owner.record(Served(self.command, bucket, key, status, sent))
+        self.owner.record(Served(self.command, bucket, key, status, sent, self._query()))
 
     def _error(
         self,
@@ -319,4 +327,4 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(document)
-        self.owner.record(Served(self.command, bucket, key, status, 0))
+        self.owner.record(Served(self.command, bucket, key, status, 0, self._query()))
