@@ -435,7 +435,7 @@ def test_check_refuses_a_sas_connection_string() -> None:
 def no_azure_identity(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """An environment where DefaultAzureCredential finds nothing and probes only loopback."""
     for name in list(os.environ):
-        if name.startswith(("AZURE_", "IDENTITY_", "MSI_", "IDENTITY_")):
+        if name.startswith(("AZURE_", "IDENTITY_", "MSI_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path))
     # The instance metadata probe goes to a closed loopback port, not 169.254.169.254.
