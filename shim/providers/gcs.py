@@ -322,7 +322,7 @@ class GcsSigner:
             )
         except SigningError as error:
             raise self._failed(str(error)) from None
-        except (google.auth.exceptions.GoogleAuthError, ValueError, TypeError) as error:
+        except (google.auth.exceptions.GoogleAuthError, ValueError, TypeError, KeyError) as error:
             raise self._failed(f"cannot sign ({type(error).__name__})") from None
         return str(url)
 
