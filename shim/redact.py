@@ -47,7 +47,7 @@ def signature_secrets(signed_url: str) -> frozenset[str]:
             continue
         for value in (raw, unquote(raw), unquote_plus(raw)):
             secrets.add(value)
-            if name.endswith("Credential"):
+            if name.lower().endswith("credential"):
                 secrets.add(value.partition("/")[0])
     secrets.discard("")
     return frozenset(secrets)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 import oss2  # type: ignore[import-untyped]
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from shim._errors import SigningError
+from shim._errors import RequestError, SigningError
 from shim.providers._base import (
     BucketBase,
     Route,
@@ -236,8 +236,9 @@ class OssSigner:
 
     def sign(self, ref: ObjectRef, method: str) -> str:
         if not ref.key.strip():
-            # oss2 refuses to sign such a key, whatever the store would say.
-            raise SigningError("oss2 does not sign an object key made only of whitespace")
+            # oss2 refuses to sign such a key, whatever the store would say: the client's
+            # request cannot be served, which is no failure of the credentials.
+            raise RequestError("an OSS object key made only of whitespace cannot be signed")
         try:
             client = self._client(self._bucket.endpoint_url(ref.client_scheme))
             url: str = client.sign_url(

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
 
-from shim._errors import ConfigError, SigningError
+from shim._errors import ConfigError, RequestError, SigningError
 from shim.config import dragonfly_endpoint_to_mapping, settings_from_mapping
 from shim.identity import filtered_params, identify
 from shim.providers import PROVIDERS
@@ -412,9 +412,9 @@ def test_env_credentials_left_unread_are_a_signing_error() -> None:
         signer.sign(ObjectRef(bucket, "a.mar", (), "https"), "GET")
 
 
-def test_whitespace_key_is_a_signing_error() -> None:
+def test_whitespace_key_is_a_request_error() -> None:
     bucket = _bucket()
-    with pytest.raises(SigningError, match="whitespace"):
+    with pytest.raises(RequestError, match="whitespace"):
         OssSigner(bucket, 600).sign(ObjectRef(bucket, " ", (), "https"), "GET")
 
 

@@ -99,7 +99,7 @@ def _offline_signer(name: str) -> tuple[BucketConfig, Signer]:
 def test_the_signed_url_names_the_key_the_client_named(name: str, key: str) -> None:
     """Recognising the URL shim signed gives back the key it was asked to sign: the store is
     asked for exactly that object, and the identity hashes exactly that path."""
-    # oss2 refuses to sign a key made only of whitespace (shim answers 502 for it).
+    # oss2 refuses to sign a key made only of whitespace (shim answers 400 for it).
     assume(name != "oss" or key.strip())
     bucket, signer = _offline_signer(name)
     signed = signer.sign(ObjectRef(bucket, key, (), "https"), "GET")
