@@ -205,6 +205,19 @@ class AzureBucket(BucketBase):
             filled["endpoint"] = parsed.endpoint
         return filled
 
+    @model_validator(mode="after")
+    def _identity_needs_https(self) -> Self:
+        if (
+            self.credentials.source == "default"
+            and self.endpoint is not None
+            and not self.endpoint.startswith("https://")
+        ):
+            raise ValueError(
+                "source 'default' needs an https endpoint: Azure SDKs never send a token over "
+                "plain http"
+            )
+        return self
+
     @field_validator("account")
     @classmethod
     def _account_name(cls, value: str) -> str:

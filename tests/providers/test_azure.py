@@ -141,6 +141,7 @@ CONN = f"AccountName=acct;AccountKey={KEY_B64}"
         ({"source": "static", "account_key": KEY_B64}, {"container": "Models"}, "container"),
         ({"source": "static", "account_key": KEY_B64}, {"container": "a/b"}, "container"),
         ({"source": "static", "account_key": KEY_B64}, {"endpoint": "ftp://x"}, "http(s) URL"),
+        ({"source": "default"}, {"endpoint": "http://127.0.0.1:10000/acct"}, "https endpoint"),
     ],
 )
 def test_invalid_configs_are_refused_without_the_secret(
