@@ -121,6 +121,12 @@ def shim(
         "buckets": [gcs_bucket(gateway), ambient, forged],
     }
     with start_shim(workdir, config, env=shim_env(gateway, workdir)) as process:
+        # The start-up credential check (metadata server, token) is over before any test.
+        checked = 'shim_bucket_credentials{bucket="ambient",provider="gcs"}'
+        deadline = time.monotonic() + 20
+        while checked not in process.metrics() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process.metrics()[checked] == 1
         yield process
 
 

@@ -77,6 +77,7 @@ class StoredObject:
 class Served:
     """One request the gateway answered."""
 
+    service: str  # "storage", "metadata" or "iam"
     method: str
     target: str
     status: int
@@ -214,8 +215,7 @@ class GcsGateway(Stoppable):
         return [
             s
             for s in self.served
-            if not s.target.startswith(("/computeMetadata/", "/v1/projects/"))
-            and (status is None or s.status == status)
+            if s.service == "storage" and (status is None or s.status == status)
         ]
 
     @property
@@ -234,9 +234,12 @@ class GcsGateway(Stoppable):
         with self._lock:
             return list(self._sign_blob_tokens)
 
-    def _record(self, request: web.Request, status: int, body_bytes: int = 0) -> None:
+    def _record(
+        self, request: web.Request, status: int, body_bytes: int = 0, service: str = "storage"
+    ) -> None:
         with self._lock:
-            self._served.append(Served(request.method, request.raw_path, status, body_bytes))
+            served = Served(service, request.method, request.raw_path, status, body_bytes)
+            self._served.append(served)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -244,11 +247,12 @@ class GcsGateway(Stoppable):
         path = request.raw_path.partition("?")[0]
         if request.headers.get(METADATA_FLAVOR[0]) == METADATA_FLAVOR[1]:
             response: web.StreamResponse = self._metadata(request, path)
+            self._record(request, response.status, service="metadata")
         elif request.method == "POST" and path.endswith(SIGN_BLOB_SUFFIX):
             response = await self._sign_blob(request, path)
+            self._record(request, response.status, service="iam")
         else:
-            return await self._object(request, path)
-        self._record(request, response.status)
+            response = await self._object(request, path)
         return response
 
     def _metadata(self, request: web.Request, path: str) -> web.Response:
