@@ -300,6 +300,8 @@ class GcsSigner:
                         f"cannot get an access token from the default credentials "
                         f"({type(error).__name__})"
                     ) from None
+                except SigningError as error:
+                    raise self._failed(str(error)) from None
                 self._client = Client.create_anonymous_client()
                 self._signing = signing
             return self._signing

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import google.auth._helpers
 import google.cloud.storage._signing  # type: ignore[import-untyped]
+import google.oauth2.credentials
 import google_crc32c
 import pytest
 import requests
@@ -473,3 +474,17 @@ def test_default_credentials_holding_a_key_sign_locally(
 def test_the_gcs_bucket_is_a_bucket_config() -> None:
     adapter: TypeAdapter[BucketConfig] = TypeAdapter(BucketConfig)
     assert isinstance(adapter.validate_python({"provider": "gcs", "bucket": BUCKET}), GcsBucket)
+
+
+def test_default_credentials_without_a_service_account_need_one_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # gcloud's user credentials: a token, no key and no service account to sign as.
+    user = google.oauth2.credentials.Credentials(token="user-token")  # type: ignore[no-untyped-call]
+    monkeypatch.setattr(google.auth, "default", lambda scopes: (user, None))
+    bucket = GcsBucket.model_validate({"provider": "gcs", "bucket": BUCKET})
+    with pytest.raises(SigningError) as info:
+        GcsSigner(bucket, 600).check()
+    assert "set credentials.service_account_email" in str(info.value)
+    assert "'models'" in str(info.value)
+    assert "user-token" not in str(info.value)
