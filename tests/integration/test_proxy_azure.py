@@ -189,7 +189,12 @@ def test_credentials_that_cannot_load_are_reported_at_start_up(
     broken_key = "not base64!" + ACCOUNT_KEY[11:]
     config = {
         "buckets": [
-            azure_bucket_config(azurite.endpoint, "no-identity", credentials={"source": "default"}),
+            # An identity's token goes over https only; no identity, so nothing listens there.
+            azure_bucket_config(
+                f"https://127.0.0.1:{free_port()}/{ACCOUNT}",
+                "no-identity",
+                credentials={"source": "default"},
+            ),
             azure_bucket_config(
                 azurite.endpoint,
                 "broken-key",
