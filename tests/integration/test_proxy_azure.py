@@ -20,7 +20,6 @@ from tests.support.azurite import (
     ACCOUNT_KEY,
     AzuriteServer,
     ManagedIdentityEndpoint,
-    azurite_version,
     put_blob,
     start_azurite,
 )
@@ -259,13 +258,6 @@ def test_a_managed_identity_is_checked_at_start_up(
     assert identity.requests == 1
 
 
-@pytest.mark.xfail(
-    azurite_version() < (3, 37, 0),
-    reason="azurite before 3.37.0 does not know the user delegation SAS string-to-sign of "
-    "sv 2026-04-06 and later, which azure-storage-blob 12.31 signs: a 403",
-    raises=AssertionError,
-    strict=True,
-)
 def test_a_delegation_sas_downloads_through_the_proxy(
     delegating_shim: tuple[ShimProcess, ManagedIdentityEndpoint], oauth_azurite: AzuriteServer
 ) -> None:

@@ -37,7 +37,6 @@ from tests.support.azurite import (
     TENANT_ID,
     AzuriteServer,
     ManagedIdentityEndpoint,
-    azurite_version,
     put_blob,
     start_azurite,
 )
@@ -672,18 +671,7 @@ def test_a_managed_identity_gets_a_delegation_key_that_is_reused_then_replaced(
     assert set(second) <= SIGNATURE_PARAMS
 
 
-AZURITE_UDK_SAS = (3, 37, 0)
-
-
 @pytest.mark.origin
-@pytest.mark.xfail(
-    azurite_version() < AZURITE_UDK_SAS,
-    reason="azurite before 3.37.0 computes a user delegation SAS's string-to-sign without the "
-    "signedRequestHeaders/signedRequestQueryParameters lines of sv 2026-04-06 and later, which "
-    "azure-storage-blob 12.31 signs with: every delegation SAS is a 403 there",
-    raises=AssertionError,
-    strict=True,
-)
 def test_a_delegation_sas_downloads_and_azurite_checks_it(
     oauth_azurite: AzuriteServer, managed_identity: ManagedIdentityEndpoint
 ) -> None:

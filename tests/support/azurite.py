@@ -97,16 +97,6 @@ class AzuriteServer(Stoppable):
             self._log = None
 
 
-def azurite_version() -> tuple[int, ...]:
-    """The installed azurite's version, e.g. (3, 35, 0); () when it is not installed."""
-    manifest = SERVERS_DIR / "node_modules" / "azurite" / "package.json"
-    try:
-        version = json.loads(manifest.read_text())["version"]
-    except OSError:
-        return ()
-    return tuple(int(part) for part in version.split("."))
-
-
 def start_azurite(
     data_dir: Path,
     *,
