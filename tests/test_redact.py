@@ -3,6 +3,8 @@ error body repeats of the signed request never reaches a client."""
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 import pytest
 
 from shim.providers import ALL_SIGNATURE_PARAMS
@@ -165,3 +167,19 @@ def test_the_secrets_of_a_signed_url_are_its_identity_and_signature_values() -> 
         "SESSIONTOKEN",
         "deadbeef",
     }
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://b.oss-cn-hangzhou.aliyuncs.com/k?x-oss-credential=LTAIKEYID%2F20260101%2F"
+        "cn-hangzhou%2Foss%2Faliyun_v4_request&x-oss-signature=abc",
+        "https://storage.googleapis.com/b/k?X-Goog-Credential=sa%40p.iam.gserviceaccount.com"
+        "%2F20260101%2Fauto%2Fstorage%2Fgoog4_request&X-Goog-Signature=abc",
+    ],
+)
+def test_the_key_id_heading_any_stores_credential_is_a_secret(url: str) -> None:
+    key_id = unquote(url.split("redential=")[1].split("%2F")[0])
+    assert key_id in signature_secrets(url)
+    body = f"<Error><Message>access key {key_id} denied</Message></Error>".encode()
+    assert key_id.encode() not in redact_error_body(body, url)
