@@ -9,7 +9,7 @@ Nothing outside the module knows anything about the store.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -132,6 +132,62 @@ def own_routes(bucket: BucketBase) -> tuple[Route, ...]:
     """The routes of a bucket's ``hosts``: the key is the whole path."""
     # "http://" only makes the entry parse; a port of 80 or none matches either default port.
     return tuple(Route.of(f"http://{host}") for host in bucket.hosts)
+
+
+class EndpointBucket(BucketBase):
+    """A bucket named ``bucket`` on a store reached at its default endpoint or at ``endpoint``
+    (S3, OBS, GCS, OSS). Subclasses constrain the name and say the default endpoint host."""
+
+    bucket: str
+    endpoint: str | None = Field(
+        default=None,
+        description="the store's endpoint URL; absent means the provider's default endpoint",
+    )
+
+    @property
+    def name(self) -> str:
+        return self.bucket
+
+    def default_endpoint_host(self) -> str:
+        raise NotImplementedError
+
+    def endpoint_url(self, client_scheme: str) -> str:
+        """Where signed requests go: ``endpoint``, else the default endpoint host over the
+        scheme ``origin_scheme`` picks."""
+        if self.endpoint is not None:
+            return self.endpoint
+        return f"{self.origin_scheme(client_scheme)}://{self.default_endpoint_host()}"
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_is_one_name(cls, value: str) -> str:
+        if "/" in value or value != value.strip():
+            raise ValueError("a bucket name has no '/' and no surrounding spaces")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_http_url(cls, value: str | None) -> str | None:
+        return http_endpoint(value)
+
+
+def bucket_routes(
+    bucket: EndpointBucket, hosts: Iterable[str], *, path_style: bool = True
+) -> tuple[Route, ...]:
+    """The bucket's own hosts, then virtual-hosted (BUCKET.HOST/KEY) and, with ``path_style``,
+    path-style (HOST/BUCKET/KEY) routes on each of the store's ``hosts`` (default port) and
+    on the configured endpoint (both styles there, whatever ``path_style`` says)."""
+    name = bucket.bucket
+    routes = list(own_routes(bucket))
+    for host in hosts:
+        routes.append(Route(f"{name.lower()}.{host}", None, "/"))
+        if path_style:
+            routes.append(Route(host, None, f"/{name}/"))
+    if bucket.endpoint is not None:
+        base = Route.of(bucket.endpoint)
+        routes.append(Route(f"{name.lower()}.{base.host}", base.port, "/"))
+        routes.append(Route(base.host, base.port, f"{base.prefix}{name}/"))
+    return tuple(routes)
 
 
 class Signer(Protocol):

@@ -28,11 +28,11 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from shim._errors import RequestError, SigningError
 from shim.providers._base import (
-    BucketBase,
+    EndpointBucket,
     Route,
     Strict,
+    bucket_routes,
     http_endpoint,
-    own_routes,
     resolve_env_values,
 )
 
@@ -124,7 +124,7 @@ def _key_info(key_json: SecretStr) -> dict[str, Any]:
     return info
 
 
-class GcsBucket(BucketBase):
+class GcsBucket(EndpointBucket):
     """A Cloud Storage bucket: storage.googleapis.com/BUCKET, or ``endpoint``/BUCKET."""
 
     provider: Literal["gcs"]
@@ -137,26 +137,15 @@ class GcsBucket(BucketBase):
     project_id: str | None = None
     credentials: GcsCredentials = GcsCredentials()
 
-    @property
-    def name(self) -> str:
-        return self.bucket
-
-    def endpoint_url(self, client_scheme: str) -> str:
-        if self.endpoint is not None:
-            return self.endpoint
-        return f"{self.origin_scheme(client_scheme)}://{DEFAULT_HOST}"
+    def default_endpoint_host(self) -> str:
+        return DEFAULT_HOST
 
     @field_validator("bucket")
     @classmethod
-    def _bucket_is_one_name(cls, value: str) -> str:
-        if "/" in value or "%" in value or value != value.strip():
-            raise ValueError("a bucket name has no '/', no '%' and no surrounding spaces")
+    def _bucket_has_no_percent(cls, value: str) -> str:
+        if "%" in value:
+            raise ValueError("a bucket name has no '%'")
         return value
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint_is_http_url(cls, value: str | None) -> str | None:
-        return http_endpoint(value)
 
 
 class IamSigning(google.auth.credentials.Signing, google.auth.crypt.Signer):
@@ -343,14 +332,7 @@ class GcsProvider:
 
     def routes(self, bucket: GcsBucket) -> tuple[Route, ...]:
         # Google's names for the bucket always name it; a custom endpoint adds its own.
-        bases = [Route(DEFAULT_HOST, None, "/")]
-        if bucket.endpoint is not None:
-            bases.append(Route.of(bucket.endpoint))
-        routes = list(own_routes(bucket))
-        for base in bases:
-            routes.append(Route(f"{bucket.bucket.lower()}.{base.host}", base.port, "/"))
-            routes.append(Route(base.host, base.port, f"{base.prefix}{bucket.bucket}/"))
-        return tuple(routes)
+        return bucket_routes(bucket, (DEFAULT_HOST,))
 
     def check_params(self, params: Mapping[str, str]) -> None:
         generation = params.get("generation")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-from shim.providers._base import Route, resolve_env_values
+from shim.providers._base import Route, bucket_routes, resolve_env_values
 from shim.providers.s3 import (
     OBJECT_PARAMS,
     PUBLIC_PARAMS,
@@ -17,7 +17,6 @@ from shim.providers.s3 import (
     S3Credentials,
     S3Signer,
     check_part_number,
-    endpoint_routes,
     s3_bucket_from_dragonfly,
 )
 from shim.providers.s3 import SIGNATURE_PARAMS as S3_SIGNATURE_PARAMS
@@ -69,7 +68,8 @@ class ObsProvider:
     }
 
     def routes(self, bucket: ObsBucket) -> tuple[Route, ...]:
-        return endpoint_routes(bucket, (bucket.default_endpoint_host(),))
+        # A custom endpoint replaces OBS's name.
+        return bucket_routes(bucket, () if bucket.endpoint else (bucket.default_endpoint_host(),))
 
     def check_params(self, params: Mapping[str, str]) -> None:
         check_part_number(params)

@@ -18,11 +18,11 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from shim._errors import RequestError, SigningError
 from shim.providers._base import (
-    BucketBase,
+    EndpointBucket,
     Route,
     Strict,
+    bucket_routes,
     http_endpoint,
-    own_routes,
     resolve_env_values,
 )
 
@@ -112,7 +112,7 @@ class OssCredentials(Strict):
         return endpoint
 
 
-class OssBucket(BucketBase):
+class OssBucket(EndpointBucket):
     """An OSS bucket: BUCKET.oss-REGION.aliyuncs.com, or on ``endpoint``."""
 
     provider: Literal["oss"]
@@ -127,14 +127,8 @@ class OssBucket(BucketBase):
     )
     credentials: OssCredentials = OssCredentials()
 
-    @property
-    def name(self) -> str:
-        return self.bucket
-
-    def endpoint_url(self, client_scheme: str) -> str:
-        if self.endpoint is not None:
-            return self.endpoint
-        return f"{self.origin_scheme(client_scheme)}://oss-{self.region}.aliyuncs.com"
+    def default_endpoint_host(self) -> str:
+        return f"oss-{self.region}.aliyuncs.com"
 
     @field_validator("bucket")
     @classmethod
@@ -151,11 +145,6 @@ class OssBucket(BucketBase):
     def _region_is_bare(cls, value: str | None) -> str | None:
         # "oss-cn-hangzhou" (ali-oss's spelling) and "cn-hangzhou" are the same region.
         return value.removeprefix("oss-") if value else value
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint_is_http_url(cls, value: str | None) -> str | None:
-        return http_endpoint(value)
 
     @model_validator(mode="after")
     def _region_or_endpoint(self) -> Self:
@@ -268,19 +257,14 @@ class OssProvider:
     }
 
     def routes(self, bucket: OssBucket) -> tuple[Route, ...]:
-        name = bucket.bucket
         hosts = ["oss-accelerate.aliyuncs.com", "oss-accelerate-overseas.aliyuncs.com"]
         if bucket.region:
             hosts[:0] = [
                 f"oss-{bucket.region}.aliyuncs.com",
                 f"oss-{bucket.region}-internal.aliyuncs.com",
             ]
-        routes = [*own_routes(bucket), *(Route(f"{name}.{host}", None, "/") for host in hosts)]
-        if bucket.endpoint is not None:
-            base = Route.of(bucket.endpoint)
-            routes.append(Route(f"{name}.{base.host}", base.port, "/"))
-            routes.append(Route(base.host, base.port, f"/{name}/"))
-        return tuple(routes)
+        # OSS's own endpoints serve virtual-hosted URLs only; a custom one takes both styles.
+        return bucket_routes(bucket, hosts, path_style=False)
 
     def check_params(self, params: Mapping[str, str]) -> None:
         """OSS reads every object parameter as given."""

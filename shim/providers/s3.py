@@ -13,15 +13,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 import boto3
 import botocore.config
 import botocore.exceptions
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from shim._errors import RequestError, SigningError
 from shim.providers._base import (
-    BucketBase,
+    EndpointBucket,
     Route,
     Strict,
-    http_endpoint,
-    own_routes,
+    bucket_routes,
     resolve_env_values,
 )
 
@@ -90,41 +89,13 @@ class S3Credentials(Strict):
         return self
 
 
-class S3Compatible(BucketBase):
+class S3Compatible(EndpointBucket):
     """A bucket of a store that verifies S3's signatures."""
 
     bucket: str = Field(min_length=1, max_length=255)
     region: str = "us-east-1"
-    endpoint: str | None = Field(
-        default=None,
-        description="the store's endpoint URL; absent means the provider's regional endpoint",
-    )
     addressing_style: Literal["auto", "virtual", "path"] = "auto"
     credentials: S3Credentials = S3Credentials()
-
-    @property
-    def name(self) -> str:
-        return self.bucket
-
-    def default_endpoint_host(self) -> str:
-        raise NotImplementedError
-
-    def endpoint_url(self, client_scheme: str) -> str:
-        if self.endpoint is not None:
-            return self.endpoint
-        return f"{self.origin_scheme(client_scheme)}://{self.default_endpoint_host()}"
-
-    @field_validator("bucket")
-    @classmethod
-    def _bucket_is_one_name(cls, value: str) -> str:
-        if "/" in value or value != value.strip():
-            raise ValueError("a bucket name has no '/' and no surrounding spaces")
-        return value
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint_is_http_url(cls, value: str | None) -> str | None:
-        return http_endpoint(value)
 
 
 class S3Bucket(S3Compatible):
@@ -134,21 +105,6 @@ class S3Bucket(S3Compatible):
 
     def default_endpoint_host(self) -> str:
         return f"s3.{self.region}.amazonaws.com"
-
-
-def endpoint_routes(bucket: S3Compatible, endpoint_hosts: tuple[str, ...]) -> tuple[Route, ...]:
-    """Virtual-hosted (BUCKET.HOST/KEY) and path-style (HOST/BUCKET/KEY) routes on each endpoint
-    host (a default port), or on the configured endpoint alone."""
-    bases = (
-        (Route.of(bucket.endpoint),)
-        if bucket.endpoint is not None
-        else tuple(Route(host, None, "/") for host in endpoint_hosts)
-    )
-    routes = list(own_routes(bucket))
-    for base in bases:
-        routes.append(Route(f"{bucket.bucket.lower()}.{base.host}", base.port, "/"))
-        routes.append(Route(base.host, base.port, f"{base.prefix}{bucket.bucket}/"))
-    return tuple(routes)
 
 
 def check_part_number(params: Mapping[str, str]) -> None:
@@ -275,15 +231,14 @@ class S3Provider:
     def routes(self, bucket: S3Bucket) -> tuple[Route, ...]:
         # Every spelling AWS accepts for a regional endpoint, plus the legacy global one.
         region = bucket.region
-        return endpoint_routes(
-            bucket,
-            (
-                f"s3.{region}.amazonaws.com",
-                f"s3-{region}.amazonaws.com",
-                f"s3.dualstack.{region}.amazonaws.com",
-                "s3.amazonaws.com",
-            ),
+        hosts = (
+            f"s3.{region}.amazonaws.com",
+            f"s3-{region}.amazonaws.com",
+            f"s3.dualstack.{region}.amazonaws.com",
+            "s3.amazonaws.com",
         )
+        # A custom endpoint replaces AWS's names.
+        return bucket_routes(bucket, () if bucket.endpoint else hosts)
 
     def check_params(self, params: Mapping[str, str]) -> None:
         check_part_number(params)
