@@ -9,12 +9,23 @@ another URL lifetime), so two nodes never send the same signed URL.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, put_blob, start_azurite
+from tests.support.gcs_gateway import (
+    TEST_SERVICE_ACCOUNT_FILE,
+    ServiceAccount,
+    account_json,
+    load_service_account,
+    start_gateway,
+)
 from tests.support.relay import Relay, request_target
 from tests.support.servers import REGION, put_object, s3_client, start_s3rver
 
@@ -33,7 +44,7 @@ class Origin:
     relay: Relay
     prefix: str  # the raw URL path before a key: /BUCKET/, /ACCOUNT/CONTAINER/...
     signature_param: str  # the query parameter holding the signature itself
-    put: Callable[[str, bytes], None]  # stores bytes at a (decoded) key
+    put: Callable[[str, bytes], object]  # stores bytes at a (decoded) key
     buckets: tuple[dict[str, Any], ...]  # one bucket config per node, each signing differently
 
     def url(self, raw_key: str) -> str:
@@ -67,6 +78,7 @@ def obs_origin(workdir: Path, bucket: str = "models") -> Iterator[Origin]:
         buckets = tuple(
             {
                 "provider": "obs",
+                "alias": "obs",  # one shim holds every store's bucket
                 "bucket": bucket,
                 "endpoint": relay.endpoint,
                 "region": REGION,
@@ -90,7 +102,82 @@ def obs_origin(workdir: Path, bucket: str = "models") -> Iterator[Origin]:
         )
 
 
+@contextlib.contextmanager
+def azure_origin(workdir: Path, container: str = "models") -> Iterator[Origin]:
+    """Azure Blob against azurite (its emulator-style account URL); every node signs a service
+    SAS with the account's key, each with its own lifetime (`se`)."""
+    with start_azurite(workdir) as server, Relay(server.host, server.port) as relay:
+        buckets = tuple(
+            {
+                "provider": "azure",
+                "alias": "azure",  # one shim holds every store's bucket
+                "account": ACCOUNT,
+                "container": container,
+                "endpoint": f"{relay.endpoint}/{ACCOUNT}",
+                "presign_expires": node_expires(node),
+                "credentials": {"source": "static", "account_key": ACCOUNT_KEY},
+            }
+            for node in range(NODES)
+        )
+        yield Origin(
+            provider="azure",
+            relay=relay,
+            prefix=f"/{ACCOUNT}/{container}/",
+            signature_param="sig",
+            put=lambda key, body: put_blob(server, container, key, body),
+            buckets=buckets,
+        )
+
+
+@contextlib.contextmanager
+def gcs_origin(workdir: Path, bucket: str = "models") -> Iterator[Origin]:
+    """Google Cloud Storage against the V4-verifying gateway; node 0 signs with the test
+    service account's key file, every other node with a service account of its own."""
+    first = load_service_account(TEST_SERVICE_ACCOUNT_FILE)
+    others = [
+        ServiceAccount(
+            f"node-{node}@{first.project_id}.iam.gserviceaccount.com",
+            first.project_id,
+            f"{node:040x}",
+            rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        )
+        for node in range(1, NODES)
+    ]
+    credentials = [
+        {"source": "file", "service_account_file": str(TEST_SERVICE_ACCOUNT_FILE)},
+        *(
+            {"source": "static", "service_account_json": json.dumps(account_json(account))}
+            for account in others
+        ),
+    ]
+    with (
+        start_gateway(workdir, [first, *others]) as gateway,
+        Relay("127.0.0.1", gateway.port) as relay,
+    ):
+        buckets = tuple(
+            {
+                "provider": "gcs",
+                "alias": "gcs",  # one shim holds every store's bucket
+                "bucket": bucket,
+                "endpoint": relay.endpoint,
+                "presign_expires": node_expires(node),
+                "credentials": credentials[node],
+            }
+            for node in range(NODES)
+        )
+        yield Origin(
+            provider="gcs",
+            relay=relay,
+            prefix=f"/{bucket}/",
+            signature_param="X-Goog-Signature",
+            put=lambda key, body: gateway.put(bucket, key, body),
+            buckets=buckets,
+        )
+
+
 # The stores the end-to-end tests run against, by provider name.
 ORIGINS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Origin]]] = {
+    "azure": azure_origin,
+    "gcs": gcs_origin,
     "obs": obs_origin,
 }
