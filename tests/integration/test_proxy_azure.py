@@ -24,6 +24,7 @@ from tests.support.azurite import (
     start_azurite,
 )
 from tests.support.http import direct, via_proxy
+from tests.support.keys import AWKWARD_KEYS
 from tests.support.procs import free_port
 from tests.support.shim_process import ShimProcess, start_shim
 from tests.support.tls import make_pki
@@ -35,15 +36,7 @@ CONTAINER = "models"
 WRONG_KEY_CONTAINER = "wrong-key"
 WRONG_KEY = base64.b64encode(b"a well-formed key, not the account's").decode()
 
-AWKWARD_NAMES = [
-    "with space.mar",
-    "plus+sign.mar",
-    "percent%25and%.mar",
-    "equals=and&amp.mar",
-    "naïve-模型-ü.mar",
-    "nested/dir with space/model.mar",
-    "question?mark.mar",
-]
+AWKWARD_NAMES = AWKWARD_KEYS
 
 
 def azure_bucket_config(endpoint: str, container: str = CONTAINER, **fields: Any) -> dict[str, Any]:

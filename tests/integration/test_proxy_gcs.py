@@ -27,6 +27,7 @@ from tests.support.gcs_gateway import (
     start_gateway,
 )
 from tests.support.http import direct, via_proxy
+from tests.support.keys import AWKWARD_KEYS
 from tests.support.procs import free_port
 from tests.support.shim_process import ShimProcess, start_shim
 
@@ -52,17 +53,7 @@ PRIVATE_KEY_LINES = [
     for key_json in (KEY_JSON, FORGED_KEY_JSON)
     for line in json.loads(key_json)["private_key"].splitlines()[1:-1]
 ]
-AWKWARD_KEYS = [
-    "plain.mar",
-    "with space.mar",
-    "plus+sign.mar",
-    "percent%25and%.mar",
-    "equals=and&amp.mar",
-    "naïve-模型-ü.mar",
-    "nested/dir with space/model.mar",
-    "question?mark.mar",
-    "tilde~quote'paren(1)*!$,;:@.mar",
-]
+AWKWARD_KEYS = AWKWARD_KEYS
 
 
 def gcs_bucket(gateway: GcsGateway, bucket: str = BUCKET, **fields: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.support.http import Reply, direct, via_proxy
+from tests.support.keys import AWKWARD_KEYS
 from tests.support.relay import RelayFactory
 from tests.support.servers import S3Server, put_object, s3_client, start_s3rver
 from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
@@ -69,16 +70,7 @@ def test_origin_refuses_unsigned_and_tampered_requests(s3rver: S3Server, bucket:
 
 # -- signing ----
 
-SPECIAL_KEYS = [
-    "plain.mar",
-    "with space.mar",
-    "plus+sign.mar",
-    "percent%25and%.mar",
-    "equals=and&amp.mar",
-    "naïve-模型-ü.mar",
-    "nested/dir with space/model.mar",
-    "question?mark.mar",
-]
+SPECIAL_KEYS = AWKWARD_KEYS
 
 
 @pytest.mark.parametrize("key", SPECIAL_KEYS)

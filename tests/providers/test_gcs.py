@@ -36,25 +36,14 @@ from tests.support.gcs_gateway import (
     start_gateway,
 )
 from tests.support.http import direct
+from tests.support.keys import AWKWARD_KEYS
 
 BUCKET = "models"
 ACCOUNT = load_service_account(TEST_SERVICE_ACCOUNT_FILE)
 KEY_JSON = TEST_SERVICE_ACCOUNT_FILE.read_text()
 PRIVATE_KEY_LINE = json.loads(KEY_JSON)["private_key"].splitlines()[1]
 # Every character class GCS allows in a name and URLs escape differently.
-AWKWARD_KEYS = [
-    "plain.mar",
-    "with space.mar",
-    "plus+sign.mar",
-    "percent%25and%.mar",
-    "equals=and&amp.mar",
-    "naïve-模型-ü.mar",
-    "nested/dir with space/model.mar",
-    "question?mark.mar",
-    "tilde~quote'paren(1)*!$,;:@.mar",
-    "//leading/slashes",
-    "trailing/",
-]
+AWKWARD_KEYS = (*AWKWARD_KEYS, "//leading/slashes", "trailing/")
 
 
 def _bucket(**fields: Any) -> GcsBucket:
