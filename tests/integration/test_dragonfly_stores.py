@@ -66,12 +66,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield Cluster(origins, shims)
 
 
-def tampered(target: str, param: str) -> str:
-    """`target` with one character of its `param` value changed (a letter or digit, so the value
-    keeps its form and only the signature is wrong)."""
-    start = target.index(f"{param}=") + len(param) + 1
-    at = next(i for i in range(start, len(target)) if target[i].isalnum())
-    return target[:at] + ("B" if target[at] == "A" else "A") + target[at + 1 :]
+def tampered(target: str, params: tuple[str, ...]) -> str:
+    """`target` with one letter or digit of its signature (the value of one of `params`)
+    changed: the value keeps its form, only the signature is wrong."""
+    path, _, query = target.partition("?")
+    pairs = query.split("&")
+    at = next(i for i, pair in enumerate(pairs) if pair.partition("=")[0] in params)
+    name, _, value = pairs[at].partition("=")
+    char = next(i for i, c in enumerate(value) if c.isalnum())
+    new = "B" if value[char] == "A" else "A"
+    pairs[at] = f"{name}={value[:char]}{new}{value[char + 1 :]}"
+    return f"{path}?{'&'.join(pairs)}"
 
 
 @pytest.mark.parametrize("provider", sorted(ORIGINS))
@@ -106,6 +111,6 @@ def test_two_nodes_signing_differently_share_one_task_and_one_origin_copy(
     # it is refused.
     signed = request_target(origin.relay.request_heads[0])
     assert direct(f"{origin.relay.endpoint}{signed}").body == body
-    forged = direct(f"{origin.relay.endpoint}{tampered(signed, origin.signature_param)}")
+    forged = direct(f"{origin.relay.endpoint}{tampered(signed, origin.signature_params)}")
     assert forged.status == 403
     assert direct(url).status == 403

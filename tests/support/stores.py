@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.support import oss_gateway
 from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, put_blob, start_azurite
 from tests.support.gcs_gateway import (
     TEST_SERVICE_ACCOUNT_FILE,
@@ -43,7 +44,7 @@ class Origin:
     provider: str
     relay: Relay
     prefix: str  # the raw URL path before a key: /BUCKET/, /ACCOUNT/CONTAINER/...
-    signature_param: str  # the query parameter holding the signature itself
+    signature_params: tuple[str, ...]  # the query parameters holding the signature itself
     put: Callable[[str, bytes], object]  # stores bytes at a (decoded) key
     buckets: tuple[dict[str, Any], ...]  # one bucket config per node, each signing differently
 
@@ -55,8 +56,9 @@ class Origin:
         """The signatures of the requests the origin was sent (the first of each connection)."""
         found: set[str] = set()
         for head in self.relay.request_heads:
-            values = parse_qs(urlsplit(request_target(head)).query).get(self.signature_param)
-            found.update(values or ())
+            query = parse_qs(urlsplit(request_target(head)).query)
+            for param in self.signature_params:
+                found.update(query.get(param, ()))
         return found
 
 
@@ -96,7 +98,7 @@ def obs_origin(workdir: Path, bucket: str = "models") -> Iterator[Origin]:
             provider="obs",
             relay=relay,
             prefix=f"/{bucket}/",
-            signature_param="X-Amz-Signature",
+            signature_params=("X-Amz-Signature",),
             put=lambda key, body: put_object(client, bucket, key, body),
             buckets=buckets,
         )
@@ -123,7 +125,7 @@ def azure_origin(workdir: Path, container: str = "models") -> Iterator[Origin]:
             provider="azure",
             relay=relay,
             prefix=f"/{ACCOUNT}/{container}/",
-            signature_param="sig",
+            signature_params=("sig",),
             put=lambda key, body: put_blob(server, container, key, body),
             buckets=buckets,
         )
@@ -169,7 +171,49 @@ def gcs_origin(workdir: Path, bucket: str = "models") -> Iterator[Origin]:
             provider="gcs",
             relay=relay,
             prefix=f"/{bucket}/",
-            signature_param="X-Goog-Signature",
+            signature_params=("X-Goog-Signature",),
+            put=lambda key, body: gateway.put(bucket, key, body),
+            buckets=buckets,
+        )
+
+
+@contextlib.contextmanager
+def oss_origin(workdir: Path, bucket: str = "models") -> Iterator[Origin]:
+    """Aliyun OSS against the verifying gateway; node 0 signs V4 with an access key, every
+    other node V1 (no region) with an STS key and its security token."""
+    static = {
+        "source": "static",
+        "access_key_id": oss_gateway.ACCESS_KEY_ID,
+        "access_key_secret": oss_gateway.ACCESS_KEY_SECRET,
+    }
+    sts = {
+        "source": "static",
+        "access_key_id": oss_gateway.STS_ACCESS_KEY_ID,
+        "access_key_secret": oss_gateway.STS_ACCESS_KEY_SECRET,
+        "security_token": oss_gateway.STS_TOKEN,
+    }
+    # A region makes shim sign V4; without one, V1.
+    signing: list[dict[str, Any]] = [
+        {"region": oss_gateway.REGION, "credentials": static},
+        *({"credentials": sts} for _ in range(1, NODES)),
+    ]
+    with oss_gateway.OssGateway(workdir) as gateway, Relay("127.0.0.1", gateway.port) as relay:
+        buckets = tuple(
+            {
+                "provider": "oss",
+                "alias": "oss",
+                "bucket": bucket,
+                "endpoint": relay.endpoint,
+                "presign_expires": node_expires(node),
+                **signing[node],
+            }
+            for node in range(NODES)
+        )
+        yield Origin(
+            provider="oss",
+            relay=relay,
+            prefix=f"/{bucket}/",
+            signature_params=("x-oss-signature", "Signature"),
             put=lambda key, body: gateway.put(bucket, key, body),
             buckets=buckets,
         )
@@ -180,4 +224,5 @@ ORIGINS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Origin]]] 
     "azure": azure_origin,
     "gcs": gcs_origin,
     "obs": obs_origin,
+    "oss": oss_origin,
 }
