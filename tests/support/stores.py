@@ -35,6 +35,7 @@ from tests.support.servers import REGION, put_object, s3_client, start_s3rver
 BASE_EXPIRES = 3600
 NODE_EXPIRES_STEP = 600
 NODES = 2
+BUCKET = "models"  # the bucket (Azure: container) of every store
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def node_expires(node: int) -> int:
 
 
 @contextlib.contextmanager
-def obs_origin(workdir: Path, bucket: str = "models") -> Iterator[Origin]:
+def obs_origin(workdir: Path) -> Iterator[Origin]:
     """Huawei OBS URLs (path-style on a custom endpoint) against the strict s3rver; each node
     signs with its own key pair."""
     keys = [(f"NODE{node}KEY", f"node-{node}-secret") for node in range(NODES)]
@@ -76,12 +77,12 @@ def obs_origin(workdir: Path, bucket: str = "models") -> Iterator[Origin]:
         Relay(server.host, server.port) as relay,
     ):
         client = s3_client(server)
-        client.create_bucket(Bucket=bucket)
+        client.create_bucket(Bucket=BUCKET)
         buckets = tuple(
             {
                 "provider": "obs",
                 "alias": "obs",  # one shim holds every store's bucket
-                "bucket": bucket,
+                "bucket": BUCKET,
                 "endpoint": relay.endpoint,
                 "region": REGION,
                 "addressing_style": "path",
@@ -97,15 +98,15 @@ def obs_origin(workdir: Path, bucket: str = "models") -> Iterator[Origin]:
         yield Origin(
             provider="obs",
             relay=relay,
-            prefix=f"/{bucket}/",
+            prefix=f"/{BUCKET}/",
             signature_params=("X-Amz-Signature",),
-            put=lambda key, body: put_object(client, bucket, key, body),
+            put=lambda key, body: put_object(client, BUCKET, key, body),
             buckets=buckets,
         )
 
 
 @contextlib.contextmanager
-def azure_origin(workdir: Path, container: str = "models") -> Iterator[Origin]:
+def azure_origin(workdir: Path) -> Iterator[Origin]:
     """Azure Blob against azurite (its emulator-style account URL); every node signs a service
     SAS with the account's key, each with its own lifetime (`se`)."""
     with start_azurite(workdir) as server, Relay(server.host, server.port) as relay:
@@ -114,7 +115,7 @@ def azure_origin(workdir: Path, container: str = "models") -> Iterator[Origin]:
                 "provider": "azure",
                 "alias": "azure",  # one shim holds every store's bucket
                 "account": ACCOUNT,
-                "container": container,
+                "container": BUCKET,
                 "endpoint": f"{relay.endpoint}/{ACCOUNT}",
                 "presign_expires": node_expires(node),
                 "credentials": {"source": "static", "account_key": ACCOUNT_KEY},
@@ -124,15 +125,15 @@ def azure_origin(workdir: Path, container: str = "models") -> Iterator[Origin]:
         yield Origin(
             provider="azure",
             relay=relay,
-            prefix=f"/{ACCOUNT}/{container}/",
+            prefix=f"/{ACCOUNT}/{BUCKET}/",
             signature_params=("sig",),
-            put=lambda key, body: put_blob(server, container, key, body),
+            put=lambda key, body: put_blob(server, BUCKET, key, body),
             buckets=buckets,
         )
 
 
 @contextlib.contextmanager
-def gcs_origin(workdir: Path, bucket: str = "models") -> Iterator[Origin]:
+def gcs_origin(workdir: Path) -> Iterator[Origin]:
     """Google Cloud Storage against the V4-verifying gateway; node 0 signs with the test
     service account's key file, every other node with a service account of its own."""
     first = load_service_account(TEST_SERVICE_ACCOUNT_FILE)
@@ -160,7 +161,7 @@ def gcs_origin(workdir: Path, bucket: str = "models") -> Iterator[Origin]:
             {
                 "provider": "gcs",
                 "alias": "gcs",  # one shim holds every store's bucket
-                "bucket": bucket,
+                "bucket": BUCKET,
                 "endpoint": relay.endpoint,
                 "presign_expires": node_expires(node),
                 "credentials": credentials[node],
@@ -170,15 +171,15 @@ def gcs_origin(workdir: Path, bucket: str = "models") -> Iterator[Origin]:
         yield Origin(
             provider="gcs",
             relay=relay,
-            prefix=f"/{bucket}/",
+            prefix=f"/{BUCKET}/",
             signature_params=("X-Goog-Signature",),
-            put=lambda key, body: gateway.put(bucket, key, body),
+            put=lambda key, body: gateway.put(BUCKET, key, body),
             buckets=buckets,
         )
 
 
 @contextlib.contextmanager
-def oss_origin(workdir: Path, bucket: str = "models") -> Iterator[Origin]:
+def oss_origin(workdir: Path) -> Iterator[Origin]:
     """Aliyun OSS against the verifying gateway; node 0 signs V4 with an access key, every
     other node V1 (no region) with an STS key and its security token."""
     static = {
@@ -202,7 +203,7 @@ def oss_origin(workdir: Path, bucket: str = "models") -> Iterator[Origin]:
             {
                 "provider": "oss",
                 "alias": "oss",
-                "bucket": bucket,
+                "bucket": BUCKET,
                 "endpoint": relay.endpoint,
                 "presign_expires": node_expires(node),
                 **signing[node],
@@ -212,9 +213,9 @@ def oss_origin(workdir: Path, bucket: str = "models") -> Iterator[Origin]:
         yield Origin(
             provider="oss",
             relay=relay,
-            prefix=f"/{bucket}/",
+            prefix=f"/{BUCKET}/",
             signature_params=("x-oss-signature", "Signature"),
-            put=lambda key, body: gateway.put(bucket, key, body),
+            put=lambda key, body: gateway.put(BUCKET, key, body),
             buckets=buckets,
         )
 
@@ -225,4 +226,12 @@ ORIGINS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Origin]]] 
     "gcs": gcs_origin,
     "obs": obs_origin,
     "oss": oss_origin,
+}
+
+# The store's own public names for node 0's bucket, which shim recognises besides the
+# configured endpoint and signs towards it: the URLs users paste. Azure's and OBS's configured
+# endpoint replaces the store's names.
+PUBLIC_PREFIXES = {
+    "gcs": f"https://storage.googleapis.com/{BUCKET}/",
+    "oss": f"https://{BUCKET}.oss-{oss_gateway.REGION}.aliyuncs.com/",
 }

@@ -666,3 +666,15 @@ def java_tool_options_from_shim_env(proxy_port: int, *, truststore: Path | None 
     prefix = "export JAVA_TOOL_OPTIONS="
     (line,) = [ln for ln in printed.splitlines() if ln.startswith(prefix)]
     return shlex.split(line.removeprefix(prefix))[0]
+
+
+def truststore_from_shim_ca(shim_config: Path, out_dir: Path) -> Path:
+    """The truststore ``shim ca`` writes for the shim run with `shim_config` (the JDK's CAs plus
+    the shim's interception CA, PKCS12), for https model URLs through CONNECT."""
+    subprocess.run(
+        [sys.executable, "-m", "shim", "ca", "--config", str(shim_config), "--out", str(out_dir)],
+        check=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+    )
+    return out_dir / "truststore.p12"
