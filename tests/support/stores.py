@@ -54,7 +54,9 @@ class Origin:
         return f"{self.relay.endpoint}{self.prefix}{raw_key}"
 
     def signatures_seen(self) -> set[str]:
-        """The signatures of the requests the origin was sent (the first of each connection)."""
+        """The signatures of the requests the origin was sent since the relay's counters were
+        reset: the first request of each connection only (the dfdaemon closes every one; a
+        client that keeps connections alive shows its first request alone)."""
         found: set[str] = set()
         for head in self.relay.request_heads:
             query = parse_qs(urlsplit(request_target(head)).query)
