@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import shlex
 import socket
 import subprocess
 import sys
@@ -163,6 +162,7 @@ def test_torchserve_registers_a_model_through_shim_and_dfdaemon(
     from tests.support.torchserve import (
         build_echo_archive,
         echo_reply,
+        java_tool_options_from_shim_env,
         require_torchserve,
         start_torchserve,
     )
@@ -170,13 +170,7 @@ def test_torchserve_registers_a_model_through_shim_and_dfdaemon(
     require_torchserve()
     archive = build_echo_archive(tmp_path / "archives")
     put_object(s3_client(cluster.origin), BUCKET, "echo.mar", archive.read_bytes())
-    printed = subprocess.run(
-        [sys.executable, "-m", "shim", "env", "--proxy",
-         f"127.0.0.1:{cluster.b.shim.proxy_port}", "--non-proxy-hosts", ""],
-        check=True, capture_output=True, text=True, cwd=REPO_ROOT,
-    ).stdout  # fmt: skip
-    (line,) = [ln for ln in printed.splitlines() if ln.startswith("export JAVA_TOOL_OPTIONS=")]
-    options = shlex.split(line.removeprefix("export JAVA_TOOL_OPTIONS="))[0]
+    options = java_tool_options_from_shim_env(cluster.b.shim.proxy_port)
     before = cluster.b.shim.metrics()
     with start_torchserve(tmp_path / "ts", java_tool_options=options) as ts:
         status, text = ts.register(cluster.url("echo.mar"))

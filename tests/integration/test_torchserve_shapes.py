@@ -11,7 +11,6 @@ its AWS host, which the shim maps to that origin through the bucket's `hosts`.
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ from tests.support.torchserve import (
     build_echo_archive,
     build_linear_archive,
     echo_reply,
+    java_tool_options_from_shim_env,
     require_torchserve,
     start_torchserve,
 )
@@ -106,17 +106,6 @@ def world(tmp_path_factory: pytest.TempPathFactory, s3rver: S3Server) -> Iterato
             )  # fmt: skip
 
 
-def java_options_from_shim_env(world: World) -> str:
-    """What `shim env` prints for TorchServe, taken as a user would copy it."""
-    printed = subprocess.run(
-        [sys.executable, "-m", "shim", "env", "--proxy", f"127.0.0.1:{world.shim.proxy_port}",
-         "--truststore", str(world.truststore), "--non-proxy-hosts", ""],
-        check=True, cwd=REPO_ROOT, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    (line,) = [ln for ln in printed.splitlines() if ln.startswith("export JAVA_TOOL_OPTIONS=")]
-    return shlex.split(line.removeprefix("export JAVA_TOOL_OPTIONS="))[0]
-
-
 @dataclass
 class Shape:
     start: Callable[[Path], TorchServe]
@@ -127,7 +116,9 @@ class Shape:
 
 def shape(world: World, name: str) -> Shape:
     if name == "explicit":
-        options = java_options_from_shim_env(world)
+        options = java_tool_options_from_shim_env(
+            world.shim.proxy_port, truststore=world.truststore
+        )
         return Shape(
             lambda wd: start_torchserve(wd, java_tool_options=options),
             lambda key: f"http://{BUCKET_HOST}/{key}",
