@@ -36,7 +36,7 @@ from tests.support.procs import Stoppable
 from tests.support.servers import REPO_ROOT
 
 # Google's cross-language conformance vectors and their (inactive, public) service account.
-VECTORS_DIR = REPO_ROOT.parent / "shared" / "vectors" / "gcs"
+VECTORS_DIR = REPO_ROOT / "tests" / "vectors" / "gcs"
 TEST_SERVICE_ACCOUNT_FILE = VECTORS_DIR / "service-account.json"
 CHUNK = 256 * 1024
 METADATA_FLAVOR = ("Metadata-Flavor", "Google")
