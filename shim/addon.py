@@ -59,7 +59,7 @@ from shim.metrics import Metrics
 from shim.providers import BucketConfig
 from shim.ranges import ByteRange, Unsatisfiable, parse_range
 from shim.redact import redact_url
-from shim.signing import CachedSigner, credential_problem, signers_for
+from shim.signing import CachedSigner, credential_problem_in_background, signers_for
 from shim.upstream import DfdaemonRoute
 
 log = logging.getLogger("shim")
@@ -203,7 +203,7 @@ class ShimAddon:
         rather than at its first download. Concurrent: a default chain may probe the network."""
         buckets = list(self._signers)
         reasons = await asyncio.gather(
-            *(asyncio.to_thread(credential_problem, self._signers[b]) for b in buckets)
+            *(credential_problem_in_background(self._signers[b]) for b in buckets)
         )
         for bucket, reason in zip(buckets, reasons, strict=True):
             self.metrics.bucket_credentials.labels(

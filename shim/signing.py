@@ -8,6 +8,8 @@ five minutes, so a URL handed out last still has minutes to run, and temporary c
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -79,3 +81,26 @@ def credential_problem(signer: CachedSigner) -> str | None:
     except SigningError as error:
         return str(error)
     return None
+
+
+async def credential_problem_in_background(signer: CachedSigner) -> str | None:
+    """``credential_problem`` in a daemon thread of its own: a check stuck on an unreachable
+    metadata service (up to tens of seconds outside its cloud) never delays the process's exit,
+    as a thread of asyncio's pool would (the loop waits for those when it closes)."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str | None] = loop.create_future()
+
+    def settle(reason: str | None) -> None:
+        if not answer.done():
+            answer.set_result(reason)
+
+    def run() -> None:
+        try:
+            reason = credential_problem(signer)
+        except Exception as error:  # an SDK failing in a way its signer did not foresee
+            reason = f"the credential check failed ({type(error).__name__})"
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, reason)
+
+    threading.Thread(target=run, name="shim-credential-check", daemon=True).start()
+    return await answer

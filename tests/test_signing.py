@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -9,7 +12,13 @@ import pytest
 from shim._errors import SigningError
 from shim.providers.s3 import S3Bucket
 from shim.recognize import ObjectRef
-from shim.signing import REUSE_AT_MOST, CachedSigner, credential_problem, signers_for
+from shim.signing import (
+    REUSE_AT_MOST,
+    CachedSigner,
+    credential_problem,
+    credential_problem_in_background,
+    signers_for,
+)
 
 BUCKET = S3Bucket(provider="s3", bucket="models")
 
@@ -122,3 +131,45 @@ def test_each_bucket_signs_for_its_own_lifetime_or_the_default(
     )
     url = signers_for([bucket], 3600)[bucket].sign(ObjectRef(bucket, "k", (), "https"), "GET")
     assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == [expires]
+
+
+def test_a_background_check_reports_the_reason() -> None:
+    reason = "no credentials found for bucket 'models'"
+    assert asyncio.run(credential_problem_in_background(CachedSigner(CountingSigner(), 60))) is None
+    problem = asyncio.run(
+        credential_problem_in_background(CachedSigner(CountingSigner(reason), 60))
+    )
+    assert problem == reason
+
+
+def test_an_unforeseen_failure_of_a_check_is_a_reason_too() -> None:
+    class Broken(CountingSigner):
+        def check(self) -> None:
+            raise KeyError("a field the SDK expected")
+
+    problem = asyncio.run(credential_problem_in_background(CachedSigner(Broken(), 60)))
+    assert problem == "the credential check failed (KeyError)"
+
+
+def test_a_stuck_check_never_holds_up_the_exit() -> None:
+    """Cancelled when shim stops, the check's thread is a daemon: the loop closes at once and
+    the interpreter does not wait for it."""
+    release = threading.Event()
+
+    class Stuck(CountingSigner):
+        def check(self) -> None:
+            release.wait(60)
+
+    async def start_and_stop() -> threading.Thread:
+        task = asyncio.create_task(credential_problem_in_background(CachedSigner(Stuck(), 60)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        (thread,) = [t for t in threading.enumerate() if t.name == "shim-credential-check"]
+        return thread
+
+    started = time.monotonic()
+    thread = asyncio.run(start_and_stop())
+    assert time.monotonic() - started < 5
+    assert thread.daemon and thread.is_alive()
+    release.set()
+    thread.join(5)
