@@ -10,9 +10,11 @@ Load it with ``shim run`` or ``mitmdump -s addons/shim_addon.py``.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import ipaddress
 import logging
 import os
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -24,18 +26,21 @@ from shim import limits
 from shim._errors import ConfigError, RequestError, ShimError, SigningError
 from shim.access import auth_required, client_allowed, credentials_valid
 from shim.admin import AdminServer
+from shim.cache.conditional import Preconditions
 from shim.cache.mapped import map_entry
 from shim.cache.server import (
     CACHE_STATUS_HEADER,
     ERROR_HEADER,
+    PRECONDITION_FAILED_BODY,
     REFUSAL_PATH,
     ROUTE_HEADER,
     TASK_ID_HEADER,
     TICKET_HEADER,
     CacheServer,
     Ticket,
-    entry_headers,
+    entry_kept,
     hit_headers,
+    plan_answer,
 )
 from shim.cache.store import CacheStore
 from shim.config import DfdaemonSettings, Settings, load_settings
@@ -57,7 +62,7 @@ from shim.dfdaemon import DragonflyOptions
 from shim.identity import TaskIdentity, filtered_params, identify
 from shim.metrics import Metrics
 from shim.providers import BucketConfig
-from shim.ranges import ByteRange, Unsatisfiable, parse_range
+from shim.ranges import ByteRange
 from shim.redact import redact_url
 from shim.signing import CachedSigner, credential_problem_in_background, signers_for
 from shim.upstream import DfdaemonRoute
@@ -471,29 +476,43 @@ class ShimAddon:
         ):
             return False
         meta = store.lookup(identity.task_id)
-        if meta is None or meta.size == 0:
+        if meta is None:
             return False
-        try:
-            byte_range = parse_range(flow.request.headers.get("Range"), meta.size)
-        except Unsatisfiable:
-            flow.response = http.Response.make(416, b"", {"Content-Range": f"bytes */{meta.size}"})
-            return True
-        store.pin(meta.key)
-        try:
-            body = map_entry(
-                store.data_path(meta.key),
-                byte_range or ByteRange(0, meta.size - 1),
-                lambda: store.unpin(meta.key),
-            )
-        except OSError:
-            store.unpin(meta.key)
-            return False  # gone since the lookup: the cache server fetches it again
-
-        headers = {**entry_headers(meta, byte_range), **hit_headers(meta.key)}
-        flow.response = http.Response.make(206 if byte_range else 200, b"", headers)
+        request = flow.request
+        answer = plan_answer(
+            request.method,
+            Preconditions.of(request.headers.get_all),
+            entry_kept(meta),
+            meta.size,
+            seen_at=meta.stored_at,
+        )
+        now = time.time()
+        # The headers the cache server's answers carry too: a hit is a hit whichever way.
+        headers = {
+            **answer.headers,
+            **hit_headers(meta, now),
+            "Date": email.utils.formatdate(now, usegmt=True),
+        }
+        body: memoryview | bytes = b""
+        if answer.status == 412:
+            body = PRECONDITION_FAILED_BODY
+        elif answer.sends_object and meta.size:
+            byte_range = answer.byte_range or ByteRange(0, meta.size - 1)
+            store.pin(meta.key)
+            try:
+                body = map_entry(
+                    store.data_path(meta.key), byte_range, lambda: store.unpin(meta.key)
+                )
+            except OSError:
+                store.unpin(meta.key)
+                return False  # gone since the lookup: the cache server fetches it again
+        flow.response = http.Response.make(answer.status, b"", headers)
         # raw_content is the body as mitmproxy sends it; a view avoids a copy of the object.
         flow.response.raw_content = body  # type: ignore[assignment]
-        flow.response.headers["Content-Length"] = str(len(body))
+        if answer.status == 304:
+            del flow.response.headers["Content-Length"]
+        elif not answer.sends_object:
+            flow.response.headers["Content-Length"] = str(len(body))
         self.metrics.cache_hits.inc()
         self.metrics.response_bytes.inc(len(body))
         return True

@@ -39,8 +39,21 @@ _READ_SIZE = 1 << 20
 MEMORY_WINDOW = 4 << 20
 # Times a fill whose write found the disk full evicts entries and writes again.
 _DISK_FULL_RETRIES = 3
-# Origin headers that describe the object itself and are kept with the entry.
-KEPT_HEADERS = ("Content-Type", "Content-Encoding", "ETag", "Last-Modified")
+# Origin headers that describe the object itself and are kept with the entry: validators first.
+KEPT_HEADERS = (
+    "ETag",
+    "Last-Modified",
+    "Content-Type",
+    "Content-Encoding",
+    "Cache-Control",
+    "Content-Disposition",
+    "Content-Language",
+    "Expires",
+)
+# Each store's user metadata, kept too, within bounds: an origin cannot make an entry unbounded.
+METADATA_PREFIXES = ("x-amz-meta-", "x-ms-meta-", "x-goog-meta-", "x-oss-meta-", "x-obs-meta-")
+MAX_METADATA_HEADERS = 64
+MAX_KEPT_BYTES = 16 * 1024  # names and values of every kept header
 
 
 class OriginStatus(ShimError):
@@ -338,6 +351,7 @@ class FillRunner:
                 content_encoding=kept.get("Content-Encoding"),
                 last_modified=kept.get("Last-Modified"),
                 stored_at=time.time(),
+                headers=kept,
             )
             self._store.commit(meta, fill.path, fill.reservation)
         elif not fill.in_memory:
@@ -425,8 +439,26 @@ def _error_kind(error: ShimError) -> str:
 
 
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The origin headers that describe the object, to keep with it and pass on."""
-    return {name: headers[name] for name in KEPT_HEADERS if name in headers}
+    """The origin headers that describe the object, to keep with it and pass on: the standard
+    ones, then user metadata, as many as the bounds allow (the rest is dropped, and logged)."""
+    wanted = [(name, headers[name]) for name in KEPT_HEADERS if name in headers]
+    metadata = [item for item in headers.items() if item[0].lower().startswith(METADATA_PREFIXES)]
+    kept: dict[str, str] = {}
+    room = MAX_KEPT_BYTES
+    for index, (name, value) in enumerate(wanted + metadata):
+        if index - len(wanted) >= MAX_METADATA_HEADERS or len(name) + len(value) > room:
+            continue
+        kept[name] = value
+        room -= len(name) + len(value)
+    if len(kept) < len(wanted) + len(metadata):
+        log.warning(
+            "kept %d of the origin's %d object headers (at most %d metadata headers, %d bytes)",
+            len(kept),
+            len(wanted) + len(metadata),
+            MAX_METADATA_HEADERS,
+            MAX_KEPT_BYTES,
+        )
+    return kept
 
 
 def part_headers(headers: Mapping[str, str]) -> dict[str, str]:

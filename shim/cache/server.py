@@ -1,7 +1,9 @@
 """The local cache server: where the proxy sends every embedded-cache request that it does
 not answer itself. It looks the object up, joins or starts the single-flight fill, and
-streams from the file as bytes arrive, honouring one Range. Listens on loopback only and
-serves only requests that carry the per-process token the proxy adds.
+streams from the file as bytes arrive, honouring one Range and the conditional headers (the
+same answers on a hit and on a miss, where the origin's headers decide as they arrive).
+Listens on loopback only and serves only requests that carry the per-process token the proxy
+adds.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,6 +20,14 @@ from aiohttp import web
 from cachetools import TTLCache
 
 from shim._errors import ShimError, UpstreamError
+from shim.cache.conditional import (
+    Preconditions,
+    Validators,
+    Verdict,
+    evaluate,
+    not_modified_headers,
+    range_applies,
+)
 from shim.cache.fill import (
     Fill,
     FillReader,
@@ -67,18 +78,74 @@ def object_headers(
     return headers
 
 
-def hit_headers(key: str) -> dict[str, str]:
-    return {CACHE_STATUS_HEADER: "HIT", TASK_ID_HEADER: key, ROUTE_HEADER: "cache"}
+def hit_headers(meta: EntryMeta, now: float) -> dict[str, str]:
+    """The cache headers of a hit: the entry's age in whole seconds (RFC 9111 section 5.1)."""
+    age = max(int(now - meta.stored_at), 0)
+    return {
+        CACHE_STATUS_HEADER: "HIT",
+        TASK_ID_HEADER: meta.key,
+        ROUTE_HEADER: "cache",
+        "Age": str(age),
+    }
 
 
-def entry_headers(meta: EntryMeta, byte_range: ByteRange | None) -> dict[str, str]:
+def entry_kept(meta: EntryMeta) -> dict[str, str]:
+    """The headers an entry serves; an entry stored before headers were kept has four."""
+    if meta.headers:
+        return dict(meta.headers)
     kept = {
-        "Content-Type": meta.content_type,
-        "Content-Encoding": meta.content_encoding,
         "ETag": meta.etag,
         "Last-Modified": meta.last_modified,
+        "Content-Type": meta.content_type,
+        "Content-Encoding": meta.content_encoding,
     }
-    return object_headers(kept, meta.size, byte_range)
+    return {name: value for name, value in kept.items() if value}
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a request for an object gets: a status, its headers, and the bytes that follow
+    (all of them for a 200, ``byte_range`` for a 206, none otherwise)."""
+
+    status: int
+    headers: dict[str, str]
+    byte_range: ByteRange | None = None
+
+    @property
+    def sends_object(self) -> bool:
+        return self.status in (200, 206)
+
+
+PRECONDITION_FAILED_BODY = b"shim: precondition failed\n"
+
+
+def plan_answer(
+    method: str,
+    conditions: Preconditions,
+    kept: Mapping[str, str],
+    size: int | None,
+    *,
+    seen_at: float,
+    part: bool = False,
+) -> Answer:
+    """The answer for an object with ``kept`` headers and ``size`` bytes (None: unknown), the
+    same on a hit and on a miss: its preconditions first, then one Range. ``seen_at``: when
+    its headers came from the origin. ``part``: one part of it (partNumber), which the origin
+    framed as a 206 with its Content-Range and which no Range applies to."""
+    validators = Validators(kept.get("ETag"), kept.get("Last-Modified"), seen_at)
+    verdict = evaluate(method, conditions, validators)
+    if verdict is Verdict.NOT_MODIFIED:
+        return Answer(304, not_modified_headers(kept))
+    if verdict is Verdict.PRECONDITION_FAILED:
+        return Answer(412, {"Content-Type": "text/plain"})
+    byte_range = None
+    if method == "GET" and size is not None and not part and range_applies(conditions, validators):
+        try:
+            byte_range = parse_range(conditions.range, size)
+        except Unsatisfiable:
+            return Answer(416, {"Content-Range": f"bytes */{size}"})
+    status = 206 if byte_range or part else 200
+    return Answer(status, object_headers(kept, size, byte_range), byte_range)
 
 
 def error_response(status: int, kind: str, message: str) -> web.Response:
@@ -127,6 +194,7 @@ class CacheServer:
         )
         self._fills = FillRunner(self.store, self._metrics, self._upstream, keep=self._keep)
         app = web.Application()
+        app.on_response_prepare.append(_drop_server_header)
         app.router.add_get("/", self._handle)
         app.router.add_route("*", REFUSAL_PATH, self._refuse)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -160,22 +228,20 @@ class CacheServer:
         if not isinstance(ticket, Ticket) or ticket.method != request.method:
             return error_response(403, "forbidden", "this port serves the shim proxy only")
         key = ticket.identity.task_id
+        conditions = Preconditions.of(lambda name: request.headers.getall(name, []))
         meta = self.store.lookup(key)
         if meta is not None:
             self._metrics.cache_hits.inc()
-            if request.method == "HEAD":
-                headers = {**entry_headers(meta, None), **hit_headers(key)}
-                return await _headers_only(request, 200, headers)
-            return await self._serve_entry(request, key, meta)
+            return await self._serve_entry(request, conditions, meta)
         if request.method == "HEAD":
-            return await self._head_origin(request, ticket)
+            return await self._head_origin(request, conditions, ticket)
         self._metrics.cache_misses.inc()
         assert self._fills is not None
         fill = self._fills.get_or_start(
             key, ticket.identity.url, ticket.signed_url, ticket.filtered
         )
         with fill.reader() as reader:
-            return await self._serve_fill(request, reader)
+            return await self._serve_fill(request, conditions, reader)
 
     async def _refuse(self, request: web.Request) -> web.StreamResponse:
         """Answer a refused request that carries a body, without reading a byte of it: the
@@ -188,65 +254,71 @@ class CacheServer:
         response.force_close()
         return response
 
-    async def _head_origin(self, request: web.Request, ticket: Ticket) -> web.StreamResponse:
+    async def _head_origin(
+        self, request: web.Request, conditions: Preconditions, ticket: Ticket
+    ) -> web.StreamResponse:
         """A HEAD for an object not in the cache: ask the origin; fill nothing."""
         assert self._upstream is not None
         key = ticket.identity.task_id
         try:
             reply = await self._upstream.open("HEAD", ticket.signed_url, ticket.filtered)
         except UpstreamError as error:
-            return _failure_response(error, key)
+            return _failure_response(error, key, "direct")
         reply.close()
+        cache = miss_headers(key, reply.route)
         try:
-            if reply.status == 200:
-                headers = object_headers(kept_headers(reply.headers), reply.content_length, None)
-            elif reply.status == 206:  # one part of the object (partNumber)
-                headers = object_headers(part_headers(reply.headers), reply.content_length, None)
-            else:
-                headers = OriginStatus(reply.status, reply.headers, b"", ticket.signed_url).headers
-                if reply.content_length is not None:
-                    headers["Content-Length"] = str(reply.content_length)
+            if reply.status in (200, 206):  # 206: one part of the object (partNumber)
+                part = reply.status == 206
+                kept = part_headers(reply.headers) if part else kept_headers(reply.headers)
+                answer = plan_answer(
+                    "HEAD", conditions, kept, reply.content_length, seen_at=time.time(), part=part
+                )
+                return await _send_answer(request, answer, cache)
+            headers = OriginStatus(reply.status, reply.headers, b"", ticket.signed_url).headers
         except UpstreamError as error:
-            return _failure_response(error, key)
-        headers.update(
-            {CACHE_STATUS_HEADER: "MISS", TASK_ID_HEADER: key, ROUTE_HEADER: reply.route}
-        )
+            return _failure_response(error, key, reply.route)
+        if reply.content_length is not None:
+            headers["Content-Length"] = str(reply.content_length)
+        headers.update(cache)
+        headers[ERROR_HEADER] = "origin_status"
         return await _headers_only(request, reply.status, headers)
 
     async def _serve_entry(
-        self, request: web.Request, key: str, meta: EntryMeta
+        self, request: web.Request, conditions: Preconditions, meta: EntryMeta
     ) -> web.StreamResponse:
-        try:
-            byte_range = parse_range(request.headers.get("Range"), meta.size)
-        except Unsatisfiable:
-            return _unsatisfiable(meta.size)
-        response = web.StreamResponse(status=206 if byte_range else 200)
-        response.headers.update(entry_headers(meta, byte_range))
-        response.headers.update(hit_headers(key))
-        with Fill.complete(key, self.store.data_path(key), meta.size).reader() as reader:
-            return await self._stream(request, response, reader, byte_range)
+        now = time.time()
+        answer = plan_answer(
+            request.method, conditions, entry_kept(meta), meta.size, seen_at=meta.stored_at
+        )
+        cache = hit_headers(meta, now)
+        if request.method == "HEAD" or not answer.sends_object:
+            return await _send_answer(request, answer, cache)
+        response = web.StreamResponse(status=answer.status, headers={**answer.headers, **cache})
+        with Fill.complete(meta.key, self.store.data_path(meta.key), meta.size).reader() as reader:
+            return await self._stream(request, response, reader, answer.byte_range)
 
-    async def _serve_fill(self, request: web.Request, reader: FillReader) -> web.StreamResponse:
+    async def _serve_fill(
+        self, request: web.Request, conditions: Preconditions, reader: FillReader
+    ) -> web.StreamResponse:
+        """Answer from a fill, as its origin's headers decide; whatever the answer, the fill
+        goes on (it belongs to no client) and becomes the entry."""
         fill = reader.fill
         await fill.headers_ready.wait()
         if fill.error is not None and not fill.headers_published:
-            return _failure_response(fill.error, fill.task_id)
-        try:
-            # A part (partNumber) goes out whole, as the origin framed it: a Range would be
-            # about the object, not the part.
-            byte_range = (
-                parse_range(request.headers.get("Range"), fill.size)
-                if fill.size is not None and fill.status == 200
-                else None
-            )
-        except Unsatisfiable:
-            return _unsatisfiable(fill.size or 0)
-        response = web.StreamResponse(status=206 if byte_range else fill.status)
-        response.headers.update(object_headers(fill.headers, fill.size, byte_range))
-        response.headers.update(
-            {CACHE_STATUS_HEADER: "MISS", TASK_ID_HEADER: fill.task_id, ROUTE_HEADER: fill.route}
+            return _failure_response(fill.error, fill.task_id, fill.route)
+        answer = plan_answer(
+            request.method,
+            conditions,
+            fill.headers,
+            fill.size,
+            seen_at=time.time(),
+            part=fill.status == 206,
         )
-        return await self._stream(request, response, reader, byte_range)
+        cache = miss_headers(fill.task_id, fill.route)
+        if not answer.sends_object:
+            return await _send_answer(request, answer, cache)
+        response = web.StreamResponse(status=answer.status, headers={**answer.headers, **cache})
+        return await self._stream(request, response, reader, answer.byte_range)
 
     async def _stream(
         self,
@@ -295,18 +367,35 @@ async def _headers_only(
     return response
 
 
-def _unsatisfiable(size: int) -> web.Response:
-    return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+async def _send_answer(
+    request: web.Request, answer: Answer, cache: Mapping[str, str]
+) -> web.StreamResponse:
+    """An answer with no object bytes: any answer to a HEAD, a 304, 412 or 416 to a GET."""
+    headers = {**answer.headers, **cache}
+    if answer.status == 412 and request.method == "GET":
+        return web.Response(status=412, body=PRECONDITION_FAILED_BODY, headers=headers)
+    return await _headers_only(request, answer.status, headers)
 
 
-def _failure_response(error: ShimError, key: str) -> web.Response:
+async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp's own name and version: no business of the client's, and absent from zero-copy
+    # hits, which would then differ from every other answer.
+    response.headers.popall("Server", None)
+
+
+def miss_headers(task_id: str, route: str) -> dict[str, str]:
+    return {CACHE_STATUS_HEADER: "MISS", TASK_ID_HEADER: task_id, ROUTE_HEADER: route}
+
+
+def _failure_response(error: ShimError, key: str, route: str) -> web.Response:
+    cache = miss_headers(key, route)
     if isinstance(error, OriginStatus):
         # The origin's own status, headers and body, so the client sees the real failure;
         # OriginStatus has redacted what they repeat of the signature.
         headers = {k: v for k, v in error.headers.items() if k != "Content-Encoding"}
-        headers.update({ERROR_HEADER: "origin_status", TASK_ID_HEADER: key})
+        headers.update({ERROR_HEADER: "origin_status", **cache})
         return web.Response(status=error.status, body=error.body, headers=headers)
     status = error.status if isinstance(error, UpstreamError) else 502
     response = error_response(status, "origin", str(error))
-    response.headers[TASK_ID_HEADER] = key
+    response.headers.update(cache)
     return response

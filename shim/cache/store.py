@@ -22,7 +22,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shim._errors import ShimError
@@ -50,6 +50,9 @@ class EntryMeta:
     content_encoding: str | None = None
     last_modified: str | None = None
     stored_at: float = 0.0
+    # Every header kept with the object, as served (the fields above are its validators);
+    # empty in entries stored before headers were kept, which serve those fields alone.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(eq=False, slots=True)
@@ -137,7 +140,13 @@ class CacheStore:
             meta = EntryMeta(**json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError):
             return None
-        valid = isinstance(meta.key, str) and isinstance(meta.size, int) and meta.size >= 0
+        valid = (
+            isinstance(meta.key, str)
+            and isinstance(meta.size, int)
+            and meta.size >= 0
+            and isinstance(meta.headers, dict)
+            and all(isinstance(v, str) for item in meta.headers.items() for v in item)
+        )
         return meta if valid and _KEY.fullmatch(meta.key) and path.stem == meta.key else None
 
     # -- lookup -----------------------------------------------------------------------------
