@@ -9,6 +9,7 @@ which only decides whether a Range is honoured (false: the whole object, 200).
 from __future__ import annotations
 
 import calendar
+import datetime
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -124,12 +125,12 @@ def parse_http_date(value: str) -> int | None:
         month, day, hour, minute, second, year = match.groups()
     else:
         return None
+    # A leap second (60) counts as the second before it.
+    second = str(min(int(second), 59))
     fields = (int(year), _MONTHS.index(month) + 1, int(day), int(hour), int(minute), int(second))
-    if not (1 <= fields[2] <= 31 and fields[3] < 24 and fields[4] < 60 and fields[5] < 61):
-        return None
     try:
-        return calendar.timegm((*fields, 0, 0, 0))
-    except (OverflowError, ValueError):
+        return calendar.timegm(datetime.datetime(*fields, tzinfo=datetime.UTC).timetuple())
+    except ValueError:  # no such day or time: 31 Feb, 25:00
         return None
 
 
