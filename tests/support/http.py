@@ -48,12 +48,19 @@ def via_proxy(
         conn.close()
 
 
-def direct(url: str, *, method: str = "GET", timeout: float = 30.0) -> Reply:
+def direct(
+    url: str,
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> Reply:
     """One request straight to ``url`` (no proxy), sent byte-exact."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
     try:
-        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""))
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request(method, target, headers=headers or {})
         response = conn.getresponse()
         return Reply(response.status, response.headers, response.read())
     finally:
