@@ -28,6 +28,7 @@ from shim.access import auth_required, client_allowed, credentials_valid
 from shim.admin import AdminServer
 from shim.cache.conditional import Preconditions
 from shim.cache.mapped import map_entry
+from shim.cache.revalidate import entry_due
 from shim.cache.server import (
     CACHE_STATUS_HEADER,
     ERROR_HEADER,
@@ -59,6 +60,7 @@ from shim.decide import (
     refuse_destination,
 )
 from shim.dfdaemon import DragonflyOptions
+from shim.freshness import FreshnessPolicy
 from shim.identity import TaskIdentity, filtered_params, identify
 from shim.metrics import Metrics
 from shim.providers import BucketConfig
@@ -360,10 +362,11 @@ class ShimAddon:
             "url": redact_url(flow.request.pretty_url),
             "task_id": identity.task_id,
         }
-        if flow.request.method == "GET" and self._reply_mapped(flow, identity):
+        policy = ref.bucket.freshness
+        if flow.request.method == "GET" and self._reply_mapped(flow, identity, policy):
             return
         assert self._cache is not None
-        ticket = Ticket(flow.request.method, signed, identity, filtered)
+        ticket = Ticket(flow.request.method, signed, identity, filtered, policy)
         self._route_to_cache(flow, "/", self._cache.issue_ticket(ticket))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -464,7 +467,9 @@ class ShimAddon:
             request.headers.pop(name, None)
         request.headers[TICKET_HEADER] = ticket_id
 
-    def _reply_mapped(self, flow: http.HTTPFlow, identity: TaskIdentity) -> bool:
+    def _reply_mapped(
+        self, flow: http.HTTPFlow, identity: TaskIdentity, policy: FreshnessPolicy
+    ) -> bool:
         """Answer a plain-HTTP/1 cache hit from a memory map; False when that does not apply."""
         assert self._cache is not None
         settings = self._settings()
@@ -476,6 +481,8 @@ class ShimAddon:
         ):
             return False
         meta = store.lookup(identity.task_id)
+        if meta is not None and entry_due(meta, policy, identity.url, time.time()):
+            return False  # the cache server checks it with the origin first
         if meta is None:
             return False
         request = flow.request
@@ -511,7 +518,7 @@ class ShimAddon:
         flow.response.raw_content = body  # type: ignore[assignment]
         if answer.status == 304:
             del flow.response.headers["Content-Length"]
-        elif not answer.sends_object:
+        else:
             flow.response.headers["Content-Length"] = str(len(body))
         self.metrics.cache_hits.inc()
         self.metrics.response_bytes.inc(len(body))

@@ -59,6 +59,14 @@ class Metrics:
             ["task_id"],
             registry=self.registry,
         )
+        self.revalidations = Counter(
+            "shim_revalidations",
+            "Checks of a cached object (or of the version a dfdaemon task names) with its "
+            "origin, by result (fresh, changed, gone, error: served stale or the origin's "
+            "answer passed on).",
+            ["result"],
+            registry=self.registry,
+        )
         self.cache_bytes = Gauge(
             "shim_cache_bytes", "Bytes held by the embedded cache.", registry=self.registry
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 import yarl
@@ -81,12 +81,26 @@ class Upstream:
         self._read_timeout = read_timeout
         self._dfdaemon = dfdaemon
 
-    async def open(self, method: str, signed_url: str, filtered: Sequence[str]) -> UpstreamReply:
-        """Send ``method`` for ``signed_url``; return once the response headers arrived."""
+    async def open(
+        self,
+        method: str,
+        signed_url: str,
+        filtered: Sequence[str],
+        *,
+        tag: str | None = None,
+        direct: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> UpstreamReply:
+        """Send ``method`` for ``signed_url``; return once the response headers arrived.
+        ``tag``: the dfdaemon task's tag (None: the configured one). ``direct``: to the origin
+        even with a dfdaemon, with ``headers`` added (a revalidation: a dfdaemon would answer
+        from its own copy)."""
         route = "direct"
         # dfdaemons put GETs only on the P2P network; anything else goes straight out.
-        if self._dfdaemon is not None and method == "GET":
+        if self._dfdaemon is not None and method == "GET" and not direct:
             dfdaemon = self._dfdaemon
+            if tag is not None:
+                dfdaemon = replace(dfdaemon, options=replace(dfdaemon.options, tag=tag))
             try:
                 return await self._retrying(
                     "dfdaemon", lambda: self._via_dfdaemon(dfdaemon, signed_url, filtered)
@@ -98,7 +112,9 @@ class Upstream:
                 self._metrics.dfdaemon_requests.labels(result="fallback").inc()
                 log.warning("%s; fetching from the origin directly", error)
                 route = "fallback"
-        return await self._retrying("origin", lambda: self._direct(method, signed_url, route))
+        return await self._retrying(
+            "origin", lambda: self._direct(method, signed_url, route, headers or {})
+        )
 
     async def _retrying(
         self, upstream: str, send: Callable[[], Awaitable[UpstreamReply]]
@@ -150,12 +166,14 @@ class Upstream:
             close=reply.close,
         )
 
-    async def _direct(self, method: str, signed_url: str, route: str) -> UpstreamReply:
+    async def _direct(
+        self, method: str, signed_url: str, route: str, headers: Mapping[str, str]
+    ) -> UpstreamReply:
         try:
             response = await self._session.request(
                 method,
                 yarl.URL(signed_url, encoded=True),
-                headers=self._headers,
+                headers={**self._headers, **headers},
                 allow_redirects=False,
             )
         except TimeoutError:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from shim._errors import ShimError, UpstreamError
 from shim.cache.store import CacheStore, DiskFull, EntryMeta, Reservation
+from shim.freshness import FreshnessPolicy, storable
 from shim.metrics import Metrics
 from shim.redact import redact_error_body, redact_url
 from shim.upstream import Upstream, UpstreamReply
@@ -105,6 +106,11 @@ class Fill:
         self.status = 200  # or 206: one part of the object (partNumber), never kept
         self.route = "direct"
         self.task_id = key  # replaced by the dfdaemon's own, when it reports one
+        # How to fetch (shim.freshness): whether an uncacheable answer is kept, the dfdaemon
+        # task's tag, and the origin's answer to start from (a revalidation saw a change).
+        self.policy = FreshnessPolicy()
+        self.tag: str | None = None
+        self.opened: UpstreamReply | None = None
         self.written = 0
         self.finished = False
         self.error: ShimError | None = None
@@ -273,11 +279,24 @@ class FillRunner:
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shim-md5")
 
     def get_or_start(
-        self, key: str, identity_url: str, signed_url: str, filtered: Sequence[str]
+        self,
+        key: str,
+        identity_url: str,
+        signed_url: str,
+        filtered: Sequence[str],
+        *,
+        policy: FreshnessPolicy | None = None,
+        tag: str | None = None,
+        opened: UpstreamReply | None = None,
     ) -> Fill:
+        """The fill of ``key``, started if none runs. ``opened``: the origin's answer to a
+        GET of ``signed_url`` to start from; closed when a fill already runs."""
         fill = self._fills.get(key)
+        if fill is not None and opened is not None:
+            opened.close()
         if fill is None:
             fill = Fill(key, identity_url, self._store.temp_path(key))
+            fill.policy, fill.tag, fill.opened = policy or fill.policy, tag, opened
             self._fills[key] = fill
             task = asyncio.create_task(
                 self._run(fill, signed_url, filtered), name=f"fill {key[:12]}"
@@ -320,7 +339,7 @@ class FillRunner:
 
     async def _fetch(self, fill: Fill, signed_url: str, filtered: Sequence[str]) -> None:
         """Fetch into ``fill``; keep it in the store when there is room and keeping is on."""
-        reply = await self._upstream.open("GET", signed_url, filtered)
+        reply = fill.opened or await self._upstream.open("GET", signed_url, filtered, tag=fill.tag)
         try:
             if reply.status not in (200, 206):
                 body = await reply.head_of_body()
@@ -330,7 +349,8 @@ class FillRunner:
             whole = reply.status == 200
             kept = kept_headers(reply.headers) if whole else part_headers(reply.headers)
             size = reply.content_length
-            self._find_room(fill, size, keepable=whole)
+            cache_control = reply.headers.get("Cache-Control")
+            self._find_room(fill, size, keepable=whole and storable(cache_control, fill.policy))
             fill.publish(size, kept, reply)
             digest = await self._copy_body(fill, reply)
         finally:

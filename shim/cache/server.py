@@ -37,8 +37,10 @@ from shim.cache.fill import (
     kept_headers,
     part_headers,
 )
+from shim.cache.revalidate import Revalidator
 from shim.cache.store import CacheStore, EntryMeta
 from shim.decide import Refuse
+from shim.freshness import DEFAULT_POLICY, FreshnessPolicy
 from shim.identity import TaskIdentity
 from shim.metrics import Metrics
 from shim.ranges import ByteRange, Unsatisfiable, parse_range
@@ -63,6 +65,7 @@ class Ticket:
     signed_url: str
     identity: TaskIdentity
     filtered: tuple[str, ...]  # the signature parameters, for the dfdaemon's filter headers
+    policy: FreshnessPolicy = DEFAULT_POLICY  # the bucket's (shim.freshness)
 
 
 def object_headers(
@@ -173,6 +176,7 @@ class CacheServer:
         self._keep = keep
         self._runner: web.AppRunner | None = None
         self._fills: FillRunner | None = None
+        self._revalidator: Revalidator | None = None
         self._upstream: Upstream | None = None
         self._session: aiohttp.ClientSession | None = None
         self.address: tuple[str, int] = ("127.0.0.1", 0)
@@ -193,6 +197,13 @@ class CacheServer:
             dfdaemon=self._dfdaemon,
         )
         self._fills = FillRunner(self.store, self._metrics, self._upstream, keep=self._keep)
+        self._revalidator = Revalidator(
+            self.store,
+            self._fills,
+            self._upstream,
+            self._metrics,
+            dragonfly_tag=self._dfdaemon.options.tag if self._dfdaemon else None,
+        )
         app = web.Application()
         app.on_response_prepare.append(_drop_server_header)
         app.router.add_get("/", self._handle)
@@ -207,6 +218,8 @@ class CacheServer:
         self._update_gauges()
 
     async def stop(self) -> None:
+        if self._revalidator is not None:
+            await self._revalidator.close()
         if self._fills is not None:
             await self._fills.close()
         if self._runner is not None:
@@ -230,6 +243,12 @@ class CacheServer:
         key = ticket.identity.task_id
         conditions = Preconditions.of(lambda name: request.headers.getall(name, []))
         meta = self.store.lookup(key)
+        assert self._revalidator is not None
+        if meta is not None and self._revalidator.due(meta, ticket):
+            checked = await self._revalidator.check_entry(meta, ticket)
+            if isinstance(checked, OriginStatus):
+                return _failure_response(checked, key, "direct")
+            meta = checked
         if meta is not None:
             self._metrics.cache_hits.inc()
             return await self._serve_entry(request, conditions, meta)
@@ -237,8 +256,16 @@ class CacheServer:
             return await self._head_origin(request, conditions, ticket)
         self._metrics.cache_misses.inc()
         assert self._fills is not None
+        tag = await self._revalidator.task_tag(ticket)
+        if isinstance(tag, OriginStatus):
+            return _failure_response(tag, key, "direct")
         fill = self._fills.get_or_start(
-            key, ticket.identity.url, ticket.signed_url, ticket.filtered
+            key,
+            ticket.identity.url,
+            ticket.signed_url,
+            ticket.filtered,
+            policy=ticket.policy,
+            tag=tag,
         )
         with fill.reader() as reader:
             return await self._serve_fill(request, conditions, reader)

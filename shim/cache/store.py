@@ -22,7 +22,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from shim._errors import ShimError
@@ -50,6 +50,7 @@ class EntryMeta:
     content_encoding: str | None = None
     last_modified: str | None = None
     stored_at: float = 0.0
+    validated_at: float = 0.0  # when the origin last confirmed it; 0: at stored_at
     # Every header kept with the object, as served (the fields above are its validators);
     # empty in entries stored before headers were kept, which serve those fields alone.
     headers: dict[str, str] = field(default_factory=dict)
@@ -250,15 +251,7 @@ class CacheStore:
         data_path = self.data_path(meta.key)
         _private_dir(data_path.parent)
         meta_path = data_path.with_suffix(".json")
-        meta_tmp = temp.with_name(f"{temp.name}.json")
-        try:
-            with os.fdopen(self.create_temp(meta_tmp), "w", encoding="utf-8") as out:
-                out.write(json.dumps(asdict(meta)))
-        except BaseException as error:
-            meta_tmp.unlink(missing_ok=True)
-            if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-                raise DiskFull("the cache's disk has no room for an entry's metadata") from None
-            raise
+        meta_tmp = self._meta_temp(meta, temp.with_name(f"{temp.name}.json"))
         self._drop(meta.key)
         # Metadata first: a data file without metadata is a leftover, never an entry.
         meta_tmp.replace(meta_path)
@@ -266,6 +259,44 @@ class CacheStore:
         self.release(reservation)
         self._entries[meta.key] = meta
         self.used += meta.size
+
+    def _meta_temp(self, meta: EntryMeta, path: Path) -> Path:
+        """Write ``meta`` to the new temporary file ``path``, to be moved in place."""
+        try:
+            with os.fdopen(self.create_temp(path), "w", encoding="utf-8") as out:
+                out.write(json.dumps(asdict(meta)))
+        except BaseException as error:
+            path.unlink(missing_ok=True)
+            if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+                raise DiskFull("the cache's disk has no room for an entry's metadata") from None
+            raise
+        return path
+
+    # -- freshness --------------------------------------------------------------------------
+    def revalidated(self, key: str, when: float) -> EntryMeta | None:
+        """Record that the origin confirmed entry ``key`` unchanged at ``when``; the updated
+        metadata, or None when the entry is gone. Kept in memory even if the disk is full."""
+        meta = self._entries.get(key)
+        if meta is None:
+            return None
+        meta = replace(meta, validated_at=when)
+        self._entries[key] = meta
+        temp = self.temp_path(key)
+        try:
+            self._meta_temp(meta, temp.with_name(f"{temp.name}.json")).replace(
+                self.data_path(key).with_suffix(".json")
+            )
+        except (OSError, DiskFull) as error:
+            log.warning("could not record the validation of %s: %s", meta.url, error)
+        return meta
+
+    def remove(self, key: str) -> bool:
+        """Remove entry ``key`` (its object changed or is gone); False if it was absent.
+        Readers that hold its file open finish on it: the unlinked file keeps its bytes until
+        the last of them closes it, and a new entry for ``key`` is a new file."""
+        present = key in self._entries
+        self._drop(key)
+        return present
 
     # -- eviction ---------------------------------------------------------------------------
     def _drop(self, key: str) -> None:

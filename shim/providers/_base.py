@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shim._errors import ConfigError
+from shim.freshness import DEFAULT_AFTER, FreshnessPolicy, RevalidateAfter
 
 if TYPE_CHECKING:
     from shim.recognize import ObjectRef
@@ -56,11 +57,24 @@ class BucketBase(Strict):
         description="more HOST[:PORT] names clients use for this bucket, with the key as the "
         "whole path (a custom domain, or the address a transparent redirect catches)",
     )
+    revalidate: RevalidateAfter = Field(
+        default=DEFAULT_AFTER,
+        description="when a cached object is checked with its origin again: always, never, "
+        "a duration (60s, 5m, seconds) or {after: DURATION} after the last check",
+    )
+    keep_uncacheable: bool = Field(
+        default=False,
+        description="keep objects the origin marks Cache-Control: no-store or private",
+    )
 
     @property
     def name(self) -> str:
         """The bucket (or container) name, as people say it."""
         raise NotImplementedError
+
+    @property
+    def freshness(self) -> FreshnessPolicy:
+        return FreshnessPolicy(self.revalidate, self.keep_uncacheable)
 
     @property
     def reverse_alias(self) -> str:
