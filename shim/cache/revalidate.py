@@ -176,7 +176,8 @@ class Revalidator:
             log.warning("%s: the origin is unreachable; the task keeps its tag", key[:12])
             return versioned_tag(tag, etag)
         verdict = judge(reply.status, etag, reply.headers.get("ETag"))
-        self._metrics.revalidations.labels(result=verdict.result).inc()
+        if known is not None or verdict is not Verdict.CHANGED:  # a first ETag is no change
+            self._metrics.revalidations.labels(result=verdict.result).inc()
         if verdict is Verdict.FRESH or verdict is Verdict.CHANGED:
             reply.close()
             etag = etag if verdict is Verdict.FRESH else reply.headers.get("ETag")
