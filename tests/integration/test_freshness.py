@@ -296,3 +296,50 @@ def test_two_nodes_see_an_overwrite_as_a_new_task_fetched_once(p2p: P2P) -> None
     for node in (p2p.a, p2p.b):
         assert node.metrics()['shim_revalidations_total{result="changed"}'] == 1
         assert node.metrics()["shim_cache_entries"] == 0  # the dfdaemon caches, not shim
+
+
+# -- through a real TorchServe -----------------------------------------------------------------
+
+
+@pytest.mark.torchserve
+def test_torchserve_registers_the_overwritten_archive(
+    tmp_path: Path, relay: Relay, bucket: S3Client
+) -> None:
+    from tests.support.torchserve import (
+        build_echo_archive,
+        echo_reply,
+        java_tool_options_from_shim_env,
+        require_torchserve,
+        start_torchserve,
+    )
+
+    require_torchserve()
+    # Two versions of one model archive: the same handler, different weights riding along.
+    archives = []
+    for version in (1, 2):
+        weights = tmp_path / f"weights-{version}" / "weights.bin"
+        weights.parent.mkdir()
+        weights.write_bytes(os.urandom(256 * 1024))
+        archive = build_echo_archive(tmp_path / f"v{version}", extra_files=[weights])
+        archives.append(archive.read_bytes())
+    v1, v2 = archives
+    put_object(bucket, BUCKET, "echo.mar", v1)
+    url = f"{relay.endpoint}/{BUCKET}/echo.mar"
+    with (
+        s3_shim(tmp_path, relay, revalidate=f"{PERIOD}s") as shim,
+        start_torchserve(
+            tmp_path / "ts", java_tool_options=java_tool_options_from_shim_env(shim.proxy_port)
+        ) as ts,
+    ):
+        status, text = ts.register(url)
+        assert status == 200, text
+        assert (ts.model_store / "echo.mar").read_bytes() == v1
+        assert ts.unregister("echo")[0] == 200
+        put_object(bucket, BUCKET, "echo.mar", v2)
+        time.sleep(PERIOD + 0.2)
+        status, text = ts.register(url)
+        assert status == 200, text
+        assert (ts.model_store / "echo.mar").read_bytes() == v2
+        assert ts.scale("echo")[0] == 200
+        assert ts.predict("echo", b"v2") == (200, echo_reply(b"v2"))
+        assert revalidations(shim, "changed") == 1
