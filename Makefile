@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= $(shell scripts/find-python)
 
-.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-load bench-faults bench-signing mutate fuzz clean
+.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-load bench-faults bench-signing bench-revalidate mutate fuzz clean
 
 run: $(VENV)/.installed
 	$(BIN)/shim run $(ARGS)
@@ -51,6 +51,9 @@ bench-faults: $(VENV)/.dev-installed tests/servers/node_modules/.installed
 # Signing overhead per request and provider, cold and cached (a few seconds, no network).
 bench-signing: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.bench_signing $(ARGS)
+
+bench-revalidate: $(VENV)/.dev-installed tests/servers/node_modules/.installed
+	$(BIN)/python -m bench.bench_revalidate $(ARGS)
 
 # Mutation testing, outside CI (over an hour on 2 cores): mutmut mutates shim/cache,
 # decide, access and the addon in a copy (mutants/) and runs their fast tests against each mutant.

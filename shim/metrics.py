@@ -40,6 +40,13 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.integrity = Counter(
+            "shim_integrity",
+            "Objects fetched, by how their body compared with the origin's checksum (verified, "
+            "mismatch, unchecked) and kind (the checksum, or why none could be checked).",
+            ["result", "kind"],
+            registry=self.registry,
+        )
         self.origin_retries = Counter(
             "shim_origin_retries",
             "Requests sent again after the connection failed before any response byte, by "

@@ -3,7 +3,8 @@
 A fill streams the origin's body into a temporary file and tells its readers as bytes
 arrive, so each client streams at the origin's pace. It belongs to no client: a client that
 goes away does not cancel it. It becomes a cache entry only when every byte promised by
-Content-Length arrived and, where the ETag is a plain MD5, the digest matches.
+Content-Length arrived and the body matches the strongest checksum the origin offered for it
+(``shim.cache.integrity``); every reader's last byte waits for that check.
 
 With no room on disk, not even for a temporary file, a fill streams through memory instead:
 a bounded window of the body that the readers waiting for it share, the origin held back to
@@ -16,16 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hashlib
 import logging
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shim._errors import ShimError, UpstreamError
+from shim.cache.integrity import Mismatch, Outcome, Unchecked, Verifier, offered
 from shim.cache.store import CacheStore, DiskFull, EntryMeta, Reservation
 from shim.freshness import FreshnessPolicy, storable
 from shim.metrics import Metrics
@@ -34,10 +34,11 @@ from shim.upstream import Upstream, UpstreamReply
 
 log = logging.getLogger("shim.cache")
 
-_MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')
 _READ_SIZE = 1 << 20
 # Body bytes a fill streaming through memory holds at most (plus one chunk of the origin's).
 MEMORY_WINDOW = 4 << 20
+# The cursor of a reader that needs nothing more from a fill's window.
+_PAST_THE_WINDOW = 1 << 62
 # Times a fill whose write found the disk full evicts entries and writes again.
 _DISK_FULL_RETRIES = 3
 # Origin headers that describe the object itself and are kept with the entry: validators first.
@@ -184,6 +185,10 @@ class Fill:
         while self.readable <= offset and not self.finished and self.error is None:
             await self._changed.wait()
 
+    async def wait_ended(self) -> None:
+        while not self.finished and self.error is None:
+            await self._changed.wait()
+
     async def hold(self, chunk: bytes) -> None:
         """Add ``chunk`` to the window of a fill streaming through memory, once the slowest
         reader made room for it. Raises ReadersGone when no reader is left."""
@@ -237,13 +242,17 @@ class FillReader:
         """The next bytes from ``position`` (up to ``stop``, None: the end) once readable;
         b"" at the end of the object. TransferAborted when the body cannot be completed."""
         fill = self.fill
+        if stop is not None and position == stop - 1:
+            return await self._last(position)
         if fill.in_memory:
             fill._cursors[self] = position
             fill._trim()
         await fill.wait_past(position)
         if fill.error is not None:
             raise TransferAborted(str(fill.error))
-        limit = fill.readable if stop is None else min(fill.readable, stop)
+        # The last byte asked for waits for _last, a range's too: a range client never holds
+        # a complete-looking part of an object that then fails its check.
+        limit = fill.readable if stop is None else min(fill.readable, stop - 1)
         if position >= limit:
             if stop is None and fill.finished:
                 return b""
@@ -256,6 +265,32 @@ class FillReader:
         if len(data) != count:
             raise TransferAborted("the cache file is shorter than its entry")
         return data
+
+    async def _last(self, position: int) -> bytes:
+        """The last byte asked for, once the whole object is verified. Through memory, it is
+        taken out of the window as soon as it arrives, so that waiting for the verdict never
+        holds back the window, and with it the fetch."""
+        fill = self.fill
+        last = b""
+        if fill.in_memory:
+            fill._cursors[self] = position
+            fill._trim()
+            await fill.wait_past(position)
+            if fill.error is None and fill.written > position:
+                last = fill._from_window(self, position, 1)
+                fill._cursors[self] = _PAST_THE_WINDOW
+                fill._trim()
+        await fill.wait_ended()
+        if fill.error is not None:
+            raise TransferAborted(str(fill.error))
+        if fill.written <= position:
+            raise TransferAborted("the object ended before the promised length")
+        if not last:
+            assert fill.fd is not None, "a fill opens its file before any byte is readable"
+            last = await asyncio.to_thread(os.pread, fill.fd, 1, position)
+            if len(last) != 1:
+                raise TransferAborted("the cache file is shorter than its entry")
+        return last
 
 
 class FillRunner:
@@ -275,8 +310,9 @@ class FillRunner:
         self._keep = keep  # False: fills feed their readers, then go (a dfdaemon caches)
         self._fills: dict[str, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        # One worker keeps digest updates in order, off the event loop (hashlib drops the GIL).
-        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shim-md5")
+        # One worker keeps checksum updates in order, off the event loop (hashlib drops the
+        # GIL; the CRCs take microseconds per MiB).
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shim-verify")
 
     def get_or_start(
         self,
@@ -352,15 +388,15 @@ class FillRunner:
             cache_control = reply.headers.get("Cache-Control")
             self._find_room(fill, size, keepable=whole and storable(cache_control, fill.policy))
             fill.publish(size, kept, reply)
-            digest = await self._copy_body(fill, reply)
+            # A part's checksums are the whole object's: nothing to check the part against.
+            offer = offered(reply.headers) if whole else Unchecked("part", "a part (partNumber)")
+            verifier = Verifier(offer)
+            await self._copy_body(fill, reply, verifier)
         finally:
             reply.close()
         if size is not None and fill.written != size:
             raise UpstreamError(f"{reply.route} sent {fill.written} of {size} bytes")
-        # A part's ETag is the whole object's: nothing to check the part against.
-        expected = _MD5_ETAG.fullmatch(kept.get("ETag", "")) if whole else None
-        if digest is not None and expected and digest != expected.group(1).lower():
-            raise UpstreamError("body does not match the origin's ETag (MD5)")
+        self._check(fill, reply.route, verifier.outcome())
         if fill.reservation is not None and fill.reservation.kept:
             meta = EntryMeta(
                 key=fill.key,
@@ -377,6 +413,15 @@ class FillRunner:
         elif not fill.in_memory:
             fill.path.unlink()  # not kept: its readers go on through their descriptor
         fill.finish()
+
+    def _check(self, fill: Fill, route: str, outcome: Outcome) -> None:
+        """Count the body's check, say once per object what could not be checked, and fail
+        the fill on a mismatch: before its last byte reaches any reader or it is kept."""
+        self._metrics.integrity.labels(result=outcome.result, kind=outcome.kind).inc()
+        if isinstance(outcome, Unchecked):
+            log.info("%s is not verified: %s", fill.identity_url, outcome.reason)
+        elif isinstance(outcome, Mismatch):
+            raise UpstreamError(f"{outcome} (from the {route} route)")
 
     def _find_room(self, fill: Fill, size: int | None, *, keepable: bool) -> None:
         """Where the body goes: a temporary file that becomes an entry, or one that does not
@@ -396,9 +441,8 @@ class FillRunner:
                 "unknown" if size is None else size,
             )
 
-    async def _copy_body(self, fill: Fill, reply: UpstreamReply) -> str | None:
+    async def _copy_body(self, fill: Fill, reply: UpstreamReply, verifier: Verifier) -> None:
         loop = asyncio.get_running_loop()
-        md5 = hashlib.md5(usedforsecurity=False) if "ETag" in reply.headers else None
         pending: asyncio.Future[None] | None = None
         reservation = fill.reservation
         fd = None if reservation is None else self._store.create_temp(fill.path)
@@ -413,10 +457,10 @@ class FillRunner:
                     self._write(fd, chunk, reservation)
                 fill.advance(len(chunk))
                 self._metrics.origin_bytes.inc(len(chunk))
-                if md5 is not None:
+                if verifier.checking:
                     if pending is not None:
                         await pending
-                    pending = loop.run_in_executor(self._hasher, md5.update, chunk)
+                    pending = loop.run_in_executor(self._hasher, verifier.update, chunk)
             if pending is not None:
                 await pending
             if fd is not None and fill.reservation is not None and fill.reservation.kept:
@@ -429,7 +473,6 @@ class FillRunner:
             if pending is not None and not pending.done():
                 with contextlib.suppress(Exception):
                     await pending
-        return md5.hexdigest() if md5 is not None else None
 
     def _write(self, fd: int, chunk: bytes, reservation: Reservation) -> None:
         """Write all of ``chunk``. When the disk is full, evict entries to make room for the
