@@ -133,22 +133,33 @@ class _Crc:
 
 
 class Verifier:
-    """Computes ``checksum``'s algorithm over the body as it streams. ``update`` releases the
-    GIL for large chunks (hashlib) or takes microseconds per MiB (the CRCs); feed it chunks
-    in order."""
+    """Computes ``offer``'s algorithm over the body as it streams (nothing when the offer is
+    Unchecked). ``update`` releases the GIL for large chunks (hashlib) or takes microseconds
+    per MiB (the CRCs); feed it every chunk, in order."""
 
-    def __init__(self, checksum: Checksum) -> None:
-        self.checksum = checksum
-        kind = checksum.kind
-        self._running: _Running = _DIGESTS[kind]() if kind in _DIGESTS else _Crc(kind)
+    def __init__(self, offer: Checksum | Unchecked) -> None:
+        self.offer = offer
+        self._running: _Running | None = None
+        if isinstance(offer, Checksum):
+            kind = offer.kind
+            self._running = _DIGESTS[kind]() if kind in _DIGESTS else _Crc(kind)
+
+    @property
+    def checking(self) -> bool:
+        return self._running is not None
 
     def update(self, chunk: bytes) -> None:
-        self._running.update(chunk)
+        if self._running is not None:
+            self._running.update(chunk)
 
-    def outcome(self) -> Verified | Mismatch:
-        if hmac.compare_digest(self._running.digest(), self.checksum.expected):
-            return Verified(self.checksum.kind)
-        return Mismatch(self.checksum.kind, self.checksum.header)
+    def outcome(self) -> Outcome:
+        offer = self.offer
+        if isinstance(offer, Unchecked):
+            return offer
+        assert self._running is not None
+        if hmac.compare_digest(self._running.digest(), offer.expected):
+            return Verified(offer.kind)
+        return Mismatch(offer.kind, offer.header)
 
 
 def crc(kind: Kind, data: bytes) -> int:
