@@ -30,6 +30,7 @@ from shim.cache.store import CacheStore, DiskFull, EntryMeta, Reservation
 from shim.freshness import FreshnessPolicy, storable
 from shim.metrics import Metrics
 from shim.redact import redact_error_body, redact_url
+from shim.taskid import rust_task_id
 from shim.upstream import Upstream, UpstreamReply
 
 log = logging.getLogger("shim.cache")
@@ -157,7 +158,7 @@ class Fill:
 
     def publish(self, size: int | None, headers: dict[str, str], reply: UpstreamReply) -> None:
         self.size, self.headers, self.status = size, headers, reply.status
-        self.route, self.task_id = reply.route, reply.task_id or self.key
+        self.route, self.task_id = reply.route, reply.task_id or self.task_id
         self.headers_published = True
         self.headers_ready.set()
 
@@ -333,6 +334,8 @@ class FillRunner:
         if fill is None:
             fill = Fill(key, identity_url, self._store.temp_path(key))
             fill.policy, fill.tag, fill.opened = policy or fill.policy, tag, opened
+            # The dfdaemon's task ID for that tag, until the dfdaemon reports its own.
+            fill.task_id = rust_task_id(identity_url, tag=tag) if tag else key
             self._fills[key] = fill
             task = asyncio.create_task(
                 self._run(fill, signed_url, filtered), name=f"fill {key[:12]}"
