@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= $(shell scripts/find-python)
 
-.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-load bench-faults bench-signing bench-revalidate mutate fuzz clean
+.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-load bench-faults bench-signing bench-revalidate bench-integrity mutate fuzz clean
 
 run: $(VENV)/.installed
 	$(BIN)/shim run $(ARGS)
@@ -54,6 +54,10 @@ bench-signing: $(VENV)/.dev-installed
 
 bench-revalidate: $(VENV)/.dev-installed tests/servers/node_modules/.installed
 	$(BIN)/python -m bench.bench_revalidate $(ARGS)
+
+# Miss throughput with and without verification, per checksum kind (about a minute).
+bench-integrity: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.bench_integrity $(ARGS)
 
 # Mutation testing, outside CI (over an hour on 2 cores): mutmut mutates shim/cache,
 # decide, access and the addon in a copy (mutants/) and runs their fast tests against each mutant.

@@ -20,6 +20,7 @@ from shim.cache.integrity import (
     Checksum,
     Kind,
     Mismatch,
+    Outcome,
     Unchecked,
     Verified,
     Verifier,
@@ -41,7 +42,7 @@ def oss_crc64(data: bytes) -> int:
     return int(running.crc)
 
 
-def verify(checksum: Checksum | Unchecked, body: bytes = BODY) -> Verified | Mismatch:
+def verify(checksum: Checksum | Unchecked, body: bytes = BODY) -> Outcome:
     """Feed ``body`` to a verifier in chunks of random sizes, as an origin would send it."""
     assert isinstance(checksum, Checksum), checksum
     verifier = Verifier(checksum)
