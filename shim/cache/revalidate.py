@@ -4,7 +4,8 @@ origin before it is served again (the policy and what answers mean: ``shim.fresh
 The check is a conditional request with the client's own signed URL (``If-None-Match``, else
 ``If-Modified-Since``), sent straight to the origin even when a dfdaemon is configured: the
 dfdaemon would answer from its own copy. Concurrent checks of one object are one request;
-the check belongs to no client, so a client going away does not cancel it for the others.
+the check belongs to no client, so a client going away does not cancel it for the others. A
+request waits at most ``ANSWER_WAIT`` seconds for it, then is served as if the origin failed.
 
 - An entry: a GET's 200 (another version) is not thrown away but becomes the fill that
   replaces the entry, so a change costs the origin one request and one copy of the body. The
@@ -47,6 +48,9 @@ log = logging.getLogger("shim.cache")
 # Objects whose validators the dfdaemon route remembers (about 200 bytes each).
 VALIDATORS_MAX = 16384
 _FIRST_BYTE = {"Range": "bytes=0-0"}
+# Seconds a request waits for a check's answer before it is served as if the origin failed
+# (the check goes on for later requests): a silent origin must not hold every hit.
+ANSWER_WAIT = 5.0
 
 
 class Request(Protocol):
@@ -101,10 +105,15 @@ class Revalidator:
         return entry_due(meta, request.policy, request.identity.url, self._clock())
 
     async def check_entry(self, meta: EntryMeta, request: Request) -> EntryCheck:
-        """Check entry ``meta`` with the origin (one request for concurrent callers)."""
-        return await _single_flight(
+        """Check entry ``meta`` with the origin (one request for concurrent callers); an
+        origin silent for ``ANSWER_WAIT`` seconds is a failing one."""
+        checking = _single_flight(
             self._entry_checks, meta.key, lambda: self._check_entry(meta, request)
         )
+        try:
+            return await asyncio.wait_for(checking, ANSWER_WAIT)
+        except TimeoutError:
+            return self._stale(meta, f"no answer from the origin in {ANSWER_WAIT:.0f} s")
 
     async def task_tag(self, request: Request) -> str | OriginStatus | None:
         """The dfdaemon task's tag for ``request``'s object (None: no dfdaemon): the configured
@@ -119,9 +128,14 @@ class Revalidator:
             request.policy, known.validated_at, self._clock(), versioned=False
         ):
             return versioned_tag(tag, known.etag)
-        return await _single_flight(
+        checking = _single_flight(
             self._tag_checks, key, lambda: self._check_tag(tag, known, request)
         )
+        try:
+            return await asyncio.wait_for(checking, ANSWER_WAIT)
+        except TimeoutError:
+            log.warning("%s: no answer from the origin; the task keeps its tag", key[:12])
+            return versioned_tag(tag, known.etag if known else None)
 
     def forget(self, key: str) -> None:
         self._validators.pop(key, None)

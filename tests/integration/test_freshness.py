@@ -182,6 +182,32 @@ def test_an_unreachable_origin_serves_the_stored_copy(
         assert "without revalidation: the origin is unreachable" in shim.output()
 
 
+def test_a_silent_origin_holds_a_hit_for_seconds_not_forever(
+    tmp_path: Path, s3rver: S3Server, bucket: S3Client
+) -> None:
+    put_object(bucket, BUCKET, "silent.mar", b"still here")
+    with (
+        Relay(s3rver.host, s3rver.port) as relay,
+        s3_shim(tmp_path, relay, revalidate="always") as shim,
+    ):
+        url = f"{relay.endpoint}/{BUCKET}/silent.mar"
+        assert get(shim, url).body == b"still here"
+        relay.stall_after_bytes = 0  # the origin accepts the check and never answers
+        try:
+            start = time.monotonic()
+            stale = get(shim, url)
+            waited = time.monotonic() - start
+        finally:
+            relay.resume()
+        assert (stale.status, stale.body, stale.headers["X-Shim-Cache"]) == (
+            200,
+            b"still here",
+            "HIT",
+        )
+        assert 4.5 < waited < 15  # shim's answer wait (5 s), not the origin's timeouts
+        assert "no answer from the origin in 5 s" in shim.output()
+
+
 @pytest.mark.parametrize("keep_uncacheable", [False, True])
 @pytest.mark.parametrize("cache_control", ["no-store", "private, max-age=60"])
 def test_uncacheable_answers_are_not_kept_unless_asked(
