@@ -82,8 +82,9 @@ def object_headers(
 
 
 def hit_headers(meta: EntryMeta, now: float) -> dict[str, str]:
-    """The cache headers of a hit: the entry's age in whole seconds (RFC 9111 section 5.1)."""
-    age = max(int(now - meta.stored_at), 0)
+    """The cache headers of a hit: its Age, the whole seconds since the origin sent or last
+    confirmed the entry (RFC 9111 section 5.1)."""
+    age = max(int(now - (meta.validated_at or meta.stored_at)), 0)
     return {
         CACHE_STATUS_HEADER: "HIT",
         TASK_ID_HEADER: meta.key,
@@ -399,9 +400,10 @@ async def _send_answer(
 ) -> web.StreamResponse:
     """An answer with no object bytes: any answer to a HEAD, a 304, 412 or 416 to a GET."""
     headers = {**answer.headers, **cache}
-    if answer.status == 412 and request.method == "GET":
-        return web.Response(status=412, body=PRECONDITION_FAILED_BODY, headers=headers)
-    return await _headers_only(request, answer.status, headers)
+    if request.method == "HEAD" or answer.status == 304:
+        return await _headers_only(request, answer.status, headers)
+    body = PRECONDITION_FAILED_BODY if answer.status == 412 else b""
+    return web.Response(status=answer.status, body=body, headers=headers)
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:

@@ -411,3 +411,5 @@ def test_a_hit_says_how_old_its_entry_is() -> None:
         "Age": "61",
     }
     assert hit_headers(meta, 990.0)["Age"] == "0"  # a clock stepped back
+    revalidated = EntryMeta("ab" * 32, "u", 5, stored_at=1000.0, validated_at=1050.0)
+    assert hit_headers(revalidated, 1061.9)["Age"] == "11"

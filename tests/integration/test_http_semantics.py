@@ -1,0 +1,352 @@
+"""HTTP semantics (RFC 9110 / 9111) measured as a table: each request (a conditional header
+right or wrong, If-Range right or wrong, Range, HEAD, a 0-byte object, user metadata) is sent
+to the strict store directly and through the real shim, as a miss and as a hit, through the
+explicit proxy (plain HTTP: a zero-copy hit; HTTPS through CONNECT: a hit streamed by the
+cache server) and the reverse listener. shim must answer what RFC 9110 asks, and the same on
+every path, hit or miss, apart from its cache headers (X-Shim-*, Age).
+
+Each row records the store's own answer too. s3rver implements If-None-Match (one tag,
+compared as a string) and If-Modified-Since only, and answers a 304 with no headers at all:
+where it departs from the RFC (and from S3, which evaluates all four preconditions), the
+row says what s3rver answers, so the table stays honest about which server says what.
+
+No nginx column: nginx is not installed on this machine (`which nginx` finds nothing).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+
+import pytest
+
+from tests.support.http import Reply, direct, via_proxy
+from tests.support.procs import free_port
+from tests.support.servers import S3Server, put_object, s3_client
+from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "semantics"
+ALIAS = "models"
+BODY = os.urandom(10_000)
+WRONG_ETAG = '"00000000000000000000000000000000"'
+# s3rver's answer to a Range of an empty object: a 206 that promises a byte and sends none.
+BROKEN = -1
+# Headers that are shim's alone, or the moment's: what hit and miss answers may differ in.
+CACHE_HEADERS = {"x-shim-cache", "x-shim-route", "x-shim-task-id", "age", "date", "connection"}
+# Headers that say what the object is: compared with the store's own answer.
+SEMANTIC = (
+    "Content-Length",
+    "Content-Range",
+    "Content-Type",
+    "Content-Encoding",
+    "ETag",
+    "Last-Modified",
+    "Cache-Control",
+    "Content-Disposition",
+    "Content-Language",
+    "Expires",
+    "Accept-Ranges",
+    "x-amz-meta-owner",
+)
+NOT_MODIFIED = ("ETag", "Last-Modified", "Cache-Control", "Expires")
+META_ARGS: dict[str, Any] = {
+    "ContentType": "application/x-mar",
+    "CacheControl": "max-age=600, must-revalidate",
+    "ContentDisposition": 'attachment; filename="resnet.mar"',
+    "ContentLanguage": "en",
+    "Expires": email.utils.parsedate_to_datetime("Wed, 01 Jan 2031 00:00:00 GMT"),
+    "Metadata": {"owner": "team-vision"},
+}
+
+
+@dataclass(frozen=True)
+class Validators:
+    etag: str
+    last_modified: str
+
+    def shifted(self, seconds: int) -> str:
+        """Last-Modified moved by ``seconds``, as an HTTP-date."""
+        when = email.utils.parsedate_to_datetime(self.last_modified).timestamp() + seconds
+        return email.utils.formatdate(when, usegmt=True)
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    headers: Callable[[Validators], dict[str, str]] = lambda v: {}
+    method: str = "GET"
+    status: int = 200  # RFC 9110's answer, and shim's on every path
+    part: slice = slice(None)  # the bytes of the body a 200 or 206 carries
+    s3rver: int | None = None  # s3rver's status where it departs from the RFC
+    body: bytes = BODY
+    put: dict[str, Any] = field(default_factory=dict)  # what the object is stored with
+
+
+ROWS = [
+    Row("GET"),
+    Row("HEAD", method="HEAD"),
+    Row("Range", lambda v: {"Range": "bytes=10-19"}, status=206, part=slice(10, 20)),
+    Row("Range past the end", lambda v: {"Range": "bytes=10000-"}, status=416),
+    Row("If-None-Match right", lambda v: {"If-None-Match": v.etag}, status=304),
+    Row("If-None-Match right, HEAD", lambda v: {"If-None-Match": v.etag}, "HEAD", 304),
+    Row("If-None-Match wrong", lambda v: {"If-None-Match": WRONG_ETAG}),
+    Row("If-None-Match *", lambda v: {"If-None-Match": "*"}, status=304),
+    Row(
+        "If-None-Match list",
+        lambda v: {"If-None-Match": f"{WRONG_ETAG}, {v.etag}"},
+        status=304,
+        s3rver=200,  # s3rver compares the header as one string
+    ),
+    Row("If-Match right", lambda v: {"If-Match": v.etag}),
+    Row("If-Match wrong", lambda v: {"If-Match": WRONG_ETAG}, status=412, s3rver=200),
+    Row("If-Match wrong, HEAD", lambda v: {"If-Match": WRONG_ETAG}, "HEAD", 412, s3rver=200),
+    Row(
+        "If-Modified-Since Last-Modified",
+        lambda v: {"If-Modified-Since": v.last_modified},
+        status=304,
+    ),
+    Row("If-Modified-Since earlier", lambda v: {"If-Modified-Since": v.shifted(-86400)}),
+    Row("If-Unmodified-Since Last-Modified", lambda v: {"If-Unmodified-Since": v.last_modified}),
+    Row(
+        "If-Unmodified-Since earlier",
+        lambda v: {"If-Unmodified-Since": v.shifted(-86400)},
+        status=412,
+        s3rver=200,
+    ),
+    Row(
+        "If-None-Match wrong beats If-Modified-Since",
+        lambda v: {"If-None-Match": WRONG_ETAG, "If-Modified-Since": v.last_modified},
+        s3rver=304,  # s3rver evaluates If-Modified-Since whatever If-None-Match said
+    ),
+    Row(
+        "If-Match right beats If-Unmodified-Since",
+        lambda v: {"If-Match": v.etag, "If-Unmodified-Since": v.shifted(-86400)},
+    ),
+    Row(
+        "If-Range ETag right",
+        lambda v: {"Range": "bytes=10-19", "If-Range": v.etag},
+        status=206,
+        part=slice(10, 20),
+    ),
+    Row(
+        "If-Range ETag wrong",
+        lambda v: {"Range": "bytes=10-19", "If-Range": WRONG_ETAG},
+        s3rver=206,  # s3rver ignores If-Range: a resuming client would splice two versions
+    ),
+    Row(
+        "If-Range date right",
+        lambda v: {"Range": "bytes=10-19", "If-Range": v.last_modified},
+        status=206,
+        part=slice(10, 20),
+    ),
+    Row(
+        "If-Range date wrong",
+        lambda v: {"Range": "bytes=10-19", "If-Range": v.shifted(-86400)},
+        s3rver=206,
+    ),
+    Row("0-byte", body=b""),
+    Row("0-byte, HEAD", method="HEAD", body=b""),
+    Row("0-byte, If-None-Match right", lambda v: {"If-None-Match": v.etag}, status=304, body=b""),
+    Row("0-byte, Range", lambda v: {"Range": "bytes=0-"}, status=416, body=b"", s3rver=BROKEN),
+    Row("metadata", put=META_ARGS),
+    Row("metadata, HEAD", method="HEAD", put=META_ARGS),
+    Row(
+        "metadata, If-None-Match right",
+        lambda v: {"If-None-Match": v.etag},
+        status=304,
+        put=META_ARGS,
+    ),
+]
+
+
+def object_url(endpoint: str, key: str, query: str = "") -> str:
+    return f"{endpoint}/{BUCKET}/{quote(key, safe='/')}" + (f"?{query}" if query else "")
+
+
+@dataclass
+class Setup:
+    shim: ShimProcess
+    s3rver: S3Server
+    client: S3Client
+    reverse: str  # http://HOST:PORT/ALIAS
+
+    def put(self, key: str, row: Row) -> Validators:
+        self.client.put_object(Bucket=BUCKET, Key=key, Body=row.body, **row.put)
+        head = self.client.head_object(Bucket=BUCKET, Key=key)
+        return Validators(head["ETag"], head["ResponseMetadata"]["HTTPHeaders"]["last-modified"])
+
+    def store(self, method: str, key: str, headers: dict[str, str], **params: str) -> Reply:
+        operation = "get_object" if method == "GET" else "head_object"
+        signed = self.client.generate_presigned_url(
+            operation, Params={"Bucket": BUCKET, "Key": key, **params}
+        )
+        return direct(signed, method=method, headers=headers)
+
+    def proxy(
+        self, method: str, key: str, headers: dict[str, str], *, https: bool = False
+    ) -> Reply:
+        url = object_url(self.s3rver.endpoint, key)
+        if https:
+            url = url.replace("http://", "https://")
+        ca = self.shim.ca_cert if https else None
+        return via_proxy(self.shim.proxy_port, url, method=method, headers=headers, ca_cert=ca)
+
+    def via_reverse(self, method: str, key: str, headers: dict[str, str]) -> Reply:
+        return direct(f"{self.reverse}/{quote(key, safe='/')}", method=method, headers=headers)
+
+    def until_cached(self, fetch: Callable[[], Reply]) -> None:
+        """Wait for the fill a miss started (it goes on whatever the miss was answered)."""
+        deadline = time.monotonic() + 20
+        while fetch().headers["X-Shim-Cache"] != "HIT":
+            assert time.monotonic() < deadline, "the fill never became an entry"
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def setup(s3rver: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    client = s3_client(s3rver)
+    put_object(client, BUCKET, "seed", b"seed")
+    port = free_port()
+    config = {
+        "reverse": f"127.0.0.1:{port}",
+        "buckets": [{**s3_bucket_config(BUCKET, s3rver.endpoint), "alias": ALIAS}],
+    }
+    with start_shim(tmp_path_factory.mktemp("shim"), config) as shim:
+        yield Setup(shim, s3rver, client, f"http://127.0.0.1:{port}/{ALIAS}")
+
+
+def headers_of(reply: Reply) -> dict[str, str]:
+    return {name.lower(): value for name, value in reply.headers.items()}
+
+
+def semantic(reply: Reply) -> dict[str, str | None]:
+    return {name: reply.headers.get(name) for name in SEMANTIC}
+
+
+def answer(reply: Reply) -> tuple[int, bytes, dict[str, str]]:
+    """What a client may rely on: status, body, and every header but the cache's."""
+    headers = {k: v for k, v in headers_of(reply).items() if k not in CACHE_HEADERS}
+    return reply.status, reply.body, headers
+
+
+def test_the_store_is_strict(setup: Setup) -> None:
+    setup.client.put_object(Bucket=BUCKET, Key="strict", Body=b"x")
+    assert direct(object_url(setup.s3rver.endpoint, "strict")).status == 403
+    assert setup.store("GET", "strict", {}).status == 200
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+def test_the_table(setup: Setup, row: Row) -> None:
+    slug = row.name.replace(" ", "-").replace(",", "").replace("*", "star")
+    proxied, reversed_ = f"rows/{slug}/proxy", f"rows/{slug}/reverse"
+    validators = setup.put(proxied, row)
+    assert setup.put(reversed_, row).etag == validators.etag
+    # A date validator is strong once the object is a second old (RFC 9110 section 8.8.2.2).
+    time.sleep(1.05)
+    headers = row.headers(validators)
+    method = row.method
+    fetches = setup.shim.metrics()["shim_origin_fetches_total"]
+
+    if row.s3rver == BROKEN:
+        with pytest.raises(http.client.IncompleteRead):
+            setup.store(method, proxied, headers)
+    else:
+        store = setup.store(method, proxied, headers)
+        assert store.status == (row.s3rver or row.status), "s3rver"
+    replies = {"proxy miss": setup.proxy(method, proxied, headers)}
+    if method == "HEAD":  # a HEAD fills nothing: a GET does
+        setup.proxy("GET", proxied, {})
+        setup.via_reverse("GET", reversed_, {})
+    else:
+        replies["reverse miss"] = setup.via_reverse(method, reversed_, headers)
+    setup.until_cached(lambda: setup.proxy("HEAD", proxied, {}))
+    setup.until_cached(lambda: setup.via_reverse("HEAD", reversed_, {}))
+    replies["proxy hit (zero-copy)"] = setup.proxy(method, proxied, headers)
+    replies["proxy hit (https, streamed)"] = setup.proxy(method, proxied, headers, https=True)
+    replies["reverse hit"] = setup.via_reverse(method, reversed_, headers)
+    # One origin fetch per object, whatever the miss was answered.
+    assert setup.shim.metrics()["shim_origin_fetches_total"] == fetches + 2
+
+    for path, reply in replies.items():
+        state = "MISS" if "miss" in path else "HIT"
+        assert reply.headers["X-Shim-Cache"] == state, path
+        assert reply.headers["X-Shim-Route"] == ("cache" if state == "HIT" else "direct")
+        assert len(reply.headers["X-Shim-Task-Id"]) == 64
+        assert reply.headers["Date"], path
+        if state == "HIT":
+            assert int(reply.headers["Age"]) >= 0, path
+    first = replies["proxy miss"]
+    for path, reply in replies.items():
+        assert answer(reply) == answer(first), path  # hit and miss alike, on every path
+
+    status, body, got = answer(first)
+    assert status == row.status
+    if status != 412:  # whose body is shim's own text, as the store's is its XML
+        assert body == (row.body[row.part] if status in (200, 206) and method == "GET" else b"")
+    if status in (200, 206):
+        # What the store answers when it evaluates no precondition wrongly.
+        plain = {"Range": headers["Range"]} if status == 206 else {}
+        assert semantic(first) == semantic(setup.store(method, proxied, plain))
+    elif status == 304:
+        full = setup.store(method, proxied, {})
+        assert got == {
+            name.lower(): full.headers[name] for name in NOT_MODIFIED if name in full.headers
+        }
+    elif status == 416:
+        assert got["content-range"] == f"bytes */{len(row.body)}"
+
+
+def test_overrides_change_headers_not_bytes_and_stay_with_their_url(setup: Setup) -> None:
+    key = "overrides.mar"
+    put_object(setup.client, BUCKET, key, BODY)
+    overrides = {
+        "response-content-disposition": 'attachment; filename="v1.mar"',
+        "response-cache-control": "no-cache",
+        "response-content-type": "application/x-override",
+    }
+    other = {"response-content-disposition": 'attachment; filename="v2.mar"'}
+    query, other_query = urlencode(overrides, quote_via=quote), urlencode(other, quote_via=quote)
+    boto = {
+        "ResponseContentDisposition": overrides["response-content-disposition"],
+        "ResponseCacheControl": overrides["response-cache-control"],
+        "ResponseContentType": overrides["response-content-type"],
+    }
+    store = setup.store("GET", key, {}, **boto)
+    assert store.headers["Content-Disposition"] == 'attachment; filename="v1.mar"'
+
+    def through_shim(q: str) -> Reply:
+        url = object_url(setup.s3rver.endpoint, key, q)
+        return via_proxy(setup.shim.proxy_port, url)
+
+    for state in ("MISS", "HIT"):
+        reply = through_shim(query)
+        assert (reply.status, reply.body, reply.headers["X-Shim-Cache"]) == (200, BODY, state)
+        assert semantic(reply) == semantic(store)
+        assert reply.headers["Cache-Control"] == "no-cache"
+        assert reply.headers["Content-Type"] == "application/x-override"
+    # The same bytes asked for with other overrides, or none, never get these headers.
+    for q, disposition in ((other_query, 'attachment; filename="v2.mar"'), ("", None)):
+        for state in ("MISS", "HIT"):
+            reply = through_shim(q)
+            assert (reply.body, reply.headers["X-Shim-Cache"]) == (BODY, state)
+            assert reply.headers.get("Content-Disposition") == disposition
+            assert "Cache-Control" not in reply.headers
+            assert reply.headers["Content-Type"] == "binary/octet-stream"
+
+
+def test_answers_to_the_clients_conditions_are_no_errors(setup: Setup) -> None:
+    metrics = setup.shim.metrics()
+    errors = {name: value for name, value in metrics.items() if name.startswith("shim_errors")}
+    assert not any(errors.values()), errors
+    assert metrics.get('shim_requests_total{route="error"}', 0) == 0
