@@ -11,7 +11,7 @@ import random
 import zlib
 
 import google_crc32c
-import oss2.utils
+import oss2.utils  # type: ignore[import-untyped]
 import pytest
 from botocore.httpchecksum import Crc32Checksum, Sha1Checksum, Sha256Checksum
 from multidict import CIMultiDict

@@ -30,6 +30,13 @@ from tests.support.relay import Relay, raw_response
 from tests.support.servers import S3Server, put_object, s3_client
 from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
 from tests.support.stores import BUCKET, ORIGINS, Origin
+from tests.support.torchserve import (
+    build_echo_archive,
+    echo_reply,
+    java_tool_options_from_shim_env,
+    require_torchserve,
+    start_torchserve,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -225,3 +232,34 @@ def test_a_multipart_etag_is_served_unchecked_and_said_once(world: World) -> Non
         line for line in world.shim.output().splitlines() if "multipart.bin is not verified" in line
     ]
     assert len(said) == 1 and "multipart ETag" in said[0]
+
+
+@pytest.mark.torchserve
+def test_torchserve_fails_to_register_a_corrupted_archive_cleanly_and_stays_healthy(
+    world: World, tmp_path: Path
+) -> None:
+    require_torchserve()
+    archive = build_echo_archive(tmp_path, name="echo_integrity").read_bytes()
+    flipped = bytearray(archive)
+    flipped[len(archive) // 2] ^= 0xFF
+    etag = {"ETag": f'"{hashlib.md5(archive).hexdigest()}"'}
+    served = {"body": bytes(flipped)}
+    world.answering["s3"].answer = lambda _head: raw_response(200, etag, served["body"])
+    url = world.answered_url("s3", "ts/echo_integrity.mar")
+    options = java_tool_options_from_shim_env(world.shim.proxy_port)
+    with start_torchserve(tmp_path / "ts", java_tool_options=options) as torchserve:
+        status, text = torchserve.register(url)
+        assert status >= 400, text
+        assert torchserve.ping() == 200
+        # TorchServe may leave what it received: never the whole archive (the last byte waits
+        # for the check that failed).
+        left = torchserve.model_store / "echo_integrity.mar"
+        assert not left.exists() or len(left.read_bytes()) < len(archive)
+        assert list((world.shim.cache_dir / "tmp").iterdir()) == []
+        # TorchServe refuses a URL whose file name it kept ("Model file already exists"): the
+        # clean archive comes from another name.
+        served["body"] = archive
+        status, text = torchserve.register(url.replace(".mar", "-clean.mar"))
+        assert status == 200, text
+        assert torchserve.scale("echo_integrity")[0] == 200
+        assert torchserve.predict("echo_integrity", b"intact") == (200, echo_reply(b"intact"))
