@@ -5,27 +5,33 @@ explicit proxy (plain HTTP: a zero-copy hit; HTTPS through CONNECT: a hit stream
 cache server) and the reverse listener. shim must answer what RFC 9110 asks, and the same on
 every path, hit or miss, apart from its cache headers (X-Shim-*, Age).
 
-Each row records the store's own answer too. s3rver implements If-None-Match (one tag,
-compared as a string) and If-Modified-Since only, and answers a 304 with no headers at all:
-where it departs from the RFC (and from S3, which evaluates all four preconditions), the
-row says what s3rver answers, so the table stays honest about which server says what.
+The same rows run against azurite through the same shim. Each row records the store's own
+answer too: s3rver implements If-None-Match (one tag, compared as a string) and
+If-Modified-Since only, and answers a 304 with no headers at all; azurite ignores If-Range,
+answers a Range past the end with an empty 206, If-None-Match: * with 400 and evaluates
+If-Unmodified-Since beside a matching If-Match. Where a store departs from the RFC, the row
+says what it answers, so the table stays honest about which server says what.
 
 No nginx column: nginx is not installed on this machine (`which nginx` finds nothing).
 """
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import http.client
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlencode
 
 import pytest
+from azure.storage.blob import BlobSasPermissions, ContentSettings, generate_blob_sas
 
+from tests.integration.test_proxy_azure import CONTAINER, azure_bucket_config, blob_url
+from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, AzuriteServer, put_blob, start_azurite
 from tests.support.http import Reply, direct, via_proxy
 from tests.support.procs import free_port
 from tests.support.servers import S3Server, put_object, s3_client
@@ -58,6 +64,7 @@ SEMANTIC = (
     "Expires",
     "Accept-Ranges",
     "x-amz-meta-owner",
+    "x-ms-meta-owner",
 )
 NOT_MODIFIED = ("ETag", "Last-Modified", "Cache-Control", "Expires")
 META_ARGS: dict[str, Any] = {
@@ -89,24 +96,39 @@ class Row:
     status: int = 200  # RFC 9110's answer, and shim's on every path
     part: slice = slice(None)  # the bytes of the body a 200 or 206 carries
     s3rver: int | None = None  # s3rver's status where it departs from the RFC
+    azurite: int | None = None  # azurite's, likewise
     body: bytes = BODY
-    put: dict[str, Any] = field(default_factory=dict)  # what the object is stored with
+    metadata: bool = False  # stored with a type, cache headers and user metadata
+
+    def status_of(self, store: str) -> int | None:
+        return {"s3rver": self.s3rver, "azurite": self.azurite}[store] or self.status
 
 
 ROWS = [
     Row("GET"),
     Row("HEAD", method="HEAD"),
     Row("Range", lambda v: {"Range": "bytes=10-19"}, status=206, part=slice(10, 20)),
-    Row("Range past the end", lambda v: {"Range": "bytes=10000-"}, status=416),
+    Row(
+        "Range past the end",
+        lambda v: {"Range": "bytes=10000-"},
+        status=416,
+        azurite=206,  # an empty 206
+    ),
     Row("If-None-Match right", lambda v: {"If-None-Match": v.etag}, status=304),
     Row("If-None-Match right, HEAD", lambda v: {"If-None-Match": v.etag}, "HEAD", 304),
     Row("If-None-Match wrong", lambda v: {"If-None-Match": WRONG_ETAG}),
-    Row("If-None-Match *", lambda v: {"If-None-Match": "*"}, status=304),
+    Row(
+        "If-None-Match *",
+        lambda v: {"If-None-Match": "*"},
+        status=304,
+        azurite=400,  # as Azure documents for reads: UnsatisfiableCondition
+    ),
     Row(
         "If-None-Match list",
         lambda v: {"If-None-Match": f"{WRONG_ETAG}, {v.etag}"},
         status=304,
         s3rver=200,  # s3rver compares the header as one string
+        azurite=200,  # so does azurite
     ),
     Row("If-Match right", lambda v: {"If-Match": v.etag}),
     Row("If-Match wrong", lambda v: {"If-Match": WRONG_ETAG}, status=412, s3rver=200),
@@ -132,6 +154,7 @@ ROWS = [
     Row(
         "If-Match right beats If-Unmodified-Since",
         lambda v: {"If-Match": v.etag, "If-Unmodified-Since": v.shifted(-86400)},
+        azurite=412,  # azurite evaluates both
     ),
     Row(
         "If-Range ETag right",
@@ -143,6 +166,7 @@ ROWS = [
         "If-Range ETag wrong",
         lambda v: {"Range": "bytes=10-19", "If-Range": WRONG_ETAG},
         s3rver=206,  # s3rver ignores If-Range: a resuming client would splice two versions
+        azurite=206,  # so does azurite
     ),
     Row(
         "If-Range date right",
@@ -154,18 +178,26 @@ ROWS = [
         "If-Range date wrong",
         lambda v: {"Range": "bytes=10-19", "If-Range": v.shifted(-86400)},
         s3rver=206,
+        azurite=206,
     ),
     Row("0-byte", body=b""),
     Row("0-byte, HEAD", method="HEAD", body=b""),
     Row("0-byte, If-None-Match right", lambda v: {"If-None-Match": v.etag}, status=304, body=b""),
-    Row("0-byte, Range", lambda v: {"Range": "bytes=0-"}, status=416, body=b"", s3rver=BROKEN),
-    Row("metadata", put=META_ARGS),
-    Row("metadata, HEAD", method="HEAD", put=META_ARGS),
+    Row(
+        "0-byte, Range",
+        lambda v: {"Range": "bytes=0-"},
+        status=416,
+        body=b"",
+        s3rver=BROKEN,
+        azurite=206,  # an empty 206
+    ),
+    Row("metadata", metadata=True),
+    Row("metadata, HEAD", method="HEAD", metadata=True),
     Row(
         "metadata, If-None-Match right",
         lambda v: {"If-None-Match": v.etag},
         status=304,
-        put=META_ARGS,
+        metadata=True,
     ),
 ]
 
@@ -174,36 +206,101 @@ def object_url(endpoint: str, key: str, query: str = "") -> str:
     return f"{endpoint}/{BUCKET}/{quote(key, safe='/')}" + (f"?{query}" if query else "")
 
 
+class Store(Protocol):
+    name: str
+    reverse: str  # http://HOST:PORT/ALIAS
+
+    def put(self, key: str, row: Row) -> None: ...
+
+    def signed(self, method: str, key: str, **overrides: str) -> str:
+        """A URL signed for ``method`` of ``key``, independently of shim."""
+        ...
+
+    def url(self, key: str) -> str:
+        """The plain URL a client asks shim for."""
+        ...
+
+
+@dataclass
+class S3Store:
+    name: str
+    s3rver: S3Server
+    client: S3Client
+    reverse: str
+
+    def put(self, key: str, row: Row) -> None:
+        extra = dict(META_ARGS) if row.metadata else {}
+        self.client.put_object(Bucket=BUCKET, Key=key, Body=row.body, **extra)
+
+    def signed(self, method: str, key: str, **overrides: str) -> str:
+        operation = "get_object" if method == "GET" else "head_object"
+        params = {"Bucket": BUCKET, "Key": key, **overrides}
+        return self.client.generate_presigned_url(operation, Params=params)
+
+    def url(self, key: str) -> str:
+        return object_url(self.s3rver.endpoint, key)
+
+
+@dataclass
+class AzureStore:
+    name: str
+    azurite: AzuriteServer
+    reverse: str
+
+    def put(self, key: str, row: Row) -> None:
+        blob = self.azurite.service().get_blob_client(CONTAINER, key)
+        settings = ContentSettings(
+            content_type=META_ARGS["ContentType"],
+            cache_control=META_ARGS["CacheControl"],
+            content_disposition=META_ARGS["ContentDisposition"],
+            content_language=META_ARGS["ContentLanguage"],
+        )
+        if row.metadata:
+            blob.upload_blob(
+                row.body, overwrite=True, content_settings=settings, metadata=META_ARGS["Metadata"]
+            )
+        else:
+            blob.upload_blob(row.body, overwrite=True)
+
+    def signed(self, method: str, key: str, **overrides: str) -> str:
+        sas = generate_blob_sas(
+            ACCOUNT,
+            CONTAINER,
+            key,
+            account_key=ACCOUNT_KEY,
+            permission=BlobSasPermissions(read=True),
+            expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1),
+        )
+        return f"{self.url(key)}?{sas}"
+
+    def url(self, key: str) -> str:
+        return blob_url(self.azurite, key)
+
+
 @dataclass
 class Setup:
     shim: ShimProcess
-    s3rver: S3Server
-    client: S3Client
-    reverse: str  # http://HOST:PORT/ALIAS
+    stores: dict[str, Store]
 
-    def put(self, key: str, row: Row) -> Validators:
-        self.client.put_object(Bucket=BUCKET, Key=key, Body=row.body, **row.put)
-        head = self.client.head_object(Bucket=BUCKET, Key=key)
-        return Validators(head["ETag"], head["ResponseMetadata"]["HTTPHeaders"]["last-modified"])
+    def store(self, store: Store, method: str, key: str, headers: dict[str, str]) -> Reply:
+        return direct(store.signed(method, key), method=method, headers=headers)
 
-    def store(self, method: str, key: str, headers: dict[str, str], **params: str) -> Reply:
-        operation = "get_object" if method == "GET" else "head_object"
-        signed = self.client.generate_presigned_url(
-            operation, Params={"Bucket": BUCKET, "Key": key, **params}
-        )
-        return direct(signed, method=method, headers=headers)
+    def validators(self, store: Store, key: str) -> Validators:
+        head = self.store(store, "HEAD", key, {})
+        assert head.status == 200, (store.name, head.status)
+        return Validators(head.headers["ETag"], head.headers["Last-Modified"])
 
     def proxy(
-        self, method: str, key: str, headers: dict[str, str], *, https: bool = False
+        self, store: Store, method: str, key: str, headers: dict[str, str], *, https: bool = False
     ) -> Reply:
-        url = object_url(self.s3rver.endpoint, key)
+        url = store.url(key)
         if https:
             url = url.replace("http://", "https://")
         ca = self.shim.ca_cert if https else None
         return via_proxy(self.shim.proxy_port, url, method=method, headers=headers, ca_cert=ca)
 
-    def via_reverse(self, method: str, key: str, headers: dict[str, str]) -> Reply:
-        return direct(f"{self.reverse}/{quote(key, safe='/')}", method=method, headers=headers)
+    def via_reverse(self, store: Store, method: str, key: str, headers: dict[str, str]) -> Reply:
+        return direct(f"{store.reverse}/{quote(key, safe='/')}", method=method, headers=headers)
 
     def until_cached(self, fetch: Callable[[], Reply]) -> None:
         """Wait for the fill a miss started (it goes on whatever the miss was answered)."""
@@ -214,16 +311,33 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(s3rver: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+    with start_azurite(tmp_path_factory.mktemp("azurite")) as server:
+        put_blob(server, CONTAINER, "seed", b"seed")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def setup(
+    s3rver: S3Server, azurite: AzuriteServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Setup]:
     client = s3_client(s3rver)
     put_object(client, BUCKET, "seed", b"seed")
     port = free_port()
+    reverse = f"http://127.0.0.1:{port}"
     config = {
         "reverse": f"127.0.0.1:{port}",
-        "buckets": [{**s3_bucket_config(BUCKET, s3rver.endpoint), "alias": ALIAS}],
+        "buckets": [
+            {**s3_bucket_config(BUCKET, s3rver.endpoint), "alias": "s3"},
+            {**azure_bucket_config(azurite.endpoint), "alias": "azure"},
+        ],
     }
+    stores: list[Store] = [
+        S3Store("s3rver", s3rver, client, f"{reverse}/s3"),
+        AzureStore("azurite", azurite, f"{reverse}/azure"),
+    ]
     with start_shim(tmp_path_factory.mktemp("shim"), config) as shim:
-        yield Setup(shim, s3rver, client, f"http://127.0.0.1:{port}/{ALIAS}")
+        yield Setup(shim, {store.name: store for store in stores})
 
 
 def headers_of(reply: Reply) -> dict[str, str]:
@@ -234,72 +348,89 @@ def semantic(reply: Reply) -> dict[str, str | None]:
     return {name: reply.headers.get(name) for name in SEMANTIC}
 
 
-def answer(reply: Reply) -> tuple[int, bytes, dict[str, str]]:
-    """What a client may rely on: status, body, and every header but the cache's."""
-    headers = {k: v for k, v in headers_of(reply).items() if k not in CACHE_HEADERS}
+def answer(reply: Reply, *, validators: bool = True) -> tuple[int, bytes, dict[str, str]]:
+    """What a client may rely on: status, body, and every header but the cache's (and but
+    the validators, ``validators`` False)."""
+    dropped = CACHE_HEADERS | (set() if validators else {"etag", "last-modified"})
+    headers = {k: v for k, v in headers_of(reply).items() if k not in dropped}
     return reply.status, reply.body, headers
 
 
-def test_the_store_is_strict(setup: Setup) -> None:
-    setup.client.put_object(Bucket=BUCKET, Key="strict", Body=b"x")
-    assert direct(object_url(setup.s3rver.endpoint, "strict")).status == 403
-    assert setup.store("GET", "strict", {}).status == 200
+STORES = ("s3rver", "azurite")
 
 
+@pytest.mark.parametrize("name", STORES)
+def test_the_store_is_strict(setup: Setup, name: str) -> None:
+    store = setup.stores[name]
+    store.put("strict", ROWS[0])
+    assert direct(store.url("strict")).status in (401, 403)
+    assert setup.store(store, "GET", "strict", {}).status == 200
+
+
+@pytest.mark.parametrize("name", STORES)
 @pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
-def test_the_table(setup: Setup, row: Row) -> None:
+def test_the_table(setup: Setup, row: Row, name: str) -> None:
+    store = setup.stores[name]
     slug = row.name.replace(" ", "-").replace(",", "").replace("*", "star")
     proxied, reversed_ = f"rows/{slug}/proxy", f"rows/{slug}/reverse"
-    validators = setup.put(proxied, row)
-    assert setup.put(reversed_, row).etag == validators.etag
+    store.put(proxied, row)
+    store.put(reversed_, row)
     # A date validator is strong once the object is a second old (RFC 9110 section 8.8.2.2).
     time.sleep(1.05)
-    headers = row.headers(validators)
+    proxied_headers = row.headers(setup.validators(store, proxied))
+    reversed_headers = row.headers(setup.validators(store, reversed_))
     method = row.method
     fetches = setup.shim.metrics()["shim_origin_fetches_total"]
 
-    if row.s3rver == BROKEN:
+    if row.status_of(name) == BROKEN:
         with pytest.raises(http.client.IncompleteRead):
-            setup.store(method, proxied, headers)
+            setup.store(store, method, proxied, proxied_headers)
     else:
-        store = setup.store(method, proxied, headers)
-        assert store.status == (row.s3rver or row.status), "s3rver"
-    replies = {"proxy miss": setup.proxy(method, proxied, headers)}
+        direct_reply = setup.store(store, method, proxied, proxied_headers)
+        assert direct_reply.status == row.status_of(name), name
+    proxy, reverse = {}, {}
+    proxy["miss"] = setup.proxy(store, method, proxied, proxied_headers)
     if method == "HEAD":  # a HEAD fills nothing: a GET does
-        setup.proxy("GET", proxied, {})
-        setup.via_reverse("GET", reversed_, {})
+        setup.proxy(store, "GET", proxied, {})
+        setup.via_reverse(store, "GET", reversed_, {})
     else:
-        replies["reverse miss"] = setup.via_reverse(method, reversed_, headers)
-    setup.until_cached(lambda: setup.proxy("HEAD", proxied, {}))
-    setup.until_cached(lambda: setup.via_reverse("HEAD", reversed_, {}))
-    replies["proxy hit (zero-copy)"] = setup.proxy(method, proxied, headers)
-    replies["proxy hit (https, streamed)"] = setup.proxy(method, proxied, headers, https=True)
-    replies["reverse hit"] = setup.via_reverse(method, reversed_, headers)
+        reverse["miss"] = setup.via_reverse(store, method, reversed_, reversed_headers)
+    setup.until_cached(lambda: setup.proxy(store, "HEAD", proxied, {}))
+    setup.until_cached(lambda: setup.via_reverse(store, "HEAD", reversed_, {}))
+    proxy["hit (zero-copy)"] = setup.proxy(store, method, proxied, proxied_headers)
+    proxy["hit (https, streamed)"] = setup.proxy(
+        store, method, proxied, proxied_headers, https=True
+    )
+    reverse["hit"] = setup.via_reverse(store, method, reversed_, reversed_headers)
     # One origin fetch per object, whatever the miss was answered.
     assert setup.shim.metrics()["shim_origin_fetches_total"] == fetches + 2
 
-    for path, reply in replies.items():
-        state = "MISS" if "miss" in path else "HIT"
+    for path, reply in [*proxy.items(), *reverse.items()]:
+        state = "MISS" if path == "miss" else "HIT"
         assert reply.headers["X-Shim-Cache"] == state, path
         assert reply.headers["X-Shim-Route"] == ("cache" if state == "HIT" else "direct")
         assert len(reply.headers["X-Shim-Task-Id"]) == 64
         assert reply.headers["Date"], path
         if state == "HIT":
             assert int(reply.headers["Age"]) >= 0, path
-    first = replies["proxy miss"]
-    for path, reply in replies.items():
-        assert answer(reply) == answer(first), path  # hit and miss alike, on every path
+    # Hit and miss alike, on every path: byte for byte within one object, and apart from
+    # its validators across the two copies.
+    first = proxy["miss"]
+    for replies in (proxy, reverse):
+        for path, reply in replies.items():
+            assert answer(reply) == answer(next(iter(replies.values()))), path
+            assert answer(reply, validators=False) == answer(first, validators=False), path
 
     status, body, got = answer(first)
     assert status == row.status
-    if status != 412:  # whose body is shim's own text, as the store's is its XML
+    if status != 412:  # whose body is shim's own text, as the store's is its error document
         assert body == (row.body[row.part] if status in (200, 206) and method == "GET" else b"")
     if status in (200, 206):
         # What the store answers when it evaluates no precondition wrongly.
-        plain = {"Range": headers["Range"]} if status == 206 else {}
-        assert semantic(first) == semantic(setup.store(method, proxied, plain))
+        plain = {"Range": proxied_headers["Range"]} if status == 206 else {}
+        assert semantic(first) == semantic(setup.store(store, method, proxied, plain))
     elif status == 304:
-        full = setup.store(method, proxied, {})
+        full = setup.store(store, method, proxied, {})
         assert got == {
             name.lower(): full.headers[name] for name in NOT_MODIFIED if name in full.headers
         }
@@ -308,8 +439,9 @@ def test_the_table(setup: Setup, row: Row) -> None:
 
 
 def test_overrides_change_headers_not_bytes_and_stay_with_their_url(setup: Setup) -> None:
+    s3 = setup.stores["s3rver"]
     key = "overrides.mar"
-    put_object(setup.client, BUCKET, key, BODY)
+    s3.put(key, ROWS[0])
     overrides = {
         "response-content-disposition": 'attachment; filename="v1.mar"',
         "response-cache-control": "no-cache",
@@ -317,17 +449,18 @@ def test_overrides_change_headers_not_bytes_and_stay_with_their_url(setup: Setup
     }
     other = {"response-content-disposition": 'attachment; filename="v2.mar"'}
     query, other_query = urlencode(overrides, quote_via=quote), urlencode(other, quote_via=quote)
-    boto = {
-        "ResponseContentDisposition": overrides["response-content-disposition"],
-        "ResponseCacheControl": overrides["response-cache-control"],
-        "ResponseContentType": overrides["response-content-type"],
-    }
-    store = setup.store("GET", key, {}, **boto)
+    signed = s3.signed(
+        "GET",
+        key,
+        ResponseContentDisposition=overrides["response-content-disposition"],
+        ResponseCacheControl=overrides["response-cache-control"],
+        ResponseContentType=overrides["response-content-type"],
+    )
+    store = direct(signed)
     assert store.headers["Content-Disposition"] == 'attachment; filename="v1.mar"'
 
     def through_shim(q: str) -> Reply:
-        url = object_url(setup.s3rver.endpoint, key, q)
-        return via_proxy(setup.shim.proxy_port, url)
+        return via_proxy(setup.shim.proxy_port, f"{s3.url(key)}?{q}" if q else s3.url(key))
 
     for state in ("MISS", "HIT"):
         reply = through_shim(query)
@@ -350,3 +483,17 @@ def test_answers_to_the_clients_conditions_are_no_errors(setup: Setup) -> None:
     errors = {name: value for name, value in metrics.items() if name.startswith("shim_errors")}
     assert not any(errors.values()), errors
     assert metrics.get('shim_requests_total{route="error"}', 0) == 0
+
+
+@pytest.mark.parametrize("name", STORES)
+def test_an_origin_error_carries_the_cache_headers(setup: Setup, name: str) -> None:
+    store = setup.stores[name]
+    for path, reply in [
+        ("proxy", setup.proxy(store, "GET", "absent.mar", {})),
+        ("proxy HEAD", setup.proxy(store, "HEAD", "absent.mar", {})),
+        ("reverse", setup.via_reverse(store, "GET", "absent.mar", {})),
+    ]:
+        assert reply.status == 404, path
+        assert (reply.headers["X-Shim-Cache"], reply.headers["X-Shim-Route"]) == ("MISS", "direct")
+        assert len(reply.headers["X-Shim-Task-Id"]) == 64
+        assert reply.headers["X-Shim-Error"] == "origin_status"
