@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from shim.cache.integrity import Kind, crc
+from tests.support.dragonfly import require_dragonfly, start_dfdaemon, start_scheduler
 from tests.support.http import Reply, via_proxy
 from tests.support.relay import Relay, raw_response
 from tests.support.servers import S3Server, put_object, s3_client
@@ -263,3 +264,43 @@ def test_torchserve_fails_to_register_a_corrupted_archive_cleanly_and_stays_heal
         assert status == 200, text
         assert torchserve.scale("echo_integrity")[0] == 200
         assert torchserve.predict("echo_integrity", b"intact") == (200, echo_reply(b"intact"))
+
+
+@pytest.mark.dragonfly
+def test_through_dragonfly_a_corrupt_peer_delivers_no_corrupt_object(
+    s3rver: S3Server, tmp_path: Path
+) -> None:
+    """Node A's dfdaemon fetches a corrupted body from the origin and keeps it as the task;
+    node B's dfdaemon gets that task's pieces from A, its headers (the MD5 ETag) from its own
+    probe of the clean origin. Neither shim lets a client complete the corrupted object."""
+    require_dragonfly()
+    bucket = f"{BUCKET}-p2p"
+    body = os.urandom(9 << 20)  # several 4 MiB pieces
+    put_object(s3_client(s3rver), bucket, "peer.bin", body)
+    with contextlib.ExitStack() as stack:
+        relay = stack.enter_context(Relay(s3rver.host, s3rver.port))
+        scheduler = stack.enter_context(start_scheduler(tmp_path / "scheduler"))
+        shims = []
+        for node in ("a", "b"):
+            dfdaemon = stack.enter_context(
+                start_dfdaemon(
+                    tmp_path / f"df{node}", name=node, scheduler=scheduler, proxy_rules=[]
+                )
+            )
+            config = {
+                "dfdaemon": {"url": dfdaemon.proxy_url, "fallback": False},
+                "buckets": [s3_bucket_config(bucket, relay.endpoint)],
+            }
+            shims.append(stack.enter_context(start_shim(tmp_path / f"shim-{node}", config)))
+        url = f"{relay.endpoint}/{bucket}/peer.bin"
+        relay.corrupt_at_byte = FLIP_AT
+        first = download(shims[0], url)
+        # A's dfdaemon sent every byte (only the last was held back from the client): it has
+        # the whole, corrupted task. B must take it from A: the origin only answers B's probe.
+        relay.corrupt_at_byte = None
+        relay.reset_counters()
+        second = download(shims[1], url)
+        assert relay.bytes_down < 64 * 1024
+        for shim, outcome in zip(shims, (first, second), strict=True):
+            assert isinstance(outcome, str), "a client completed a corrupted object"
+            assert integrity(shim, "mismatch", "md5") == 1
