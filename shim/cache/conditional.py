@@ -94,18 +94,6 @@ class Preconditions:
             range=single("Range"),
         )
 
-    @property
-    def conditional(self) -> bool:
-        return any(
-            value is not None
-            for value in (
-                self.if_match,
-                self.if_none_match,
-                self.if_modified_since,
-                self.if_unmodified_since,
-            )
-        )
-
 
 def parse_http_date(value: str) -> int | None:
     """Seconds since the epoch of an HTTP-date, or None when ``value`` is none."""

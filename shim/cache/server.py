@@ -388,7 +388,7 @@ class CacheServer:
 async def _headers_only(
     request: web.Request, status: int, headers: Mapping[str, str]
 ) -> web.StreamResponse:
-    """Answer a HEAD: the object's headers, Content-Length included, and no body."""
+    """Answer with headers alone: a HEAD (Content-Length included) or a 304."""
     response = web.StreamResponse(status=status, headers=headers)
     await response.prepare(request)
     await response.write_eof()

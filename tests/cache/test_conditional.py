@@ -5,8 +5,10 @@ an entry keeps of its origin's headers."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import aiohttp
 import pytest
 from multidict import CIMultiDict
 
@@ -22,12 +24,17 @@ from shim.cache.conditional import (
     range_applies,
 )
 from shim.cache.fill import MAX_KEPT_BYTES, MAX_METADATA_HEADERS, kept_headers
-from shim.cache.server import entry_kept, hit_headers, plan_answer
+from shim.cache.server import CacheServer, entry_kept, hit_headers, plan_answer
 from shim.cache.store import CacheStore, EntryMeta
+from shim.metrics import Metrics
 from shim.ranges import ByteRange
+from tests.cache.origin import Origin, run_with_cache_server, until
+from tests.cache.test_server_answers import fetches, send
+from tests.support.servers import s3_client
 
 ETAG = '"5d41402abc4b2a76b9719d911017c592"'
 OTHER = '"00000000000000000000000000000000"'
+WRONG = OTHER
 MODIFIED = "Sun, 06 Nov 1994 08:49:37 GMT"
 EARLIER = "Sun, 06 Nov 1994 08:49:36 GMT"
 LATER = "Sun, 06 Nov 1994 08:49:38 GMT"
@@ -413,3 +420,57 @@ def test_a_hit_says_how_old_its_entry_is() -> None:
     assert hit_headers(meta, 990.0)["Age"] == "0"  # a clock stepped back
     revalidated = EntryMeta("ab" * 32, "u", 5, stored_at=1000.0, validated_at=1050.0)
     assert hit_headers(revalidated, 1061.9)["Age"] == "11"
+
+
+# -- the cache server applies the plan, on a miss and on a hit (a real origin, in-process) ------
+
+
+@pytest.mark.origin
+def test_a_304_on_a_miss_lets_the_fill_go_on_and_every_answer_is_the_same_on_a_hit(
+    origin: Origin, tmp_path: Path
+) -> None:
+    body = os.urandom(3000)
+    origin.put("k", b"")  # creates the bucket
+    s3_client(origin.s3rver).put_object(
+        Bucket=origin.bucket, Key="k", Body=body, CacheControl="max-age=60", Metadata={"a": "b"}
+    )
+    store = CacheStore(tmp_path, 1 << 20)
+
+    async def scenario(
+        server: CacheServer, metrics: Metrics, session: aiohttp.ClientSession
+    ) -> None:
+        ticket = origin.ticket("k")
+        _, whole, _ = await send(session, server, origin.ticket("k"))
+        etag = whole["ETag"]
+        store.remove(ticket.identity.task_id)  # so that each request below starts a miss
+        requests: list[tuple[dict[str, str], int, bytes]] = [
+            ({"If-None-Match": etag}, 304, b""),
+            ({"If-Match": WRONG}, 412, b"shim: precondition failed\n"),
+            ({"Range": "bytes=3000-"}, 416, b""),
+            ({"Range": "bytes=1-2", "If-Range": WRONG}, 200, body),
+            ({"Range": "bytes=1-2", "If-Range": etag}, 206, body[1:3]),
+        ]
+        for headers, status, expected in requests:
+            answers = []
+            for state in ("MISS", "HIT"):
+                got = await send(session, server, origin.ticket("k"), headers=headers)
+                assert (got[0], got[2], got[1]["X-Shim-Cache"]) == (status, expected, state)
+                answers.append({k.lower(): v for k, v in got[1].items()})
+                await until(lambda: len(store) == 1, "the fill became the entry")
+            miss, hit = answers
+            assert hit.pop("age") == "0"
+            assert hit.pop("x-shim-route") == "cache"
+            assert miss.pop("x-shim-route") == "direct"
+            assert {k: v for k, v in miss.items() if k not in ("date", "x-shim-cache")} == {
+                k: v for k, v in hit.items() if k not in ("date", "x-shim-cache")
+            }
+            if status == 304:
+                assert miss["etag"] == etag and miss["cache-control"] == "max-age=60"
+                assert "x-amz-meta-a" not in miss and "content-length" not in miss
+            if status == 200:
+                assert miss["x-amz-meta-a"] == "b"
+            store.remove(ticket.identity.task_id)
+        assert fetches(metrics) == 1 + len(requests)  # one per miss: none was cancelled
+        assert "Server" not in whole
+
+    run_with_cache_server(store, scenario)
