@@ -382,6 +382,8 @@ class FillRunner:
         try:
             if reply.status not in (200, 206):
                 body = await reply.head_of_body()
+                # The failure's X-Shim-Route and task ID say which upstream answered.
+                fill.route, fill.task_id = reply.route, reply.task_id or fill.task_id
                 raise OriginStatus(reply.status, reply.headers, body, signed_url)
             # A 206 to a GET without Range is one part of the object (partNumber): streamed to
             # its readers as such, never kept as the object.

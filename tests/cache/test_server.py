@@ -19,10 +19,12 @@ import pytest
 from shim.cache.server import CACHE_STATUS_HEADER, CacheServer, Ticket
 from shim.cache.store import CacheStore
 from shim.dfdaemon import DragonflyOptions
+from shim.identity import identify
 from shim.metrics import Metrics
 from shim.upstream import DfdaemonRoute
 from tests.cache.conftest import SMALL_DISK
 from tests.cache.origin import (
+    FILTERED,
     Origin,
     body_or_error,
     get,
@@ -173,6 +175,27 @@ def test_a_body_shorter_than_its_content_length_is_never_kept(
             assert "ClientPayloadError" in got
         assert len(server.store) == 0
         assert leftovers(tmp_path) == []
+
+    run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario, dfdaemon=dfdaemon)
+
+
+def test_an_origin_error_says_which_upstream_answered(origin: Origin, tmp_path: Path) -> None:
+    """A failure carries the route of the upstream that answered it, as a success does. (A URL
+    naming a version goes to the dfdaemon with no direct check of the origin first; this one's
+    versionId is not signed, so the origin refuses it.)"""
+    dfdaemon = DfdaemonRoute(
+        origin.relay.address, DragonflyOptions(), fallback=False, connect_timeout=5
+    )
+    signed = origin.ticket(KEY).signed_url + "&versionId=v1"
+    ticket = Ticket("GET", signed, identify(signed, FILTERED), FILTERED)
+
+    async def scenario(
+        server: CacheServer, metrics: Metrics, session: aiohttp.ClientSession
+    ) -> None:
+        response = await get(session, server, ticket)
+        assert response.status == 403
+        assert response.headers["X-Shim-Route"] == "dfdaemon"
+        assert response.headers["X-Shim-Error"] == "origin_status"
 
     run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario, dfdaemon=dfdaemon)
 
