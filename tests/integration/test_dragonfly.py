@@ -15,77 +15,28 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from shim.taskid import rust_task_id
-from tests.support.dragonfly import (
-    Dfdaemon,
-    Scheduler,
-    require_dragonfly,
-    start_dfdaemon,
-    start_scheduler,
-)
+from tests.support.dragonfly import require_dragonfly, start_dfdaemon
 from tests.support.http import via_proxy
+from tests.support.p2p import Cluster, start_cluster
 from tests.support.procs import free_port, terminate
-from tests.support.relay import Relay
-from tests.support.servers import REPO_ROOT, S3Server, put_object, s3_client, start_s3rver
-from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
+from tests.support.servers import REPO_ROOT, put_object, s3_client
+from tests.support.shim_process import s3_bucket_config, start_shim
 
 pytestmark = [pytest.mark.slow, pytest.mark.dragonfly]
 require_dragonfly()
 
 BUCKET = "p2p"
-# Node B signs with other credentials, so its signatures never equal node A's.
-KEY_B = ("NODEBKEY", "node-b-secret")
-
-
-@dataclass
-class Node:
-    dfdaemon: Dfdaemon
-    shim: ShimProcess
-
-
-@dataclass
-class Cluster:
-    origin: S3Server
-    relay: Relay
-    scheduler: Scheduler
-    a: Node
-    b: Node
-
-    def url(self, key: str) -> str:
-        return f"{self.relay.endpoint}/{BUCKET}/{key}"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("p2p")
-    with (
-        start_s3rver(tmp / "origin", extra_key_pairs=dict([KEY_B])) as origin,
-        Relay(origin.host, origin.port) as relay,
-        start_scheduler(tmp / "scheduler") as scheduler,
-        start_dfdaemon(tmp / "dfa", name="node-a", scheduler=scheduler, proxy_rules=[]) as dfa,
-        start_dfdaemon(tmp / "dfb", name="node-b", scheduler=scheduler, proxy_rules=[]) as dfb,
-        start_shim(
-            tmp / "shim-a",
-            {
-                "dfdaemon": {"url": dfa.proxy_url, "fallback": False},
-                "buckets": [s3_bucket_config(BUCKET, relay.endpoint)],
-            },
-        ) as shim_a,
-        start_shim(
-            tmp / "shim-b",
-            {
-                "dfdaemon": {"url": dfb.proxy_url, "fallback": False},
-                "buckets": [s3_bucket_config(BUCKET, relay.endpoint, *KEY_B)],
-            },
-        ) as shim_b,
-    ):
-        s3_client(origin).create_bucket(Bucket=BUCKET)
-        yield Cluster(origin, relay, scheduler, Node(dfa, shim_a), Node(dfb, shim_b))
+    with start_cluster(tmp_path_factory.mktemp("p2p"), BUCKET) as cluster:
+        yield cluster
 
 
 def test_two_nodes_share_one_origin_fetch_and_one_task(cluster: Cluster) -> None:
@@ -105,8 +56,11 @@ def test_two_nodes_share_one_origin_fetch_and_one_task(cluster: Cluster) -> None
     # only answered node B's size probe (a one-byte range), not the object again.
     assert second.headers["X-Shim-Task-Id"] == first.headers["X-Shim-Task-Id"]
     assert cluster.relay.bytes_down - origin_bytes < 4096
-    # shim's own computation (its cache key, `shim task-id`) agrees with this dfdaemon's.
-    assert first.headers["X-Shim-Task-Id"] == rust_task_id(url)
+    # shim's own computation agrees with this dfdaemon's, for the tag that names the version
+    # (the object's ETag; see the README's Freshness).
+    assert first.headers["X-Shim-Task-Id"] == rust_task_id(
+        url, tag=f";etag={first.headers['ETag']}"
+    )
     # Nothing kept twice: the dfdaemon caches, the shim's own cache stays empty.
     assert cluster.a.shim.metrics()["shim_cache_entries"] == 0
     for node in (cluster.a, cluster.b):
@@ -196,8 +150,9 @@ def test_the_configured_tag_reaches_the_dfdaemon_and_names_another_task(
     with start_shim(tmp_path / "tagged", config) as tagged:
         reply = via_proxy(tagged.proxy_port, url)
     assert (reply.status, reply.body) == (200, body)
-    assert reply.headers["X-Shim-Task-Id"] == rust_task_id(url, tag="models-v2")
-    assert reply.headers["X-Shim-Task-Id"] != rust_task_id(url)
+    etag = reply.headers["ETag"]
+    assert reply.headers["X-Shim-Task-Id"] == rust_task_id(url, tag=f"models-v2;etag={etag}")
+    assert reply.headers["X-Shim-Task-Id"] != rust_task_id(url, tag=f";etag={etag}")
 
 
 @pytest.fixture(scope="module")

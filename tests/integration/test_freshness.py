@@ -10,17 +10,17 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from shim.taskid import rust_task_id
-from tests.support.dragonfly import Dfdaemon, require_dragonfly, start_dfdaemon, start_scheduler
+from tests.support.dragonfly import require_dragonfly
 from tests.support.http import Reply, via_proxy
+from tests.support.p2p import Cluster, start_cluster
 from tests.support.relay import Relay
-from tests.support.servers import S3Server, put_object, s3_client, start_s3rver
+from tests.support.servers import S3Server, put_object, s3_client
 from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
 from tests.support.stores import ORIGINS, Origin
 
@@ -262,43 +262,16 @@ def test_every_store_sees_an_overwrite_after_the_period(tmp_path: Path, store: O
 # -- through real Dragonfly: the ETag in the task's tag --------------------------------------
 
 P2P_BUCKET = "p2p-fresh"
-KEY_B = ("NODEBKEY", "node-b-secret")  # node B signs with other credentials
-
-
-@dataclass
-class P2P:
-    origin: S3Server
-    relay: Relay
-    a: ShimProcess
-    b: ShimProcess
-
-    def url(self, key: str) -> str:
-        return f"{self.relay.endpoint}/{P2P_BUCKET}/{key}"
 
 
 @pytest.fixture(scope="module")
-def p2p(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P2P]:
-    """A strict s3rver behind a counting relay, a scheduler, and two nodes: each a Rust
-    dfdaemon and a shim with a short revalidation period, signing with its own keys."""
+def p2p(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Two nodes, each a Rust dfdaemon and a shim with a short revalidation period."""
     require_dragonfly()
-    tmp = tmp_path_factory.mktemp("p2p-fresh")
-
-    def node_shim(name: str, dfdaemon: Dfdaemon, relay: Relay, *keys: str) -> ShimProcess:
-        bucket = {**s3_bucket_config(P2P_BUCKET, relay.endpoint, *keys), "revalidate": PERIOD}
-        dfdaemon_config = {"url": dfdaemon.proxy_url, "fallback": False}
-        return start_shim(tmp / name, {"dfdaemon": dfdaemon_config, "buckets": [bucket]})
-
-    with (
-        start_s3rver(tmp / "origin", extra_key_pairs=dict([KEY_B])) as origin,
-        Relay(origin.host, origin.port) as relay,
-        start_scheduler(tmp / "scheduler") as scheduler,
-        start_dfdaemon(tmp / "dfa", name="node-a", scheduler=scheduler, proxy_rules=[]) as dfa,
-        start_dfdaemon(tmp / "dfb", name="node-b", scheduler=scheduler, proxy_rules=[]) as dfb,
-        node_shim("shim-a", dfa, relay) as shim_a,
-        node_shim("shim-b", dfb, relay, *KEY_B) as shim_b,
-    ):
-        s3_client(origin).create_bucket(Bucket=P2P_BUCKET)
-        yield P2P(origin, relay, shim_a, shim_b)
+    with start_cluster(
+        tmp_path_factory.mktemp("p2p-fresh"), P2P_BUCKET, revalidate=PERIOD
+    ) as cluster:
+        yield cluster
 
 
 def etag_tag(body: bytes) -> str:
@@ -306,12 +279,12 @@ def etag_tag(body: bytes) -> str:
 
 
 @pytest.mark.dragonfly
-def test_two_nodes_see_an_overwrite_as_a_new_task_fetched_once(p2p: P2P) -> None:
+def test_two_nodes_see_an_overwrite_as_a_new_task_fetched_once(p2p: Cluster) -> None:
     v1, v2 = os.urandom(6 * 1024 * 1024), os.urandom(6 * 1024 * 1024)
     client = s3_client(p2p.origin)
     put_object(client, P2P_BUCKET, "model.mar", v1)
     url = p2p.url("model.mar")
-    first = [get(node, url) for node in (p2p.a, p2p.b)]
+    first = [get(node, url) for node in (p2p.a.shim, p2p.b.shim)]
     assert [(r.status, r.body, r.headers["X-Shim-Route"]) for r in first] == [
         (200, v1, "dfdaemon")
     ] * 2
@@ -320,17 +293,17 @@ def test_two_nodes_see_an_overwrite_as_a_new_task_fetched_once(p2p: P2P) -> None
 
     put_object(client, P2P_BUCKET, "model.mar", v2)
     # Within the period the task is still v1's, on every node, by design.
-    assert get(p2p.a, url).body == v1
+    assert get(p2p.a.shim, url).body == v1
     time.sleep(PERIOD + 0.2)
     p2p.relay.reset_counters()
-    second = [get(node, url) for node in (p2p.a, p2p.b)]
+    second = [get(node, url) for node in (p2p.a.shim, p2p.b.shim)]
     assert [(r.status, r.body) for r in second] == [(200, v2)] * 2
     v2_task = rust_task_id(url, tag=etag_tag(v2))
     assert {r.headers["X-Shim-Task-Id"] for r in second} == {v2_task} != {v1_task}
     # The origin served v2 once: each node's 1-byte check and the dfdaemons' size probe
     # besides, never a second copy from a peer that asked the origin again.
     assert len(v2) <= p2p.relay.bytes_down < len(v2) + 64 * 1024
-    for node in (p2p.a, p2p.b):
+    for node in (p2p.a.shim, p2p.b.shim):
         assert node.metrics()['shim_revalidations_total{result="changed"}'] == 1
         assert node.metrics()["shim_cache_entries"] == 0  # the dfdaemon caches, not shim
 
