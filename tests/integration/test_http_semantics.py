@@ -12,7 +12,14 @@ answers a Range past the end with an empty 206, If-None-Match: * with 400 and ev
 If-Unmodified-Since beside a matching If-Match. Where a store departs from the RFC, the row
 says what it answers, so the table stays honest about which server says what.
 
-No nginx column: nginx is not installed on this machine (`which nginx` finds nothing).
+The nginx column: Debian's nginx (`etag on`) serves a file with the same bytes as each row's
+object, and each row that does not depend on a store (all but the metadata ones) is sent to it
+too, its conditional values built from nginx's own ETag (mtime-size) and Last-Modified. Where
+nginx answers as RFC 9110 asks, shim's answer carries what nginx's does (status, bytes,
+Content-Length, Content-Range, which validators); where nginx departs, the row says what it
+answers: it evaluates If-Unmodified-Since beside a matching If-Match (412), and answers a Range
+of an empty file with the whole (empty) file, 200, which RFC 9110 allows (a server may ignore
+a Range) where shim answers 416.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from azure.storage.blob import BlobSasPermissions, ContentSettings, generate_blo
 from tests.integration.test_proxy_azure import CONTAINER, azure_bucket_config, blob_url
 from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, AzuriteServer, put_blob, start_azurite
 from tests.support.http import Reply, direct, via_proxy
+from tests.support.nginx import NginxServer, start_nginx
 from tests.support.procs import free_port
 from tests.support.servers import S3Server, put_object, s3_client
 from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
@@ -97,11 +105,13 @@ class Row:
     part: slice = slice(None)  # the bytes of the body a 200 or 206 carries
     s3rver: int | None = None  # s3rver's status where it departs from the RFC
     azurite: int | None = None  # azurite's, likewise
+    nginx: int | None = None  # nginx's, likewise
     body: bytes = BODY
     metadata: bool = False  # stored with a type, cache headers and user metadata
 
-    def status_of(self, store: str) -> int | None:
-        return {"s3rver": self.s3rver, "azurite": self.azurite}[store] or self.status
+    def status_of(self, server: str) -> int | None:
+        departures = {"s3rver": self.s3rver, "azurite": self.azurite, "nginx": self.nginx}
+        return departures[server] or self.status
 
 
 ROWS = [
@@ -155,6 +165,7 @@ ROWS = [
         "If-Match right beats If-Unmodified-Since",
         lambda v: {"If-Match": v.etag, "If-Unmodified-Since": v.shifted(-86400)},
         azurite=412,  # azurite evaluates both
+        nginx=412,  # so does nginx
     ),
     Row(
         "If-Range ETag right",
@@ -190,6 +201,7 @@ ROWS = [
         body=b"",
         s3rver=BROKEN,
         azurite=206,  # an empty 206
+        nginx=200,  # the whole empty file: it ignores a Range of an empty file
     ),
     Row("metadata", metadata=True),
     Row("metadata, HEAD", method="HEAD", metadata=True),
@@ -318,6 +330,13 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]
 
 
 @pytest.fixture(scope="module")
+def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxServer]:
+    root = tmp_path_factory.mktemp("nginx-files")
+    with start_nginx(root, tmp_path_factory.mktemp("nginx")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def setup(
     s3rver: S3Server, azurite: AzuriteServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Setup]:
@@ -356,6 +375,20 @@ def answer(reply: Reply, *, validators: bool = True) -> tuple[int, bytes, dict[s
     return reply.status, reply.body, headers
 
 
+def carried(reply: Reply) -> dict[str, object]:
+    """What an answer carries beyond the values of its validators and its type, which differ
+    between nginx and a store: the status, the bytes and their length and range, and which
+    validators it names (a 412's or 416's body and length are each server's own text)."""
+    document = reply.status in (412, 416)
+    return {
+        "status": reply.status,
+        "body": None if document else reply.body,
+        "Content-Length": None if document else reply.headers.get("Content-Length"),
+        "Content-Range": reply.headers.get("Content-Range"),
+        "validators": [name for name in ("ETag", "Last-Modified") if name in reply.headers],
+    }
+
+
 STORES = ("s3rver", "azurite")
 
 
@@ -369,12 +402,14 @@ def test_the_store_is_strict(setup: Setup, name: str) -> None:
 
 @pytest.mark.parametrize("name", STORES)
 @pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
-def test_the_table(setup: Setup, row: Row, name: str) -> None:
+def test_the_table(setup: Setup, nginx: NginxServer, row: Row, name: str) -> None:
     store = setup.stores[name]
     slug = row.name.replace(" ", "-").replace(",", "").replace("*", "star")
     proxied, reversed_ = f"rows/{slug}/proxy", f"rows/{slug}/reverse"
     store.put(proxied, row)
     store.put(reversed_, row)
+    served = nginx.root / slug  # nginx's file of the same bytes (no store metadata)
+    served.write_bytes(row.body)
     # A date validator is strong once the object is a second old (RFC 9110 section 8.8.2.2).
     time.sleep(1.05)
     proxied_headers = row.headers(setup.validators(store, proxied))
@@ -436,6 +471,15 @@ def test_the_table(setup: Setup, row: Row, name: str) -> None:
         }
     elif status == 416:
         assert got["content-range"] == f"bytes */{len(row.body)}"
+
+    if row.metadata:  # a store's metadata: nothing nginx serves has it
+        return
+    head = direct(f"{nginx.endpoint}/{slug}", method="HEAD")
+    own = row.headers(Validators(head.headers["ETag"], head.headers["Last-Modified"]))
+    by_nginx = direct(f"{nginx.endpoint}/{slug}", method=method, headers=own)
+    assert by_nginx.status == row.status_of("nginx")
+    if by_nginx.status == row.status:  # where nginx answers as RFC 9110 asks, shim does alike
+        assert carried(first) == carried(by_nginx)
 
 
 def test_overrides_change_headers_not_bytes_and_stay_with_their_url(setup: Setup) -> None:
