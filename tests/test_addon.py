@@ -7,6 +7,7 @@ import asyncio
 import base64
 import gc
 import os
+import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -294,7 +295,12 @@ def cache_entry(addon: ShimAddon, body: bytes, path: str = "/model.mar") -> str:
     finally:
         os.close(fd)
     meta = EntryMeta(
-        key=key, url="", size=len(body), etag='"etag-1"', content_type="application/x-mar"
+        key=key,
+        url="",
+        size=len(body),
+        etag='"etag-1"',
+        content_type="application/x-mar",
+        stored_at=time.time(),  # just fetched: fresh under the default revalidation period
     )
     store.commit(meta, temp, reservation)
     return key
@@ -366,6 +372,20 @@ def test_a_plain_http_hit_honours_one_range(
     assert TICKET_HEADER not in flow.request.headers
 
 
+def test_an_entry_past_its_revalidation_period_goes_to_the_cache_server(
+    addon: ShimAddon,
+) -> None:
+    """The cache server checks it with the origin first; a fresh one is answered here."""
+    key = cache_entry(addon, BODY)
+    assert addon._cache is not None
+    store = addon._cache.store
+    fresh = serve(addon, plain(flow_for(BUCKET_HOST, "/model.mar")))
+    assert not routed_to_cache(addon, fresh)
+    assert store.revalidated(key, time.time() - 61) is not None  # default period: 60 s
+    stale = serve(addon, plain(flow_for(BUCKET_HOST, "/model.mar")))
+    assert routed_to_cache(addon, stale)
+
+
 def test_what_a_memory_map_does_not_answer_goes_to_the_cache_server(addon: ShimAddon) -> None:
     cache_entry(addon, BODY)
     cache_entry(addon, b"", "/empty.mar")
@@ -374,11 +394,16 @@ def test_what_a_memory_map_does_not_answer_goes_to_the_cache_server(addon: ShimA
     http2 = plain(flow_for(BUCKET_HOST, "/model.mar"))
     http2.request.http_version = "HTTP/2.0"
     miss = plain(flow_for(BUCKET_HOST, "/other.mar"))
-    empty = plain(flow_for(BUCKET_HOST, "/empty.mar"))
-    for flow in (over_tls, head, http2, miss, empty):
+    for flow in (over_tls, head, http2, miss):
         serve(addon, flow)
         assert routed_to_cache(addon, flow), flow.request.method
     assert metric(addon, "shim_cache_hits_total") == 0
+    # A 0-byte entry has nothing to map: answered here all the same.
+    empty = serve(addon, plain(flow_for(BUCKET_HOST, "/empty.mar")))
+    assert not routed_to_cache(addon, empty)
+    assert empty.response is not None
+    assert (empty.response.status_code, empty.response.raw_content) == (200, b"")
+    assert empty.response.headers[CACHE_STATUS_HEADER] == "HIT"
 
 
 def test_an_entry_gone_since_the_lookup_is_fetched_again_and_left_unpinned(
