@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -114,20 +115,25 @@ def _task_id(args: argparse.Namespace) -> int:
     else:
         filtered = tuple(name for name in args.filter.split(",") if name)
     try:
-        rust = rust_task_id(args.url, filtered=filtered)
-        rust_0_2 = rust_task_id(args.url, filtered=filtered, client="0.2.28")
+        rust = rust_task_id(args.url, filtered=filtered, tag=args.tag)
+        rust_0_2 = rust_task_id(args.url, filtered=filtered, tag=args.tag, client="0.2.28")
     except ValueError as error:
         print(f"shim: cannot compute a task ID: {error}", file=sys.stderr)
         return 2
-    go = go_task_id(args.url, filtered=filtered)
+    go = go_task_id(args.url, filtered=filtered, tag=args.tag)
     print(f"rust dfdaemon (dragonfly-client 1.5):    {rust}")
     print(f"rust dfdaemon (dragonfly-client 0.2.28): {rust_0_2}")
     print(f"go dfdaemon (dfget 2.3.4 and earlier):   {go}")
     return 0
 
 
+# The origin directly, whatever proxy the environment names.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _sign(args: argparse.Namespace) -> int:
     # Imported here: the stores' SDKs are heavy, and other subcommands do not need them.
+    from shim.freshness import names_version, versioned_tag
     from shim.recognize import recognize
     from shim.redact import redact_url
     from shim.signing import signers_for
@@ -156,11 +162,29 @@ def _sign(args: argparse.Namespace) -> int:
     print(f"cache key:  {identity.task_id}")
     dfdaemon = settings.dfdaemon
     if dfdaemon is not None:
-        task = rust_task_id(identity.url, tag=dfdaemon.tag, application=dfdaemon.application)
-        print(
-            f"dfdaemon task ID (tag {dfdaemon.tag!r}, application {dfdaemon.application!r}): {task}"
-        )
+        tag = dfdaemon.tag
+        if not names_version(identity.url):
+            # The task's tag names the object's current version (see freshness.py).
+            etag = _current_etag(signed) if args.method == "GET" else None
+            if etag is None:
+                print("dfdaemon task ID: unknown (the origin answered with no ETag: is it there?)")
+                return 0
+            tag = versioned_tag(tag, etag)
+        task = rust_task_id(identity.url, tag=tag, application=dfdaemon.application)
+        print(f"dfdaemon task ID (tag {tag!r}, application {dfdaemon.application!r}): {task}")
     return 0
+
+
+def _current_etag(signed_url: str) -> str | None:
+    """The object's ETag, from its first byte fetched with the signed URL (a GET URL: a HEAD
+    would need a signature of its own); None when the origin does not answer with one."""
+    request = urllib.request.Request(signed_url, headers={"Range": "bytes=0-0"})  # noqa: S310
+    try:
+        with _DIRECT.open(request, timeout=30) as response:
+            etag: str | None = response.headers.get("ETag")
+            return etag
+    except (OSError, ValueError):
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated query parameters to drop (default: the signature parameters "
         "of --provider, which shim sends in its filter headers; '' for none)",
+    )
+    task_id.add_argument(
+        "--tag",
+        default="",
+        help="the task's X-Dragonfly-Tag; shim sends TAG;etag=ETAG (the object's current "
+        "version) unless the URL names a version",
     )
     task_id.add_argument(
         "--provider",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import socket
 import subprocess
@@ -57,6 +58,18 @@ def test_task_id_by_default_filters_what_shim_sends(capsys: pytest.CaptureFixtur
     resigned = URL.replace("deadbeef", "cafe").replace("20240101", "20250101")
     assert main(["task-id", resigned]) == 0
     assert _printed_ids(capsys.readouterr().out) == _printed_ids(captured.out)
+
+
+def test_task_id_tag_names_another_task(capsys: pytest.CaptureFixture[str]) -> None:
+    tag = ';etag="0123456789abcdef0123456789abcdef"'
+    assert main(["task-id", URL, "--tag", tag]) == 0
+    s3 = filtered_params("s3")
+    assert _printed_ids(capsys.readouterr().out) == (
+        rust_task_id(URL, filtered=s3, tag=tag),
+        rust_task_id(URL, filtered=s3, tag=tag, client="0.2.28"),
+        go_task_id(URL, filtered=s3, tag=tag),
+    )
+    assert rust_task_id(URL, filtered=s3, tag=tag) != rust_task_id(URL, filtered=s3)
 
 
 def test_task_id_filter_drops_the_named_params(capsys: pytest.CaptureFixture[str]) -> None:
@@ -235,9 +248,15 @@ def test_sign_prints_a_url_the_strict_store_serves_and_its_task_id(
         identity = identify(signed, filtered_params("s3"))
         assert _field(shown, "cache key") == identity.task_id
         task_line = next(line for line in shown.splitlines() if line.startswith("dfdaemon"))
-        assert task_line.endswith(rust_task_id(identity.url, tag="t1"))
+        # The dfdaemon's task is tagged with the object's current version (its ETag, as the
+        # origin sends it: s3rver's is the quoted MD5).
+        etag = f'"{hashlib.md5(b"model bytes").hexdigest()}"'
+        assert task_line.endswith(rust_task_id(identity.url, tag=f"t1;etag={etag}"))
         # Signed again later: another signature, the same identity.
         assert _field(shown, "identity") == _field(out, "identity")
+        # An object the origin does not have has no version, hence no task ID yet.
+        assert main(["sign", "--config", str(config), f"{s3.endpoint}/models/absent.mar"]) == 0
+        assert "dfdaemon task ID: unknown" in capsys.readouterr().out
 
 
 def test_sign_of_a_url_of_no_bucket_says_so(
