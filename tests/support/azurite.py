@@ -28,7 +28,7 @@ from typing import IO, Any
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
-from tests.support.procs import Stoppable, terminate
+from tests.support.procs import Stoppable, terminate, wait_started
 from tests.support.servers import REPO_ROOT, SERVERS_DIR, ServerStartError
 
 AZURITE_BIN = SERVERS_DIR / "node_modules" / ".bin" / "azurite-blob"
@@ -142,20 +142,15 @@ def start_azurite(
 
 
 def _wait_listening(server: AzuriteServer, timeout: float) -> tuple[str, int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        output = server.output()
-        found = _LISTENING.search(output)
-        if found:
-            return found.group(1), int(found.group(2))
-        if server.process.poll() is not None:
-            what = f"exited with code {server.process.returncode}"
-        elif time.monotonic() > deadline:
-            what = f"was not listening after {timeout:.0f} s"
-        else:
-            time.sleep(0.02)
-            continue
-        raise ServerStartError(f"azurite-blob {what}.\nOutput:\n{output.strip() or '(none)'}")
+    def printed_address() -> tuple[str, int] | None:
+        found = _LISTENING.search(server.output())
+        return (found.group(1), int(found.group(2))) if found else None
+
+    def failed(what: str) -> ServerStartError:
+        output = server.output().strip() or "(none)"
+        return ServerStartError(f"azurite-blob {what}.\nOutput:\n{output}")
+
+    return wait_started(server.process, printed_address, timeout, failed)
 
 
 def put_blob(server: AzuriteServer, container: str, name: str, body: bytes) -> None:

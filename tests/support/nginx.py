@@ -13,11 +13,10 @@ import contextlib
 import shutil
 import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.procs import Stoppable, free_port, terminate
+from tests.support.procs import Stoppable, free_port, terminate, wait_started
 from tests.support.servers import ServerStartError
 
 _TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -90,15 +89,13 @@ def start_nginx(root: Path, prefix: Path, *, timeout: float = 10.0) -> NginxServ
 
 
 def _wait_listening(server: NginxServer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def accepts() -> bool | None:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", server.port)):
-            return
-        if server.process.poll() is not None:
-            what = f"exited with code {server.process.returncode}"
-        elif time.monotonic() > deadline:
-            what = f"was not listening after {timeout:.0f} s"
-        else:
-            time.sleep(0.02)
-            continue
-        raise ServerStartError(f"nginx {what}.\nError log:\n{server.output().strip() or '(none)'}")
+            return True
+        return None
+
+    def failed(what: str) -> ServerStartError:
+        output = server.output().strip() or "(none)"
+        return ServerStartError(f"nginx {what}.\nError log:\n{output}")
+
+    wait_started(server.process, accepts, timeout, failed)

@@ -6,7 +6,9 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import urllib.request
+from collections.abc import Callable
 from typing import Self
 
 import pytest
@@ -47,6 +49,30 @@ def terminate(process: subprocess.Popen[bytes], timeout: float) -> int:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
     return process.returncode
+
+
+def wait_started[T](
+    process: subprocess.Popen[bytes],
+    probe: Callable[[], T | None],
+    timeout: float,
+    failed: Callable[[str], Exception],
+) -> T:
+    """Poll ``probe()`` until it gives a value (the port a server printed, a connection
+    accepted...) and return it. Raise ``failed(what)`` if the process exits or ``timeout``
+    seconds pass first; ``what`` says which ("exited with code 1")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found is not None:
+            return found
+        if process.poll() is not None:
+            what = f"exited with code {process.returncode}"
+        elif time.monotonic() > deadline:
+            what = f"was not ready after {timeout:.0f} s"
+        else:
+            time.sleep(0.02)
+            continue
+        raise failed(what)
 
 
 def require(env_var: str, missing: str | None) -> None:

@@ -11,7 +11,6 @@ import contextlib
 import os
 import subprocess
 import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.support.procs import Stoppable, terminate
+from tests.support.procs import Stoppable, terminate, wait_started
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -142,25 +141,20 @@ def start_s3rver(
 
 
 def _wait_ready(server: S3Server, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        output = server.output()
-        for line in output.splitlines():
+    def printed_port() -> int | None:
+        for line in server.output().splitlines():
             if line.startswith("READY "):
                 return int(line.split()[1])
-        if server.process.poll() is not None:
-            what = f"exited with code {server.process.returncode}"
-        elif time.monotonic() > deadline:
-            what = f"was not ready after {timeout:.0f} s"
-        else:
-            time.sleep(0.02)
-            continue
+        return None
+
+    def failed(what: str) -> ServerStartError:
         hint = ""
         if not (SERVERS_DIR / "node_modules" / "@20minutes" / "s3rver").is_dir():
             hint = "\nIts dependencies are missing: run `npm ci --prefix tests/servers`."
-        raise ServerStartError(
-            f"s3rver ({S3RVER_SCRIPT}) {what}.{hint}\nOutput:\n{output.strip() or '(none)'}"
-        )
+        output = server.output().strip() or "(none)"
+        return ServerStartError(f"s3rver ({S3RVER_SCRIPT}) {what}.{hint}\nOutput:\n{output}")
+
+    return wait_started(server.process, printed_port, timeout, failed)
 
 
 def s3_client(
