@@ -327,24 +327,20 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return text or "(top level)"
 
 
-def _message(error: ErrorDetails) -> str:
-    if error["type"] in ("union_tag_not_found", "union_tag_invalid"):
-        known = ", ".join(repr(name) for name in sorted(PROVIDERS))
-        given = error.get("ctx", {}).get("tag")
-        return (f"{given!r} is not a store shim knows" if given else "required") + (
-            f"; expected one of {known}"
-        )
-    return error["msg"]
+def _problem(error: ErrorDetails) -> str:
+    """``where: what`` for one validation error; a bucket's unknown or missing ``provider``
+    names the stores shim knows."""
+    where = _location(error["loc"])
+    if error["type"] not in ("union_tag_not_found", "union_tag_invalid"):
+        return f"{where}: {error['msg']}"
+    known = ", ".join(repr(name) for name in sorted(PROVIDERS))
+    given = error.get("ctx", {}).get("tag")
+    what = f"{given!r} is not a store shim knows" if given else "required"
+    return f"{where}.provider: {what}; expected one of {known}"
 
 
 def _describe(error: ValidationError, source: str) -> str:
-    problems = []
-    for e in error.errors():
-        where = _location(e["loc"])
-        if e["type"] in ("union_tag_not_found", "union_tag_invalid"):
-            where += ".provider"
-        problems.append(f"{where}: {_message(e)}")
-    return f"{source}: " + "; ".join(problems)
+    return f"{source}: " + "; ".join(_problem(e) for e in error.errors())
 
 
 def _resolve_env_credentials(raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
