@@ -361,20 +361,25 @@ class GcsGateway(Stoppable):
             first, last = wanted
             response.set_status(206)
             response.headers["Content-Range"] = f"bytes {first}-{last}/{stored.size}"
-        response.content_length = last - first + 1
+        length = response.content_length = last - first + 1
         await response.prepare(request)
         sent = 0
         if request.method == "GET":
             with stored.path.open("rb") as body:
                 body.seek(first)
-                while sent < response.content_length:
-                    chunk = body.read(min(CHUNK, response.content_length - sent))
+                while sent < length:
+                    chunk = body.read(min(CHUNK, length - sent))
                     if not chunk:
                         break
+                    if sent + len(chunk) == length:
+                        # Recorded before the last byte leaves: a client that has its answer
+                        # finds it here.
+                        self._record(request, response.status, length)
                     await response.write(chunk)
                     sent += len(chunk)
+        if sent < length or request.method != "GET" or not length:
+            self._record(request, response.status, sent)
         await response.write_eof()
-        self._record(request, response.status, sent)
         return response
 
 

@@ -285,6 +285,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
+
+        def record(sent: int) -> None:
+            self.owner.record(Served(self.command, bucket, key, status, sent, self._query()))
+
         sent = 0
         if body and length:
             with found.path.open("rb") as file:
@@ -293,9 +297,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     chunk = file.read(min(_CHUNK, length - sent))
                     if not chunk:
                         break
+                    if sent + len(chunk) == length:
+                        # Recorded before the last byte leaves: a client that has its answer
+                        # finds it here.
+                        record(length)
                     self.wfile.write(chunk)
                     sent += len(chunk)
-        self.owner.record(Served(self.command, bucket, key, status, sent, self._query()))
+        if sent < length or not (body and length):
+            record(sent)
 
     def _error(
         self,
@@ -311,6 +320,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elements |= {"HostId": self.headers.get("Host") or "", **(echo or {})}
         xml = "".join(f"<{name}>{escape(value)}</{name}>" for name, value in elements.items())
         document = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error>{xml}</Error>\n'.encode()
+        # Recorded before it is sent: a client that has its answer finds it here.
+        self.owner.record(Served(self.command, bucket, key, status, 0, self._query()))
         self.send_response(status)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(document)))
@@ -318,4 +329,3 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(document)
-        self.owner.record(Served(self.command, bucket, key, status, 0, self._query()))
