@@ -1,0 +1,433 @@
+"""N nodes pull one model at the same moment through Dragonfly, in the style of Kraken's figures.
+
+    python -m bench.bench_cluster [--size-mib 1024] [--nodes 2,4,8] [--runs 5]
+        [--origin-rate-mb 50] [--settings default,one-origin] [--out FILE]
+
+Each node is a real `shim run` forwarding to its own Rust dfdaemon (its own hostname), all
+registered with one scheduler; the origin is the strict S3 server behind a relay limited to an
+object-storage-like rate. Every run starts cold: a fresh scheduler and fresh dfdaemons and shims,
+and a fresh key (a server-side copy of one random object), so no task, piece or cache entry
+survives from an earlier run. The nodes' curls are released by one barrier; each node's time is
+from that release until its curl has the whole object, and its file must hash to the object's
+SHA-256 (a wrong byte fails the benchmark).
+
+Per N and scheduler setting: p50 and p99 of the node times over all runs, the origin's bytes in
+copies of the object (ideal 1.0), and how many runs fetched more than one copy, with the
+dfdaemons that fetched from the origin (their back-to-source traffic) and why the scheduler sent
+each there (its log). Prints a table, writes JSON and a chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from boto3.s3.transfer import TransferConfig
+
+from tests.support.dragonfly import Dfdaemon, Scheduler, start_dfdaemons, start_scheduler
+from tests.support.procs import direct_opener
+from tests.support.relay import Relay
+from tests.support.servers import REPO_ROOT, S3Server, s3_client, start_s3rver
+from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
+
+BUCKET = "models"
+SOURCE_KEY = "source/model.bin"
+# More than this many copies of the object from the origin counts as a run that fetched twice;
+# headers and every peer's 1-byte probe add well under 1%.
+EXTRA_COPY_THRESHOLD = 1.1
+
+# Scheduler settings compared, merged over tests/support/dragonfly.py's scheduler.yaml (which
+# sets backToSourceCount: 1 and leaves the retry settings at v2.5.1's defaults: a peer that
+# finds no parent 4 times, 500 ms apart, goes to the origin; after 5 it fails).
+SETTINGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "one-origin": {"scheduler": {"retryBackToSourceLimit": 100, "retryLimit": 100}},
+}
+
+
+@dataclass
+class NodeResult:
+    seconds: float  # from the barrier's release until the whole object arrived
+    first_byte_seconds: float  # curl's time to the first body byte
+    back_to_source_mb: float  # what this node's dfdaemon fetched from the origin
+
+
+@dataclass
+class RunResult:
+    setting: str
+    nodes: int
+    run: int
+    origin_bytes: int
+    copies: float  # origin bytes / object size
+    nodes_to_origin: int  # dfdaemons that fetched from the origin
+    scheduler_reasons: list[str]  # why the scheduler sent each peer to the origin
+    peak_rss_mb: float  # all dfdaemons and shims together
+    node_results: list[NodeResult]
+
+
+@dataclass
+class Row:
+    setting: str
+    nodes: int
+    runs: int
+    p50_seconds: float
+    p99_seconds: float
+    p50_mb_per_s: float  # object size / p50 time, per node
+    mean_copies: float
+    max_copies: float
+    runs_over_one_copy: int
+    mean_nodes_to_origin: float
+    peak_rss_mb: float
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Linear interpolation between the closest ranks (numpy's default)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * fraction
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def back_to_source_bytes(daemon: Dfdaemon) -> int:
+    """The dfdaemon's `download_traffic{type="BACK_TO_SOURCE"}` counter."""
+    with direct_opener.open(daemon.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(
+        r'^dragonfly_client_download_traffic\{type="BACK_TO_SOURCE"\} (\S+)$', text, re.MULTILINE
+    )
+    return int(float(match.group(1))) if match else 0
+
+
+def scheduler_reasons(scheduler: Scheduler) -> list[str]:
+    """Why the scheduler sent peers to the origin, one entry per peer sent."""
+    return re.findall(r"send NeedBackToSourceResponse, because of ([^\t\n]*)", scheduler.output())
+
+
+class RssSampler:
+    """Samples the summed resident memory of some processes until stopped; keeps the peak."""
+
+    def __init__(self, pids: Sequence[int], interval: float = 0.5) -> None:
+        self.peak_bytes = 0
+        self._pids = list(pids)
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="rss", daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while True:
+            total = 0
+            for pid in self._pids:
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+                total += int(match.group(1)) * 1024 if match else 0
+            self.peak_bytes = max(self.peak_bytes, total)
+            if self._stopped.wait(self._interval):
+                return
+
+
+@contextmanager
+def cluster(
+    work: Path, nodes: int, relay: Relay, scheduler_config: Mapping[str, Any]
+) -> Iterator[tuple[Scheduler, list[Dfdaemon], list[ShimProcess]]]:
+    """A scheduler, `nodes` dfdaemons and a shim in front of each, all started afresh."""
+    with ExitStack() as stack:
+        scheduler = stack.enter_context(
+            start_scheduler(work / "scheduler", config=scheduler_config)
+        )
+        daemons = [
+            stack.enter_context(daemon)
+            for daemon in start_dfdaemons(
+                work, [f"node-{i}" for i in range(nodes)], scheduler=scheduler, proxy_rules=[]
+            )
+        ]
+        bucket = s3_bucket_config(BUCKET, relay.endpoint)
+        # No fallback: every byte a node gets comes through its dfdaemon, so the relay's count is
+        # Dragonfly's alone. Started side by side: each shim's start-up is mostly imports.
+        with concurrent.futures.ThreadPoolExecutor(nodes) as pool:
+            futures = [
+                pool.submit(
+                    start_shim,
+                    work / f"shim-{i}",
+                    {"dfdaemon": {"url": d.proxy_url, "fallback": False}, "buckets": [bucket]},
+                )
+                for i, d in enumerate(daemons)
+            ]
+            # Every shim that did start is stopped, even when another failed to.
+            failures = []
+            shims = []
+            for future in futures:
+                try:
+                    shims.append(stack.enter_context(future.result()))
+                except Exception as exc:  # re-raised below, once the others are in the stack
+                    failures.append(exc)
+            if failures:
+                raise failures[0]
+        yield scheduler, daemons, shims
+
+
+def download_together(
+    shims: Sequence[ShimProcess], url: str, outputs: Sequence[Path]
+) -> list[tuple[float, float]]:
+    """Each shim's curl of `url` into its output, all released at once by a barrier.
+
+    Returns per node the seconds from the release to the last byte and curl's time to the first
+    byte. Raises if a curl fails or a node's answer did not come through its dfdaemon.
+    """
+    barrier = threading.Barrier(len(shims) + 1)
+    released = [0.0]
+
+    def fetch(shim: ShimProcess, output: Path) -> tuple[float, float]:
+        command = [
+            "curl", "-sS", "-f", "--noproxy", "", "-x", shim.proxy, "-o", str(output),
+            "-D", str(output.with_suffix(".headers")), "-w", "%{time_starttransfer}", url,
+        ]  # fmt: skip
+        barrier.wait()
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        finished = time.monotonic()
+        if done.returncode != 0:
+            raise RuntimeError(f"curl through {shim.proxy} failed: {done.stderr.strip()}")
+        return finished - released[0], float(done.stdout)
+
+    with concurrent.futures.ThreadPoolExecutor(len(shims)) as pool:
+        futures = [pool.submit(fetch, s, o) for s, o in zip(shims, outputs, strict=True)]
+        released[0] = time.monotonic()
+        barrier.wait()
+        results = [future.result() for future in futures]
+    for output in outputs:
+        headers = output.with_suffix(".headers").read_text().lower()
+        if "x-shim-route: dfdaemon" not in headers:
+            raise RuntimeError(f"{output.name} did not come through the dfdaemon:\n{headers}")
+    return results
+
+
+def one_run(
+    work: Path,
+    origin: S3Server,
+    relay: Relay,
+    *,
+    setting: str,
+    nodes: int,
+    run: int,
+    size: int,
+    digest: str,
+) -> RunResult:
+    key = f"runs/{setting}/n{nodes}/r{run}/model.bin"
+    client = s3_client(origin)
+    client.copy_object(Bucket=BUCKET, Key=key, CopySource={"Bucket": BUCKET, "Key": SOURCE_KEY})
+    run_dir = work / f"{setting}-n{nodes}-r{run}"
+    try:
+        with cluster(run_dir, nodes, relay, SETTINGS[setting]) as (scheduler, daemons, shims):
+            outputs = [run_dir / f"node-{i}.out" for i in range(nodes)]
+            pids = [d.pid for d in daemons] + [s.pid for s in shims]
+            before = relay.bytes_down
+            with RssSampler(pids) as rss:
+                times = download_together(shims, f"{relay.endpoint}/{BUCKET}/{key}", outputs)
+            origin_bytes = relay.bytes_down - before
+            for output in outputs:
+                got = sha256_of(output)
+                if got != digest:
+                    raise RuntimeError(f"{output.name}: sha256 {got}, the object's is {digest}")
+            from_origin = [back_to_source_bytes(d) for d in daemons]
+            reasons = scheduler_reasons(scheduler)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        client.delete_object(Bucket=BUCKET, Key=key)
+    return RunResult(
+        setting=setting,
+        nodes=nodes,
+        run=run,
+        origin_bytes=origin_bytes,
+        copies=origin_bytes / size,
+        nodes_to_origin=sum(1 for b in from_origin if b > 0),
+        scheduler_reasons=reasons,
+        peak_rss_mb=rss.peak_bytes / 1e6,
+        node_results=[
+            NodeResult(seconds, first_byte, b / 1e6)
+            for (seconds, first_byte), b in zip(times, from_origin, strict=True)
+        ],
+    )
+
+
+def summarize(runs: Sequence[RunResult], size: int) -> Row:
+    times = [n.seconds for r in runs for n in r.node_results]
+    p50 = statistics.median(times)
+    return Row(
+        setting=runs[0].setting,
+        nodes=runs[0].nodes,
+        runs=len(runs),
+        p50_seconds=p50,
+        p99_seconds=percentile(times, 0.99),
+        p50_mb_per_s=size / p50 / 1e6,
+        mean_copies=statistics.mean(r.copies for r in runs),
+        max_copies=max(r.copies for r in runs),
+        runs_over_one_copy=sum(1 for r in runs if r.copies > EXTRA_COPY_THRESHOLD),
+        mean_nodes_to_origin=statistics.mean(r.nodes_to_origin for r in runs),
+        peak_rss_mb=max(r.peak_rss_mb for r in runs),
+    )
+
+
+def chart(rows: Sequence[Row], origin_rate: float, size: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    settings = list(dict.fromkeys(r.setting for r in rows))
+    all_nodes = sorted({r.nodes for r in rows})
+    width = 0.8 / len(settings)
+    colors = ["#4c72b0", "#55a868", "#c44e52", "#8172b2"]
+    for i, setting in enumerate(settings):
+        mine = {r.nodes: r for r in rows if r.setting == setting}
+        xs = [all_nodes.index(n) + (i - (len(settings) - 1) / 2) * width for n in mine]
+        color = colors[i % len(colors)]
+        left.bar(xs, [r.p50_seconds for r in mine.values()], width, color=color,
+                 label=f"{setting}: p50")  # fmt: skip
+        left.scatter(xs, [r.p99_seconds for r in mine.values()], color="black", marker="_",
+                     s=400, zorder=3, label="p99" if i == 0 else None)  # fmt: skip
+        right.bar(xs, [r.mean_copies for r in mine.values()], width, color=color,
+                  label=f"{setting}: mean")  # fmt: skip
+        right.scatter(xs, [r.max_copies for r in mine.values()], color="black", marker="_",
+                      s=400, zorder=3, label="worst run" if i == 0 else None)  # fmt: skip
+    left.axhline(size / origin_rate, color="#c44e52", linestyle="--",
+                 label="one copy at the origin's rate")  # fmt: skip
+    left.set_xticks(range(len(all_nodes)), [str(n) for n in all_nodes])
+    left.set_xlabel("nodes downloading at once")
+    left.set_ylabel("seconds to the whole object, per node")
+    left.set_title(
+        f"Time to complete ({size / 2**20:.0f} MiB, origin {origin_rate / 1e6:.0f} MB/s)"
+    )
+    left.legend(fontsize=8)
+    right.axhline(1.0, color="#c44e52", linestyle="--", label="ideal: one copy")
+    right.set_xticks(range(len(all_nodes)), [str(n) for n in all_nodes])
+    right.set_xlabel("nodes downloading at once")
+    right.set_ylabel("origin bytes / object size")
+    right.set_title("Origin traffic")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--size-mib", type=int, default=1024, help="the model's size")
+    parser.add_argument("--nodes", default="2,4,8", help="comma-separated node counts")
+    parser.add_argument("--runs", type=int, default=5, help="runs per node count and setting")
+    parser.add_argument("--origin-rate-mb", type=float, default=50.0, help="MB/s")
+    parser.add_argument(
+        "--settings", default=",".join(SETTINGS), help=f"scheduler settings of {sorted(SETTINGS)}"
+    )
+    parser.add_argument(
+        "--scheduler-config",
+        type=json.loads,
+        default=None,
+        help='another setting, "custom": JSON merged over scheduler.yaml, e.g. '
+        '\'{"scheduler": {"retryInterval": "200ms"}}\'',
+    )
+    parser.add_argument(
+        "--out", type=Path, default=REPO_ROOT / "bench" / "results" / "cluster.json"
+    )
+    args = parser.parse_args()
+    node_counts = [int(n) for n in args.nodes.split(",")]
+    settings = args.settings.split(",")
+    if args.scheduler_config is not None:
+        SETTINGS["custom"] = args.scheduler_config
+        settings.append("custom")
+    if unknown := [s for s in settings if s not in SETTINGS]:
+        parser.error(f"unknown settings {unknown}; known: {sorted(SETTINGS)}")
+    size = args.size_mib << 20
+    origin_rate = args.origin_rate_mb * 1e6
+
+    runs: list[RunResult] = []
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shim-bench-cluster-",
+                                                                    dir="/var/tmp")))  # fmt: skip
+        source = work / "model.bin"
+        digest = hashlib.sha256()
+        with source.open("wb") as out:
+            for _ in range(args.size_mib):
+                chunk = os.urandom(1 << 20)
+                digest.update(chunk)
+                out.write(chunk)
+        origin = stack.enter_context(start_s3rver(work / "origin"))
+        client = s3_client(origin)
+        client.create_bucket(Bucket=BUCKET)
+        # One PUT: the object's ETag is its MD5, which every shim checks the bytes against.
+        client.upload_file(str(source), BUCKET, SOURCE_KEY,
+                           Config=TransferConfig(multipart_threshold=size + 1))  # fmt: skip
+        source.unlink()
+        relay = stack.enter_context(Relay(origin.host, origin.port))
+        relay.rate_limit_bytes_per_s = origin_rate
+        print(f"{args.size_mib} MiB model, origin limited to {args.origin_rate_mb:.0f} MB/s; "
+              f"{args.runs} runs per node count and setting", flush=True)  # fmt: skip
+        for setting in settings:
+            for nodes in node_counts:
+                for run in range(args.runs):
+                    result = one_run(work, origin, relay, setting=setting, nodes=nodes,
+                                     run=run, size=size, digest=digest.hexdigest())  # fmt: skip
+                    times = sorted(n.seconds for n in result.node_results)
+                    print(f"  {setting} N={nodes} run {run}: {times[0]:.1f}-{times[-1]:.1f} s, "
+                          f"{result.copies:.2f} copies, {result.nodes_to_origin} to origin, "
+                          f"rss {result.peak_rss_mb:.0f} MB; scheduler: {result.scheduler_reasons}",
+                          flush=True)  # fmt: skip
+                    runs.append(result)
+
+    rows = [
+        summarize([r for r in runs if r.setting == setting and r.nodes == nodes], size)
+        for setting in settings
+        for nodes in node_counts
+    ]
+    print(f"\n{'setting':<11} {'N':>2} {'p50 s':>6} {'p99 s':>6} {'MB/s':>5} {'copies':>6} "
+          f"{'worst':>6} {'>1 copy':>7} {'to origin':>9} {'RSS MB':>7}")  # fmt: skip
+    for r in rows:
+        print(f"{r.setting:<11} {r.nodes:>2} {r.p50_seconds:>6.1f} {r.p99_seconds:>6.1f} "
+              f"{r.p50_mb_per_s:>5.0f} {r.mean_copies:>6.2f} {r.max_copies:>6.2f} "
+              f"{r.runs_over_one_copy:>3}/{r.runs:<3} {r.mean_nodes_to_origin:>9.1f} "
+              f"{r.peak_rss_mb:>7.0f}")  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(
+        {"size_bytes": size, "origin_rate_mb_per_s": args.origin_rate_mb, "cpus": os.cpu_count(),
+         "settings": {s: SETTINGS[s] for s in settings},
+         "rows": [asdict(r) for r in rows], "runs": [asdict(r) for r in runs]},
+        indent=2))  # fmt: skip
+    chart(rows, origin_rate, size, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
