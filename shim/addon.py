@@ -10,12 +10,15 @@ Load it with ``shim run`` or ``mitmdump -s addons/shim_addon.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import ipaddress
 import logging
 import os
 import time
 import weakref
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +30,19 @@ from shim._errors import ConfigError, RequestError, ShimError, SigningError
 from shim.access import auth_required, client_allowed, credentials_valid
 from shim.admin import AdminServer
 from shim.cache.conditional import Preconditions
-from shim.cache.mapped import map_entry
-from shim.cache.revalidate import entry_due
+from shim.cache.fill import TransferAborted
 from shim.cache.server import (
     CACHE_STATUS_HEADER,
     ERROR_HEADER,
-    PRECONDITION_FAILED_BODY,
     REFUSAL_PATH,
     ROUTE_HEADER,
     TASK_ID_HEADER,
     TICKET_HEADER,
+    BodyStream,
     CacheServer,
+    Reply,
     Ticket,
-    entry_kept,
-    hit_headers,
-    plan_answer,
+    error_reply,
 )
 from shim.cache.store import CacheStore
 from shim.config import DfdaemonSettings, Settings, load_settings
@@ -60,17 +61,19 @@ from shim.decide import (
     refuse_destination,
 )
 from shim.dfdaemon import DragonflyOptions
-from shim.freshness import FreshnessPolicy
-from shim.identity import TaskIdentity, filtered_params, identify
+from shim.identity import filtered_params, identify
 from shim.metrics import Metrics
 from shim.providers import BucketConfig
-from shim.ranges import ByteRange
 from shim.redact import redact_url
 from shim.signing import CachedSigner, credential_problem_in_background, signers_for
+from shim.takeover import SENDFILE_SIZE, ClientConnection, ClientConnections, response_head
 from shim.upstream import DfdaemonRoute
 
 log = logging.getLogger("shim")
 
+# Answers up to this size are read whole and handed to mitmproxy, which keeps the connection
+# open; larger ones are written on the client's connection directly (shim.takeover).
+SMALL_BODY = 64 * 1024
 # Hop-by-hop and client credentials: never forwarded on a request shim signs itself.
 _DROPPED_REQUEST_HEADERS = ("Authorization", "Proxy-Authorization", "Proxy-Connection", "Cookie")
 
@@ -138,6 +141,7 @@ class ShimAddon:
             weakref.WeakKeyDictionary()
         )
         self._authenticated: weakref.WeakSet[connection.Client] = weakref.WeakSet()
+        self._clients = ClientConnections()
         self.ready = False
 
     # -- options ------------------------------------------------------------------------------
@@ -255,6 +259,10 @@ class ShimAddon:
             return
         self._tunnels[flow.client_conn] = decision
 
+    def tls_established_client(self, data: tls.TlsData) -> None:
+        if data.ssl_conn is not None:
+            self._clients.tls_established(data.context.client, data.ssl_conn)
+
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         client = data.context.client
         decision = self._tunnels.get(client)
@@ -362,12 +370,84 @@ class ShimAddon:
             "url": redact_url(flow.request.pretty_url),
             "task_id": identity.task_id,
         }
-        policy = ref.bucket.freshness
-        if flow.request.method == "GET" and self._reply_mapped(flow, identity, policy):
-            return
         assert self._cache is not None
-        ticket = Ticket(flow.request.method, signed, identity, filtered, policy)
-        self._route_to_cache(flow, "/", self._cache.issue_ticket(ticket))
+        ticket = Ticket(flow.request.method, signed, identity, filtered, ref.bucket.freshness)
+        client = self._client_connection(flow)
+        if client is None:
+            self._route_to_cache(flow, "/", self._cache.issue_ticket(ticket))
+            return
+        conditions = Preconditions.of(flow.request.headers.get_all)
+        await self._answer(flow, await self._cache.respond(ticket, conditions), client)
+
+    def _client_connection(self, flow: http.HTTPFlow) -> ClientConnection | None:
+        """The client's connection, to answer on directly; None: through the cache server."""
+        if not self._settings().cache.zero_copy_hits:
+            return None
+        proxyserver = ctx.master.addons.get("proxyserver")  # type: ignore[no-untyped-call]
+        return self._clients.of(flow, proxyserver)
+
+    async def _answer(self, flow: http.HTTPFlow, reply: Reply, client: ClientConnection) -> None:
+        """Answer with ``reply``: as mitmproxy's response when it is small (the connection
+        stays open for the next request), else written on the client's connection here."""
+        stream = reply.stream
+        if stream is not None and stream.length is not None and stream.length <= SMALL_BODY:
+            reply = await self._read_small(reply, stream)
+        if reply.stream is None:
+            flow.response = _response_of(flow.request.method, reply)
+            return
+        with contextlib.closing(reply.stream):
+            await self._send_on_connection(flow, reply, client)
+
+    async def _read_small(self, reply: Reply, stream: BodyStream) -> Reply:
+        """``reply`` with its stream read into its body; a 502 if it cannot be completed."""
+        assert self._cache is not None
+        with contextlib.closing(stream):
+            try:
+                return replace(reply, body=await stream.read_all(), stream=None)
+            except TransferAborted as error:
+                self._cache.count_aborted(error)
+                failed = error_reply(502, "origin", str(error))
+                cache = {k: v for k, v in reply.headers.items() if k.startswith("X-Shim-")}
+                failed.headers.update(cache)
+                return failed
+
+    async def _send_on_connection(
+        self, flow: http.HTTPFlow, reply: Reply, client: ClientConnection
+    ) -> None:
+        """Write ``reply`` on the client's connection, then have mitmproxy close it (kill):
+        it never sent this response, so it cannot carry on with the connection."""
+        assert self._cache is not None and reply.stream is not None
+        stream = reply.stream
+        chunked = stream.length is None
+        flow.metadata["shim_sent"] = True
+        self._log_answer(flow, reply.status, reply.headers)
+        try:
+            head = response_head(reply.status, _dated(reply.headers), chunked=chunked)
+            await client.send(head)
+            position = stream.start
+            while stream.stop is None or position < stream.stop:
+                span = await stream.reader.span(position, stream.stop, SENDFILE_SIZE)
+                count = len(span) if isinstance(span, bytes) else span.count
+                if count == 0:
+                    break
+                if chunked:
+                    await client.send(b"%x\r\n" % count)
+                if isinstance(span, bytes):
+                    await client.send(span)
+                else:
+                    await client.send_file(span)
+                if chunked:
+                    await client.send(b"\r\n")
+                self.metrics.response_bytes.inc(count)
+                position += count
+            if chunked:
+                await client.send(b"0\r\n\r\n")
+            await client.finish()
+        except TransferAborted as error:
+            self._cache.count_aborted(error)  # the cut connection shows the client a short body
+        except OSError:
+            self.metrics.errors.labels(kind="client").inc()
+        flow.kill()  # type: ignore[no-untyped-call]
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
@@ -375,10 +455,12 @@ class ShimAddon:
 
     def response(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
+        self._log_answer(flow, flow.response.status_code, flow.response.headers)
+
+    def _log_answer(self, flow: http.HTTPFlow, status: int, headers: Mapping[str, str]) -> None:
         shim = flow.metadata.get("shim")
         if shim is None:
             return
-        headers = flow.response.headers
         state = headers.get(CACHE_STATUS_HEADER, "-")
         route = {"HIT": "hit", "MISS": "miss"}.get(state, "error")
         self.metrics.requests.labels(route=route).inc()
@@ -386,7 +468,7 @@ class ShimAddon:
             "%s %s -> %d %s via %s task=%s",
             flow.request.method,
             shim["url"],
-            flow.response.status_code,
+            status,
             state,
             headers.get(ROUTE_HEADER, "-"),
             # The dfdaemon's own task ID when it reported one, else shim's computation.
@@ -395,6 +477,8 @@ class ShimAddon:
 
     def error(self, flow: http.HTTPFlow) -> None:
         shim = flow.metadata.get("shim")
+        if flow.metadata.get("shim_sent"):
+            return  # answered on the connection, which mitmproxy was then told to close
         if shim is not None and flow.error is not None:
             self.metrics.errors.labels(kind="transfer").inc()
             log.warning("%s %s failed: %s", flow.request.method, shim["url"], flow.error.msg)
@@ -467,62 +551,21 @@ class ShimAddon:
             request.headers.pop(name, None)
         request.headers[TICKET_HEADER] = ticket_id
 
-    def _reply_mapped(
-        self, flow: http.HTTPFlow, identity: TaskIdentity, policy: FreshnessPolicy
-    ) -> bool:
-        """Answer a plain-HTTP/1 cache hit from a memory map; False when that does not apply."""
-        assert self._cache is not None
-        settings = self._settings()
-        store = self._cache.store
-        if (
-            not settings.cache.zero_copy_hits
-            or flow.client_conn.tls_established
-            or not flow.request.http_version.startswith("HTTP/1")
-        ):
-            return False
-        meta = store.lookup(identity.task_id)
-        if meta is not None and entry_due(meta, policy, identity.url, time.time()):
-            return False  # the cache server checks it with the origin first
-        if meta is None:
-            return False
-        request = flow.request
-        answer = plan_answer(
-            request.method,
-            Preconditions.of(request.headers.get_all),
-            entry_kept(meta),
-            meta.size,
-            seen_at=meta.stored_at,
-        )
-        now = time.time()
-        # The headers the cache server's answers carry too: a hit is a hit whichever way.
-        headers = {
-            **answer.headers,
-            **hit_headers(meta, now),
-            "Date": email.utils.formatdate(now, usegmt=True),
-        }
-        body: memoryview | bytes = b""
-        if answer.status == 412:
-            body = PRECONDITION_FAILED_BODY
-        elif answer.sends_object and meta.size:
-            byte_range = answer.byte_range or ByteRange(0, meta.size - 1)
-            store.pin(meta.key)
-            try:
-                body = map_entry(
-                    store.data_path(meta.key), byte_range, lambda: store.unpin(meta.key)
-                )
-            except OSError:
-                store.unpin(meta.key)
-                return False  # gone since the lookup: the cache server fetches it again
-        flow.response = http.Response.make(answer.status, b"", headers)
-        # raw_content is the body as mitmproxy sends it; a view avoids a copy of the object.
-        flow.response.raw_content = body  # type: ignore[assignment]
-        if answer.status == 304:
-            del flow.response.headers["Content-Length"]
-        else:
-            flow.response.headers["Content-Length"] = str(len(body))
-        self.metrics.cache_hits.inc()
-        self.metrics.response_bytes.inc(len(body))
-        return True
+
+def _dated(headers: Mapping[str, str]) -> dict[str, str]:
+    return {**headers, "Date": email.utils.formatdate(time.time(), usegmt=True)}
+
+
+def _response_of(method: str, reply: Reply) -> http.Response:
+    """mitmproxy's response for a reply without a stream. A HEAD keeps the object's
+    Content-Length; a 304 has none."""
+    response = http.Response.make(reply.status, reply.body, _dated(reply.headers))
+    length = reply.headers.get("Content-Length")
+    if reply.status == 304:
+        response.headers.pop("Content-Length", None)
+    elif method == "HEAD" and length is not None:
+        response.headers["Content-Length"] = length
+    return response
 
 
 def _drop_body(chunk: bytes) -> bytes:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import os
+import socket
+import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -26,7 +27,6 @@ from shim.addon import ShimAddon, dfdaemon_route
 from shim.cache.server import (
     CACHE_STATUS_HEADER,
     REFUSAL_PATH,
-    ROUTE_HEADER,
     TASK_ID_HEADER,
     TICKET_HEADER,
 )
@@ -34,6 +34,7 @@ from shim.cache.store import EntryMeta
 from shim.config import settings_from_mapping
 from shim.decide import Intercept, Refuse, Tunnel
 from shim.dfdaemon import DragonflyOptions
+from shim.takeover import ClientConnection
 
 BUCKET_HOST = "models.s3.us-east-1.amazonaws.com"
 CREDENTIALS = {"source": "static", "access_key_id": "AKIDADDONTEST", "secret_access_key": "k"}
@@ -254,7 +255,7 @@ def test_connect_to_a_name_of_a_loopback_address_is_refused_up_front(addon: Shim
     assert error_kind(flow) == (403, "passthrough")
 
 
-# -- plain-HTTP hits from a memory map, request facts, what the response and error hooks count,
+# -- answers, request facts, what the response and error hooks count,
 # and the settings the addon runs with (with the store's own fill API for entries) ------------
 
 BODY = bytes(range(256)) * 40  # 10240 bytes
@@ -321,32 +322,84 @@ def routed_to_cache(addon: ShimAddon, flow: http.HTTPFlow) -> bool:
     )
 
 
-# -- plain-HTTP hits from a memory map --------------------------------------------------------
+# -- answers: small ones as mitmproxy's response, large ones on the client's connection --------
+
+LARGE = os.urandom(shim.addon.SMALL_BODY + 4096)
 
 
-def test_a_plain_http_hit_is_answered_from_the_entry_pinned_until_sent(addon: ShimAddon) -> None:
-    key = cache_entry(addon, BODY)
+def connected(addon: ShimAddon, monkeypatch: pytest.MonkeyPatch) -> socket.socket:
+    """Give the addon a client connection to answer on, as mitmproxy's table would: the proxy's
+    end of a real socket pair. Returns the client's end."""
+    proxy_end, client_end = socket.socketpair()
+
+    async def open_writer() -> asyncio.StreamWriter:
+        return (await asyncio.open_connection(sock=proxy_end))[1]
+
+    writer = run(open_writer())
+    client = ClientConnection(writer, None, lambda: None)
+    monkeypatch.setattr(addon._clients, "of", lambda flow, proxyserver: client)
+    return client_end
+
+
+def received(client_end: socket.socket, serving: Callable[[], object]) -> bytes:
+    """What the client's end receives while ``serving()`` runs, up to the connection's end of
+    this answer (Content-Length after the head)."""
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += client_end.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))  # fmt: skip
+        while len(body) < length:
+            body += client_end.recv(65536)
+        chunks.append(data.partition(b"\r\n\r\n")[0] + b"\r\n\r\n" + body)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    serving()
+    reader.join(10)
+    return chunks[0]
+
+
+def test_a_large_hit_is_written_on_the_client_connection_then_the_flow_ends(
+    addon: ShimAddon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = cache_entry(addon, LARGE)
     assert addon._cache is not None
-    store = addon._cache.store
-
-    flow = serve(addon, plain(flow_for(BUCKET_HOST, "/model.mar")))
-    response = flow.response
-    assert response is not None and response.status_code == 200
-    assert response.raw_content == BODY
-    headers = response.headers
-    assert headers["Content-Length"] == str(len(BODY))
-    assert (headers[CACHE_STATUS_HEADER], headers[ROUTE_HEADER]) == ("HIT", "cache")
-    assert headers[TASK_ID_HEADER] == key
-    assert headers["ETag"] == '"etag-1"' and headers["Content-Type"] == "application/x-mar"
+    client_end = connected(addon, monkeypatch)
+    flow = plain(flow_for(BUCKET_HOST, "/model.mar"))
+    answer = received(client_end, lambda: serve(addon, flow))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 200 OK"
+    assert f"Content-Length: {len(LARGE)}" in lines and "Connection: close" in lines
+    assert f"{CACHE_STATUS_HEADER}: HIT" in lines and f"{TASK_ID_HEADER}: {key}" in lines
+    assert body == LARGE
+    # mitmproxy did not send this response: it is told to end the connection (kill), and
+    # the kill is not logged or counted as a failed transfer.
+    assert flow.response is None and flow.error is not None and flow.metadata["shim_sent"]
+    addon.error(flow)
+    assert metric(addon, "shim_errors_total", kind="transfer") == 0
     assert metric(addon, "shim_cache_hits_total") == 1
-    assert metric(addon, "shim_response_bytes_total") == len(BODY)
-    assert TICKET_HEADER not in flow.request.headers  # answered here, not by the cache server
+    assert metric(addon, "shim_response_bytes_total") == len(LARGE)
+    assert key not in addon._cache.store._pins  # unpinned once sent
+    assert TICKET_HEADER not in flow.request.headers  # not relayed through the cache server
 
-    assert store._pins.get(key) == 1  # the body is a map of the file: not evictable now
-    del flow, response, headers
-    gc.collect()
-    run(asyncio.sleep(0))  # the release hops back onto the loop
-    assert key not in store._pins
+
+def test_a_range_of_a_large_hit_is_written_on_the_client_connection(
+    addon: ShimAddon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache_entry(addon, LARGE)
+    client_end = connected(addon, monkeypatch)
+    flow = plain(flow_for(BUCKET_HOST, "/model.mar"))
+    flow.request.headers["Range"] = "bytes=10-"
+    head, _, body = received(client_end, lambda: serve(addon, flow)).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 206 Partial Content")
+    assert f"Content-Range: bytes 10-{len(LARGE) - 1}/{len(LARGE)}".encode() in head
+    assert body == LARGE[10:]
 
 
 @pytest.mark.parametrize(
@@ -357,80 +410,60 @@ def test_a_plain_http_hit_is_answered_from_the_entry_pinned_until_sent(addon: Sh
         ("bytes=10240-", 416, "bytes */10240", b""),
     ],
 )
-def test_a_plain_http_hit_honours_one_range(
-    addon: ShimAddon, range_header: str, status: int, content_range: str, body: bytes
+def test_a_small_answer_is_mitmproxys_response_and_the_connection_stays_open(
+    addon: ShimAddon,
+    monkeypatch: pytest.MonkeyPatch,
+    range_header: str,
+    status: int,
+    content_range: str,
+    body: bytes,
 ) -> None:
-    cache_entry(addon, BODY)
+    key = cache_entry(addon, BODY)
+    client_end = connected(addon, monkeypatch)
     flow = plain(flow_for(BUCKET_HOST, "/model.mar"))
     flow.request.headers["Range"] = range_header
     serve(addon, flow)
-    assert flow.response is not None
+    assert flow.response is not None and flow.error is None
     assert flow.response.status_code == status
     assert flow.response.headers["Content-Range"] == content_range
     assert flow.response.raw_content == body
     assert flow.response.headers["Content-Length"] == str(len(body))
+    assert flow.response.headers[CACHE_STATUS_HEADER] == "HIT"
     assert TICKET_HEADER not in flow.request.headers
+    assert addon._cache is not None and key not in addon._cache.store._pins
+    client_end.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        client_end.recv(1)  # nothing was written on the connection itself
 
 
-def test_an_entry_past_its_revalidation_period_goes_to_the_cache_server(
-    addon: ShimAddon,
-) -> None:
-    """The cache server checks it with the origin first; a fresh one is answered here."""
-    key = cache_entry(addon, BODY)
-    assert addon._cache is not None
-    store = addon._cache.store
-    fresh = serve(addon, plain(flow_for(BUCKET_HOST, "/model.mar")))
-    assert not routed_to_cache(addon, fresh)
-    assert store.revalidated(key, time.time() - 61) is not None  # default period: 60 s
-    stale = serve(addon, plain(flow_for(BUCKET_HOST, "/model.mar")))
-    assert routed_to_cache(addon, stale)
-
-
-def test_what_a_memory_map_does_not_answer_goes_to_the_cache_server(addon: ShimAddon) -> None:
-    cache_entry(addon, BODY)
-    cache_entry(addon, b"", "/empty.mar")
-    over_tls = flow_for(BUCKET_HOST, "/model.mar")  # tls_established: streamed by the server
-    head = plain(flow_for(BUCKET_HOST, "/model.mar", method="HEAD"))
-    http2 = plain(flow_for(BUCKET_HOST, "/model.mar"))
-    http2.request.http_version = "HTTP/2.0"
-    miss = plain(flow_for(BUCKET_HOST, "/other.mar"))
-    for flow in (over_tls, head, http2, miss):
-        serve(addon, flow)
-        assert routed_to_cache(addon, flow), flow.request.method
-    assert metric(addon, "shim_cache_hits_total") == 0
-    # A 0-byte entry has nothing to map: answered here all the same.
-    empty = serve(addon, plain(flow_for(BUCKET_HOST, "/empty.mar")))
-    assert not routed_to_cache(addon, empty)
-    assert empty.response is not None
-    assert (empty.response.status_code, empty.response.raw_content) == (200, b"")
-    assert empty.response.headers[CACHE_STATUS_HEADER] == "HIT"
-
-
-def test_an_entry_gone_since_the_lookup_is_fetched_again_and_left_unpinned(
+def test_a_head_keeps_the_objects_length_and_a_304_has_none(
     addon: ShimAddon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key = cache_entry(addon, BODY)
-    assert addon._cache is not None
-    store = addon._cache.store
-    data = store.data_path(key)
-    # The file goes between the lookup and the map, as when an operator clears the cache:
-    # the real lookup, then the removal.
-    lookup = store.lookup
+    cache_entry(addon, LARGE)
+    connected(addon, monkeypatch)
+    head = serve(addon, plain(flow_for(BUCKET_HOST, "/model.mar", method="HEAD")))
+    assert head.response is not None and head.response.raw_content == b""
+    assert head.response.headers["Content-Length"] == str(len(LARGE))
+    conditional = plain(flow_for(BUCKET_HOST, "/model.mar"))
+    conditional.request.headers["If-None-Match"] = '"etag-1"'
+    serve(addon, conditional)
+    assert conditional.response is not None and conditional.response.status_code == 304
+    assert "Content-Length" not in conditional.response.headers
 
-    def lookup_then_remove(wanted: str) -> EntryMeta | None:
-        meta = lookup(wanted)
-        data.unlink()
-        return meta
 
-    monkeypatch.setattr(store, "lookup", lookup_then_remove)
+def test_without_a_connection_to_answer_on_the_cache_server_answers(addon: ShimAddon) -> None:
+    """mitmproxy's table has no such connection here (nothing listens): relayed, by ticket."""
+    cache_entry(addon, LARGE)
     flow = serve(addon, plain(flow_for(BUCKET_HOST, "/model.mar")))
     assert routed_to_cache(addon, flow)
-    assert key not in store._pins
 
 
 @pytest.mark.parametrize("addon", [{"cache": {"zero_copy_hits": False}}], indirect=True)
-def test_zero_copy_hits_off_sends_every_hit_through_the_cache_server(addon: ShimAddon) -> None:
+def test_zero_copy_hits_off_sends_every_hit_through_the_cache_server(
+    addon: ShimAddon, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache_entry(addon, BODY)
+    connected(addon, monkeypatch)
     flow = serve(addon, plain(flow_for(BUCKET_HOST, "/model.mar")))
     assert routed_to_cache(addon, flow)
 

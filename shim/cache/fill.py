@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from shim._errors import ShimError, UpstreamError
@@ -219,6 +220,15 @@ class Fill:
         return data
 
 
+@dataclass(frozen=True, slots=True)
+class FileSpan:
+    """``count`` readable bytes of a fill's file (descriptor ``fd``) from ``offset``."""
+
+    fd: int
+    offset: int
+    count: int
+
+
 class FillReader:
     """One client's reading of a fill, from its file or from its window in memory."""
 
@@ -242,6 +252,18 @@ class FillReader:
     async def read(self, position: int, stop: int | None) -> bytes:
         """The next bytes from ``position`` (up to ``stop``, None: the end) once readable;
         b"" at the end of the object. TransferAborted when the body cannot be completed."""
+        span = await self.span(position, stop, _READ_SIZE)
+        if isinstance(span, bytes):
+            return span
+        data = await asyncio.to_thread(os.pread, span.fd, span.count, span.offset)
+        if len(data) != span.count:
+            raise TransferAborted("the cache file is shorter than its entry")
+        return data
+
+    async def span(self, position: int, stop: int | None, limit: int) -> FileSpan | bytes:
+        """As ``read``, but at most ``limit`` bytes, and where they are in the fill's file,
+        for a caller that sends them from there, rather than the bytes themselves (which a
+        fill streaming through memory, and the last byte, still are)."""
         fill = self.fill
         if stop is not None and position == stop - 1:
             return await self._last(position)
@@ -253,19 +275,16 @@ class FillReader:
             raise TransferAborted(str(fill.error))
         # The last byte asked for waits for _last, a range's too: a range client never holds
         # a complete-looking part of an object that then fails its check.
-        limit = fill.readable if stop is None else min(fill.readable, stop - 1)
-        if position >= limit:
+        readable = fill.readable if stop is None else min(fill.readable, stop - 1)
+        if position >= readable:
             if stop is None and fill.finished:
                 return b""
             raise TransferAborted("the object ended before the promised length")
-        count = min(_READ_SIZE, limit - position)
+        count = min(limit, readable - position)
         if fill.in_memory:
-            return fill._from_window(self, position, count)
+            return fill._from_window(self, position, min(count, _READ_SIZE))
         assert fill.fd is not None, "a fill opens its file before any byte is readable"
-        data = await asyncio.to_thread(os.pread, fill.fd, count, position)
-        if len(data) != count:
-            raise TransferAborted("the cache file is shorter than its entry")
-        return data
+        return FileSpan(fill.fd, position, count)
 
     async def _last(self, position: int) -> bytes:
         """The last byte asked for, once the whole object is verified. Through memory, it is

@@ -9,10 +9,11 @@ adds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -152,6 +153,55 @@ def plan_answer(
     return Answer(status, object_headers(kept, size, byte_range), byte_range)
 
 
+@dataclass
+class BodyStream:
+    """The object bytes an answer sends: ``start`` to ``stop`` (None: to the end of a body of
+    unknown length) of a fill, read through ``reader``. Whoever sends it closes it, which
+    ends the reading and unpins the entry."""
+
+    reader: FillReader
+    start: int
+    stop: int | None
+    on_close: Callable[[], None]
+
+    @property
+    def length(self) -> int | None:
+        return None if self.stop is None else self.stop - self.start
+
+    async def read_all(self) -> bytes:
+        """The whole body, for a small one: TransferAborted when it cannot be completed."""
+        body = bytearray()
+        position = self.start
+        while self.stop is None or position < self.stop:
+            data = await self.reader.read(position, self.stop)
+            if not data:
+                break
+            body += data
+            position += len(data)
+        return bytes(body)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.on_close()
+
+
+@dataclass
+class Reply:
+    """A whole answer to one request for an object, whatever carries it to the client: its
+    status and headers, then ``body`` or, for object bytes, ``stream``."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    stream: BodyStream | None = None
+
+
+def error_reply(status: int, kind: str, message: str) -> Reply:
+    return Reply(
+        status, {"Content-Type": "text/plain", ERROR_HEADER: kind}, f"shim: {message}\n".encode()
+    )
+
+
 def error_response(status: int, kind: str, message: str) -> web.Response:
     return web.Response(status=status, text=f"shim: {message}\n", headers={ERROR_HEADER: kind})
 
@@ -238,28 +288,48 @@ class CacheServer:
         return ticket_id
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        """A request the proxy relays here (``cache.zero_copy_hits: false``, or a client
+        connection it cannot answer on directly), by ticket."""
         ticket = self._tickets.pop(request.headers.get(TICKET_HEADER, ""), None)
         if not isinstance(ticket, Ticket) or ticket.method != request.method:
             return error_response(403, "forbidden", "this port serves the shim proxy only")
-        key = ticket.identity.task_id
         conditions = Preconditions.of(lambda name: request.headers.getall(name, []))
+        reply = await self.respond(ticket, conditions)
+        if reply.stream is None:
+            return await _send_reply(request, reply)
+        with contextlib.closing(reply.stream):
+            return await self._stream(request, reply)
+
+    async def respond(self, ticket: Ticket, conditions: Preconditions) -> Reply:
+        """The answer to ``ticket`` with ``conditions``: from the cache, checked with the
+        origin when due, or from the single-flight fill, joined or started. Its stream, if
+        any, is the caller's to send and close."""
+        key = ticket.identity.task_id
         meta = self.store.lookup(key)
         assert self._revalidator is not None
         if meta is not None and self._revalidator.due(meta, ticket):
             checked = await self._revalidator.check_entry(meta, ticket)
             if isinstance(checked, OriginStatus):
-                return _failure_response(checked, key, "direct")
+                return _failure_reply(checked, key, "direct")
             meta = checked
         if meta is not None:
-            self._metrics.cache_hits.inc()
-            return await self._serve_entry(request, conditions, meta)
-        if request.method == "HEAD":
-            return await self._head_origin(request, conditions, ticket)
+            try:
+                reply = self._entry_reply(ticket.method, conditions, meta)
+            except FileNotFoundError:
+                # Gone from the disk since it was stored (an operator cleared the cache):
+                # no entry any more, and fetched again.
+                log.warning("cache entry %s is missing its file: fetching it again", key)
+                self.store.remove(key)
+            else:
+                self._metrics.cache_hits.inc()
+                return reply
+        if ticket.method == "HEAD":
+            return await self._head_origin(conditions, ticket)
         self._metrics.cache_misses.inc()
         assert self._fills is not None
         tag = await self._revalidator.task_tag(ticket)
         if isinstance(tag, OriginStatus):
-            return _failure_response(tag, key, "direct")
+            return _failure_reply(tag, key, "direct")
         fill = self._fills.get_or_start(
             key,
             ticket.identity.url,
@@ -268,8 +338,12 @@ class CacheServer:
             policy=ticket.policy,
             tag=tag,
         )
-        with fill.reader() as reader:
-            return await self._serve_fill(request, conditions, reader)
+        reader = fill.reader()
+        try:
+            return await self._fill_reply(ticket.method, conditions, reader)
+        except BaseException:
+            reader.close()
+            raise
 
     async def _refuse(self, request: web.Request) -> web.StreamResponse:
         """Answer a refused request that carries a body, without reading a byte of it: the
@@ -282,16 +356,14 @@ class CacheServer:
         response.force_close()
         return response
 
-    async def _head_origin(
-        self, request: web.Request, conditions: Preconditions, ticket: Ticket
-    ) -> web.StreamResponse:
+    async def _head_origin(self, conditions: Preconditions, ticket: Ticket) -> Reply:
         """A HEAD for an object not in the cache: ask the origin; fill nothing."""
         assert self._upstream is not None
         key = ticket.identity.task_id
         try:
             reply = await self._upstream.open("HEAD", ticket.signed_url, ticket.filtered)
         except UpstreamError as error:
-            return _failure_response(error, key, "direct")
+            return _failure_reply(error, key, "direct")
         reply.close()
         cache = miss_headers(key, reply.route)
         try:
@@ -301,41 +373,38 @@ class CacheServer:
                 answer = plan_answer(
                     "HEAD", conditions, kept, reply.content_length, seen_at=time.time(), part=part
                 )
-                return await _send_answer(request, answer, cache)
+                return _answer_reply("HEAD", answer, cache)
             headers = OriginStatus(reply.status, reply.headers, b"", ticket.signed_url).headers
         except UpstreamError as error:
-            return _failure_response(error, key, reply.route)
+            return _failure_reply(error, key, reply.route)
         if reply.content_length is not None:
             headers["Content-Length"] = str(reply.content_length)
         headers.update(cache)
         headers[ERROR_HEADER] = "origin_status"
-        return await _headers_only(request, reply.status, headers)
+        return Reply(reply.status, headers)
 
-    async def _serve_entry(
-        self, request: web.Request, conditions: Preconditions, meta: EntryMeta
-    ) -> web.StreamResponse:
-        now = time.time()
+    def _entry_reply(self, method: str, conditions: Preconditions, meta: EntryMeta) -> Reply:
         answer = plan_answer(
-            request.method, conditions, entry_kept(meta), meta.size, seen_at=meta.stored_at
+            method, conditions, entry_kept(meta), meta.size, seen_at=meta.stored_at
         )
-        cache = hit_headers(meta, now)
-        if request.method == "HEAD" or not answer.sends_object:
-            return await _send_answer(request, answer, cache)
-        response = web.StreamResponse(status=answer.status, headers={**answer.headers, **cache})
-        with Fill.complete(meta.key, self.store.data_path(meta.key), meta.size).reader() as reader:
-            return await self._stream(request, response, reader, answer.byte_range)
+        cache = hit_headers(meta, time.time())
+        if method == "HEAD" or not answer.sends_object:
+            return _answer_reply(method, answer, cache)
+        fill = Fill.complete(meta.key, self.store.data_path(meta.key), meta.size)
+        return self._object_reply(answer, cache, fill.reader())
 
-    async def _serve_fill(
-        self, request: web.Request, conditions: Preconditions, reader: FillReader
-    ) -> web.StreamResponse:
+    async def _fill_reply(
+        self, method: str, conditions: Preconditions, reader: FillReader
+    ) -> Reply:
         """Answer from a fill, as its origin's headers decide; whatever the answer, the fill
         goes on (it belongs to no client) and becomes the entry."""
         fill = reader.fill
         await fill.headers_ready.wait()
         if fill.error is not None and not fill.headers_published:
-            return _failure_response(fill.error, fill.task_id, fill.route)
+            reader.close()
+            return _failure_reply(fill.error, fill.task_id, fill.route)
         answer = plan_answer(
-            request.method,
+            method,
             conditions,
             fill.headers,
             fill.size,
@@ -344,27 +413,35 @@ class CacheServer:
         )
         cache = miss_headers(fill.task_id, fill.route)
         if not answer.sends_object:
-            return await _send_answer(request, answer, cache)
-        response = web.StreamResponse(status=answer.status, headers={**answer.headers, **cache})
-        return await self._stream(request, response, reader, answer.byte_range)
+            reader.close()
+            return _answer_reply(method, answer, cache)
+        return self._object_reply(answer, cache, reader)
 
-    async def _stream(
-        self,
-        request: web.Request,
-        response: web.StreamResponse,
-        reader: FillReader,
-        byte_range: ByteRange | None,
-    ) -> web.StreamResponse:
-        """Send ``byte_range`` of the fill (all of it when None) as its bytes arrive."""
+    def _object_reply(self, answer: Answer, cache: Mapping[str, str], reader: FillReader) -> Reply:
+        """An answer that sends the fill's bytes: ``answer.byte_range`` of it, else all."""
         fill = reader.fill
+        byte_range = answer.byte_range
         start = byte_range.start if byte_range else 0
         stop = byte_range.end + 1 if byte_range else fill.size
-        position = start
         self.store.pin(fill.key)
+
+        def finished() -> None:
+            self.store.unpin(fill.key)
+            self._update_gauges()
+
+        stream = BodyStream(reader, start, stop, finished)
+        return Reply(answer.status, {**answer.headers, **cache}, stream=stream)
+
+    async def _stream(self, request: web.Request, reply: Reply) -> web.StreamResponse:
+        """Send ``reply``'s stream as its bytes arrive."""
+        assert reply.stream is not None
+        stream = reply.stream
+        response = web.StreamResponse(status=reply.status, headers=reply.headers)
+        position = stream.start
         try:
             await response.prepare(request)
-            while stop is None or position < stop:
-                data = await reader.read(position, stop)
+            while stream.stop is None or position < stream.stop:
+                data = await stream.reader.read(position, stream.stop)
                 if not data:
                     break
                 await response.write(data)
@@ -372,43 +449,40 @@ class CacheServer:
                 position += len(data)
             await response.write_eof()
         except TransferAborted as error:
-            log.warning("aborting a response mid-body: %s", error)
-            self._metrics.errors.labels(kind="truncated").inc()
+            self.count_aborted(error)
             # Drop the connection: with Content-Length sent, the client sees a short body.
             if request.transport is not None:
                 request.transport.abort()
         except ConnectionError:
             self._metrics.errors.labels(kind="client").inc()
-        finally:
-            self.store.unpin(fill.key)
-            self._update_gauges()
         return response
 
-
-async def _headers_only(
-    request: web.Request, status: int, headers: Mapping[str, str]
-) -> web.StreamResponse:
-    """Answer with headers alone: a HEAD (Content-Length included) or a 304."""
-    response = web.StreamResponse(status=status, headers=headers)
-    await response.prepare(request)
-    await response.write_eof()
-    return response
+    def count_aborted(self, error: TransferAborted) -> None:
+        log.warning("aborting a response mid-body: %s", error)
+        self._metrics.errors.labels(kind="truncated").inc()
 
 
-async def _send_answer(
-    request: web.Request, answer: Answer, cache: Mapping[str, str]
-) -> web.StreamResponse:
+async def _send_reply(request: web.Request, reply: Reply) -> web.StreamResponse:
+    """A reply without a stream: headers alone for a HEAD or a 304 (Content-Length kept, as
+    the object's), else its body."""
+    if request.method == "HEAD" or reply.status == 304:
+        response = web.StreamResponse(status=reply.status, headers=reply.headers)
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+    return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+
+def _answer_reply(method: str, answer: Answer, cache: Mapping[str, str]) -> Reply:
     """An answer with no object bytes: any answer to a HEAD, a 304, 412 or 416 to a GET."""
     headers = {**answer.headers, **cache}
-    if request.method == "HEAD" or answer.status == 304:
-        return await _headers_only(request, answer.status, headers)
-    body = PRECONDITION_FAILED_BODY if answer.status == 412 else b""
-    return web.Response(status=answer.status, body=body, headers=headers)
+    body = PRECONDITION_FAILED_BODY if answer.status == 412 and method != "HEAD" else b""
+    return Reply(answer.status, headers, body)
 
 
 async def _drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
-    # aiohttp's own name and version: no business of the client's, and absent from zero-copy
-    # hits, which would then differ from every other answer.
+    # aiohttp's own name and version: no business of the client's, and absent from the
+    # answers the proxy sends itself, which would then differ from every other answer.
     response.headers.popall("Server", None)
 
 
@@ -416,15 +490,15 @@ def miss_headers(task_id: str, route: str) -> dict[str, str]:
     return {CACHE_STATUS_HEADER: "MISS", TASK_ID_HEADER: task_id, ROUTE_HEADER: route}
 
 
-def _failure_response(error: ShimError, key: str, route: str) -> web.Response:
+def _failure_reply(error: ShimError, key: str, route: str) -> Reply:
     cache = miss_headers(key, route)
     if isinstance(error, OriginStatus):
         # The origin's own status, headers and body, so the client sees the real failure;
         # OriginStatus has redacted what they repeat of the signature.
         headers = {k: v for k, v in error.headers.items() if k != "Content-Encoding"}
         headers.update({ERROR_HEADER: "origin_status", **cache})
-        return web.Response(status=error.status, body=error.body, headers=headers)
+        return Reply(error.status, headers, error.body)
     status = error.status if isinstance(error, UpstreamError) else 502
-    response = error_response(status, "origin", str(error))
-    response.headers.update(cache)
-    return response
+    reply = error_reply(status, "origin", str(error))
+    reply.headers.update(cache)
+    return reply

@@ -92,6 +92,26 @@ def test_concurrent_requests_share_one_origin_fetch(origin: Origin, tmp_path: Pa
     run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
 
 
+def test_an_entry_whose_file_is_gone_is_fetched_again(origin: Origin, tmp_path: Path) -> None:
+    body = os.urandom(MiB)
+    origin.put(KEY, body)
+    store = CacheStore(tmp_path, 100 * MiB)
+
+    async def scenario(
+        server: CacheServer, metrics: Metrics, session: aiohttp.ClientSession
+    ) -> None:
+        assert await fetch(session, server, origin.ticket(KEY)) == (200, "MISS", body)
+        data = [path for path in (tmp_path / "objects").rglob("*") if path.is_file()]
+        data = [path for path in data if not path.suffix]  # not the entry's metadata
+        assert len(data) == 1
+        data[0].unlink()  # as when an operator clears the cache's files under it
+        assert await fetch(session, server, origin.ticket(KEY)) == (200, "MISS", body)
+        assert sample(metrics, "shim_origin_fetches_total") == 2
+        assert await fetch(session, server, origin.ticket(KEY)) == (200, "HIT", body)
+
+    run_with_cache_server(store, scenario)
+
+
 # -- complete or nothing ----------------------------------------------------------------------
 
 

@@ -1,0 +1,95 @@
+"""Answers written on the client's connection: the head they carry, and when a flow's
+connection can be written to directly (else the cache server relays the answer)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from mitmproxy.test import tflow
+
+from shim.takeover import ClientConnections, response_head
+
+
+def test_the_head_closes_the_connection_and_keeps_the_length() -> None:
+    head = response_head(206, {"Content-Length": "10", "ETag": '"e"'}, chunked=False)
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 206 Partial Content"
+    assert {"Content-Length: 10", 'ETag: "e"', "Connection: close"} <= set(lines)
+    assert "Transfer-Encoding: chunked" not in lines and head.endswith(b"\r\n\r\n")
+
+
+def test_a_body_of_unknown_length_is_chunked() -> None:
+    lines = response_head(200, {}, chunked=True).decode().split("\r\n")
+    assert "Transfer-Encoding: chunked" in lines
+    assert not any(line.startswith("Content-Length") for line in lines)
+
+
+@dataclass
+class Watchdog:
+    activity: int = 0
+
+    def register_activity(self) -> None:
+        self.activity += 1
+
+
+@dataclass
+class Io:
+    writer: Any
+
+
+@dataclass
+class Handler:
+    transports: dict[Any, Io]
+    timeout_watchdog: Watchdog = field(default_factory=Watchdog)
+
+
+@dataclass
+class Proxyserver:
+    connections: dict[str, Handler]
+
+
+@pytest.fixture
+def writer() -> Iterator[asyncio.StreamWriter]:
+    loop = asyncio.new_event_loop()
+    ours, theirs = socket.socketpair()
+
+    async def open_writer() -> asyncio.StreamWriter:
+        return (await asyncio.open_connection(sock=ours))[1]
+
+    try:
+        yield loop.run_until_complete(open_writer())
+    finally:
+        theirs.close()
+        loop.close()
+
+
+def test_a_plain_http_1_1_connection_mitmproxy_holds_can_be_written_to(
+    writer: asyncio.StreamWriter,
+) -> None:
+    flow = tflow.tflow()
+    flow.client_conn.timestamp_tls_setup = None  # plain HTTP
+    server = Proxyserver({flow.client_conn.id: Handler({flow.client_conn: Io(writer)})})
+    assert ClientConnections().of(flow, server) is not None
+
+
+def test_what_cannot_be_written_to_directly(writer: asyncio.StreamWriter) -> None:
+    connections = ClientConnections()
+    flow = tflow.tflow()  # over TLS, but the TLS object was never handed over
+    server = Proxyserver({flow.client_conn.id: Handler({flow.client_conn: Io(writer)})})
+    assert connections.of(flow, server) is None
+    flow.client_conn.timestamp_tls_setup = None
+    for version in ("HTTP/1.0", "HTTP/2.0"):
+        flow.request.http_version = version
+        assert connections.of(flow, server) is None
+    flow.request.http_version = "HTTP/1.1"
+    assert connections.of(flow, Proxyserver({})) is None  # a connection that is gone
+    assert connections.of(flow, object()) is None  # a mitmproxy this module does not know
+    not_a_stream = Proxyserver({flow.client_conn.id: Handler({flow.client_conn: Io(object())})})
+    assert connections.of(flow, not_a_stream) is None  # e.g. a WireGuard or local-mode stream
+    writer.close()
+    assert connections.of(flow, server) is None
