@@ -1,52 +1,67 @@
 """Throughput and peak memory of the shim against direct downloads, side by side in one run.
 
-    python -m bench.bench_s3 [--sizes-gib 1,4] [--origin-rate-mb 250] [--out FILE]
+    python -m bench.bench_s3 [--sizes-gib 1,8] [--cpu-load 2] [--origin-rate-mb 250] [--out FILE]
 
-Scenarios per object size:
-  origin direct   a presigned GET straight to the strict S3 server behind a relay that limits
-                  it to --origin-rate-mb (the origin's own throughput)
-  shim miss       the same object through the shim, cold cache, origin behind the same relay
-  file direct     the same bytes from a plain local file server (aiohttp, sendfile)
-  shim hit        through the shim, from its cache (plain HTTP: zero-copy)
-  shim hit stream through the shim, from its cache, with zero_copy_hits off (the path TLS uses)
-Each shim scenario runs in a fresh shim process, so its peak RSS (VmHWM) is its own. The
-client is curl, writing to /dev/null. Prints a table and writes JSON.
+Scenarios per object size (``--sizes-gib`` takes fractions, e.g. 0.125, for a quick look):
+  origin direct    a presigned GET straight to the strict S3 server behind a relay that limits
+                   it to --origin-rate-mb (the origin's own throughput)
+  shim miss        the same object through the shim, cold cache, origin behind the same relay:
+                   the body is sent on the client's connection by sendfile from the fill's file
+  shim miss https  the same over HTTPS (CONNECT, intercepted with the shim's CA), cold cache:
+                   read from the fill's file 1 MiB at a time, encrypted in 256 KiB slices
+  file direct      the same bytes from a plain local file server (aiohttp, sendfile)
+  shim hit         through the shim, from its cache, plain HTTP (sendfile from the entry)
+  shim hit https   through the shim, from its cache, over HTTPS (pread and encryption as above)
+  shim hit relay   through the shim, from its cache, with cache.zero_copy_hits off: relayed by
+                   mitmproxy from the loopback cache server (what an HTTP/1.0 client gets)
+Misses are compared with origin direct, hits with file direct. Each shim scenario runs in a
+fresh shim process, so its peak RSS (VmHWM) is its own, and is judged against a target of
+150 MB (1e6 bytes) that must hold at every object size: memory flat in the object's size. While
+every transfer runs, --cpu-load busy-loop processes keep the cores contended. The client is
+curl, writing to /dev/null. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.procs import free_port
+from tests.support.procs import free_port, terminate
 from tests.support.relay import Relay
 from tests.support.servers import REPO_ROOT, S3Server, s3_client, start_s3rver
-from tests.support.shim_process import s3_bucket_config, start_shim
+from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
 
 GIB = 1024**3
+MB = 1e6
 BUCKET = "bench"
+PEAK_TARGET_MB = 150.0
 
 
 @dataclass
 class Row:
-    size_gib: int
+    size_gib: float
     scenario: str
     seconds: float
     mb_per_s: float
     ratio: float | None = None  # against this scenario's baseline
     baseline: str | None = None
+    idle_rss_mb: float | None = None  # VmHWM once started and idle, before the transfer
     peak_rss_mb: float | None = None  # VmHWM: everything resident, file-backed pages included
     peak_anon_mb: float | None = None  # sampled RssAnon peak: what the process itself holds
-    peak_file_mb: float | None = None  # sampled RssFile peak: mapped page-cache pages
+    peak_file_mb: float | None = None  # sampled RssFile peak: mapped files (code, libraries)
+    verdict: str | None = None  # "ok" or "OVER": peak RSS against PEAK_TARGET_MB
 
 
 class MemorySampler:
@@ -87,11 +102,31 @@ def _status(pid: int) -> dict[str, int]:
     return fields
 
 
-def curl(url: str, *, proxy: str | None = None, expect_size: int) -> float:
+def _mb(kib: int) -> float:
+    return kib * 1024 / MB
+
+
+@contextlib.contextmanager
+def cpu_load(processes: int) -> Iterator[None]:
+    """``processes`` busy loops for the length of the block, so a transfer competes for the
+    cores as it would on a loaded node; each is stopped by its PID."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            terminate(loop, timeout=5)
+
+
+def curl(
+    url: str, *, proxy: str | None = None, cacert: Path | None = None, expect_size: int
+) -> float:
     """Download ``url`` to /dev/null; return the seconds it took. Fails on a short body."""
     args = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}"]
     if proxy:
         args += ["-x", proxy]
+    if cacert:
+        args += ["--cacert", str(cacert)]
     out = subprocess.run([*args, url], check=True, capture_output=True, text=True).stdout
     status, size, seconds = out.split()
     if status != "200" or int(size) != expect_size:
@@ -106,7 +141,23 @@ def make_file(path: Path, size: int) -> None:
             out.write(chunk[: min(len(chunk), size - offset)])
 
 
-def run(sizes_gib: list[int], origin_rate: float, workdir: Path) -> list[Row]:
+def size_label(size_gib: float) -> str:
+    return f"{size_gib:g}Gi" if size_gib >= 1 else f"{size_gib * 1024:g}Mi"
+
+
+@dataclass
+class Setup:
+    """What every scenario of one run shares."""
+
+    s3: S3Server
+    relay: Relay
+    files_dir: Path
+    file_port: int
+    workdir: Path
+    cpu_load: int
+
+
+def run(sizes_gib: list[float], origin_rate: float, cpu: int, workdir: Path) -> list[Row]:
     rows: list[Row] = []
     with start_s3rver(workdir / "s3rver") as s3:
         client = s3_client(s3)
@@ -126,62 +177,86 @@ def run(sizes_gib: list[int], origin_rate: float, workdir: Path) -> list[Row]:
         )
         try:
             time.sleep(1.5)
+            setup = Setup(s3, relay, files_dir, file_port, workdir, cpu)
             for size_gib in sizes_gib:
-                rows += _one_size(size_gib, s3, relay, files_dir, file_port, workdir)
+                rows += _one_size(size_gib, setup)
         finally:
-            file_server.terminate()
-            file_server.wait()
+            terminate(file_server, timeout=5)
             relay.stop()
     return rows
 
 
-def _one_size(
-    size_gib: int, s3: S3Server, relay: Relay, files_dir: Path, file_port: int, workdir: Path
-) -> list[Row]:
-    size = size_gib * GIB
-    key = f"model-{size_gib}g.bin"
-    source = files_dir / key
-    print(f"[{size_gib} GiB] writing and uploading the object...", flush=True)
+def _one_size(size_gib: float, setup: Setup) -> list[Row]:
+    size = round(size_gib * GIB)
+    key = f"model-{size_label(size_gib)}.bin"
+    source = setup.files_dir / key
+    print(f"[{size_label(size_gib)}] writing and uploading the object...", flush=True)
     make_file(source, size)
-    s3_client(s3).upload_file(str(source), BUCKET, key)
+    s3 = s3_client(setup.s3)
+    s3.upload_file(str(source), BUCKET, key)
     rows: list[Row] = []
 
     # s3rver checks the signature against the Host it receives: sign for the relay.
-    signed = s3_client(s3, endpoint_url=relay.endpoint).generate_presigned_url(
+    signed = s3_client(setup.s3, endpoint_url=setup.relay.endpoint).generate_presigned_url(
         "get_object", Params={"Bucket": BUCKET, "Key": key}
     )
-    seconds = curl(signed, expect_size=size)
-    origin = Row(size_gib, "origin direct", seconds, size / seconds / 1e6)
+    with cpu_load(setup.cpu_load):
+        seconds = curl(signed, expect_size=size)
+    origin = Row(size_gib, "origin direct", seconds, size / seconds / MB)
     rows.append(origin)
-
-    url = f"{relay.endpoint}/{BUCKET}/{key}"
-    shim_dir = workdir / f"shim-{size_gib}"
-    config: dict[str, Any] = {"buckets": [s3_bucket_config(BUCKET, relay.endpoint)]}
-    rows.append(_through_shim(size_gib, "shim miss", shim_dir, config, url, size, origin))
-
-    seconds = curl(f"http://127.0.0.1:{file_port}/{key}", expect_size=size)
-    local = Row(size_gib, "file direct", seconds, size / seconds / 1e6)
+    with cpu_load(setup.cpu_load):
+        seconds = curl(f"http://127.0.0.1:{setup.file_port}/{key}", expect_size=size)
+    local = Row(size_gib, "file direct", seconds, size / seconds / MB)
     rows.append(local)
-    rows.append(_through_shim(size_gib, "shim hit", shim_dir, config, url, size, local))
-    streamed: dict[str, Any] = {**config, "cache": {"zero_copy_hits": False}}
-    rows.append(_through_shim(size_gib, "shim hit stream", shim_dir, streamed, url, size, local))
+
+    url = f"{setup.relay.endpoint}/{BUCKET}/{key}"
+    config: dict[str, Any] = {"buckets": [s3_bucket_config(BUCKET, setup.relay.endpoint)]}
+    relayed: dict[str, Any] = {**config, "cache": {"zero_copy_hits": False}}
+    # One cache per scheme, so each scheme's miss is cold; removed once its hits are measured.
+    for scheme, scenarios in (
+        (
+            "http",
+            [
+                ("shim miss", config, origin),
+                ("shim hit", config, local),
+                ("shim hit relay", relayed, local),
+            ],
+        ),
+        ("https", [("shim miss https", config, origin), ("shim hit https", config, local)]),
+    ):
+        shim_dir = setup.workdir / f"shim-{scheme}-{key}"
+        scheme_url = url.replace("http://", f"{scheme}://")
+        for scenario, shim_config, baseline in scenarios:
+            rows.append(
+                _through_shim(
+                    size_gib, scenario, shim_dir, shim_config, scheme_url, setup, baseline
+                )
+            )
+        shutil.rmtree(shim_dir)
+    s3.delete_object(Bucket=BUCKET, Key=key)
     source.unlink()
     return rows
 
 
 def _through_shim(
-    size_gib: int,
+    size_gib: float,
     scenario: str,
     shim_dir: Path,
     config: dict[str, object],
     url: str,
-    size: int,
+    setup: Setup,
     baseline: Row,
 ) -> Row:
-    with start_shim(shim_dir, config) as shim, MemorySampler(shim.pid) as memory:
-        seconds = curl(url, proxy=shim.proxy, expect_size=size)
+    size = round(size_gib * GIB)
+    with start_shim(shim_dir, config) as shim:
+        _wait_idle(shim)
+        idle_kb = _status(shim.pid).get("VmHWM", 0)
+        cacert = shim.ca_cert if url.startswith("https://") else None
+        with cpu_load(setup.cpu_load), MemorySampler(shim.pid) as memory:
+            seconds = curl(url, proxy=shim.proxy, cacert=cacert, expect_size=size)
         peak_kb = _status(shim.pid).get("VmHWM", 0)
-    speed = size / seconds / 1e6
+    speed = size / seconds / MB
+    peak = _mb(peak_kb)
     return Row(
         size_gib,
         scenario,
@@ -189,16 +264,28 @@ def _through_shim(
         speed,
         ratio=speed / baseline.mb_per_s,
         baseline=baseline.scenario,
-        peak_rss_mb=peak_kb / 1024,
-        peak_anon_mb=memory.anon_kb / 1024,
-        peak_file_mb=memory.file_kb / 1024,
+        idle_rss_mb=_mb(idle_kb),
+        peak_rss_mb=peak,
+        peak_anon_mb=_mb(memory.anon_kb),
+        peak_file_mb=_mb(memory.file_kb),
+        verdict="ok" if peak < PEAK_TARGET_MB else "OVER",
     )
+
+
+def _wait_idle(shim: ShimProcess, timeout: float = 30.0) -> None:
+    """Until the shim has done what it does after start-up (the credentials check, which builds
+    each bucket's SDK client), so the idle figure is its resting size."""
+    deadline = time.monotonic() + timeout
+    while not any(name.startswith("shim_bucket_credentials{") for name in shim.metrics()):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the shim did not report its credentials check")
+        time.sleep(0.1)
 
 
 def table(rows: list[Row]) -> str:
     head = (
-        f"{'size':>5} {'scenario':<16} {'MB/s':>8} {'ratio':>6} {'vs':<14} "
-        f"{'VmHWM MB':>9} {'anon MB':>8} {'file MB':>8}"
+        f"{'size':>6} {'scenario':<16} {'MB/s':>6} {'ratio':>5} {'vs':<13} "
+        f"{'idle MB':>7} {'VmHWM MB':>8} {'anon MB':>7} {'file MB':>7} {'<150MB':>6}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -207,27 +294,37 @@ def table(rows: list[Row]) -> str:
             return format(value, spec) if value is not None else "-"
 
         lines.append(
-            f"{r.size_gib:>3}Gi {r.scenario:<16} {r.mb_per_s:>8.0f} {fmt(r.ratio, '.2f'):>6} "
-            f"{r.baseline or '':<14} {fmt(r.peak_rss_mb, '.0f'):>9} "
-            f"{fmt(r.peak_anon_mb, '.0f'):>8} {fmt(r.peak_file_mb, '.0f'):>8}"
+            f"{size_label(r.size_gib):>6} {r.scenario:<16} {r.mb_per_s:>6.0f} "
+            f"{fmt(r.ratio, '.2f'):>5} {r.baseline or '':<13} {fmt(r.idle_rss_mb, '.0f'):>7} "
+            f"{fmt(r.peak_rss_mb, '.0f'):>8} {fmt(r.peak_anon_mb, '.0f'):>7} "
+            f"{fmt(r.peak_file_mb, '.0f'):>7} {r.verdict or '-':>6}"
         )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--sizes-gib", default="1,4")
+    parser.add_argument("--sizes-gib", default="1,8", help="object sizes, e.g. 1,8 or 0.125")
+    parser.add_argument(
+        "--cpu-load", type=int, default=2, help="busy-loop processes during every transfer"
+    )
     parser.add_argument("--origin-rate-mb", type=float, default=250.0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "s3.json")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes_gib.split(",")]
+    sizes = [float(s) for s in args.sizes_gib.split(",")]
     with tempfile.TemporaryDirectory(prefix="shim-bench-", dir="/var/tmp") as tmp:
-        rows = run(sizes, args.origin_rate_mb * 1e6, Path(tmp))
+        rows = run(sizes, args.origin_rate_mb * MB, args.cpu_load, Path(tmp))
     print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
-            {"origin_rate_mb_per_s": args.origin_rate_mb, "rows": [asdict(r) for r in rows]},
+            {
+                "origin_rate_mb_per_s": args.origin_rate_mb,
+                "cpu_load_processes": args.cpu_load,
+                "cpus": os.cpu_count(),
+                "peak_target_mb": PEAK_TARGET_MB,
+                "rows": [asdict(r) for r in rows],
+            },
             indent=2,
         )
     )
