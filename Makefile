@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= $(shell scripts/find-python)
 
-.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-load bench-faults bench-signing bench-revalidate bench-integrity mutate fuzz clean
+.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-load bench-faults bench-signing bench-revalidate bench-integrity bench-paths mutate fuzz clean
 
 run: $(VENV)/.installed
 	$(BIN)/shim run $(ARGS)
@@ -42,6 +42,10 @@ bench-load: $(VENV)/.dev-installed tests/servers/node_modules/.installed
 
 bench-dragonfly: $(VENV)/.dev-installed tests/servers/node_modules/.installed deps
 	$(BIN)/python -m bench.bench_dragonfly $(ARGS)
+
+# shim's main paths (through the dfdaemon, hits, HTTPS) against what they front, side by side.
+bench-paths: $(VENV)/.dev-installed tests/servers/node_modules/.installed deps
+	$(BIN)/python -m bench.bench_paths $(ARGS)
 
 # Every fault injected into a real shim, with what the client saw and the cache held; exits 1 if
 # one breaks a promise (about 75 s; the full-disk rows mount a tmpfs: root).

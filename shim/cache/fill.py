@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shim._errors import ShimError, UpstreamError
-from shim.cache.integrity import Mismatch, Outcome, Unchecked, Verifier, offered
+from shim.cache.integrity import Checksum, Mismatch, Outcome, Unchecked, Verifier, offered
 from shim.cache.store import CacheStore, DiskFull, EntryMeta, Reservation
+from shim.cache.verified import VerifiedBodies
 from shim.freshness import FreshnessPolicy, storable
 from shim.metrics import Metrics
 from shim.redact import redact_error_body, redact_url
@@ -330,6 +331,7 @@ class FillRunner:
         self._keep = keep  # False: fills feed their readers, then go (a dfdaemon caches)
         self._fills: dict[str, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._verified = VerifiedBodies()
         # One worker keeps checksum updates in order, off the event loop (hashlib drops the
         # GIL; the CRCs take microseconds per MiB).
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shim-verify")
@@ -414,13 +416,22 @@ class FillRunner:
             fill.publish(size, kept, reply)
             # A part's checksums are the whole object's: nothing to check the part against.
             offer = offered(reply.headers) if whole else Unchecked("part", "a part (partNumber)")
-            verifier = Verifier(offer)
+            etag = reply.headers.get("ETag")
+            version = None if etag is None or size is None else (fill.identity_url, etag, size)
+            if isinstance(offer, Checksum) and version is not None:
+                # A version verified before is checked against shim's own digest of it.
+                verifier = Verifier(self._verified.offer(version) or offer, fingerprint=True)
+            else:
+                verifier = Verifier(offer)
             await self._copy_body(fill, reply, verifier)
         finally:
             reply.close()
         if size is not None and fill.written != size:
             raise UpstreamError(f"{reply.route} sent {fill.written} of {size} bytes")
         self._check(fill, reply.route, verifier.outcome())
+        fingerprint = verifier.fingerprint()
+        if fingerprint is not None and version is not None:
+            self._verified.record(version, fingerprint)
         if fill.reservation is not None and fill.reservation.kept:
             meta = EntryMeta(
                 key=fill.key,

@@ -27,12 +27,14 @@ from enum import StrEnum
 from typing import Protocol
 
 import anycrc  # type: ignore[import-untyped]
+import blake3
 from multidict import MultiMapping
 
 
 class Kind(StrEnum):
     """A checksum algorithm, strongest first."""
 
+    BLAKE3 = "blake3"  # no store's: shim's record of a body it verified (shim.cache.verified)
     SHA256 = "sha256"
     SHA1 = "sha1"
     MD5 = "md5"
@@ -46,7 +48,7 @@ STRENGTH = tuple(Kind)
 
 
 class _Running(Protocol):
-    def update(self, chunk: bytes) -> None: ...
+    def update(self, chunk: bytes, /) -> object: ...
 
     def digest(self) -> bytes: ...
 
@@ -60,6 +62,7 @@ _CRC_MODELS = {
 }
 _CRC_BYTES = {Kind.CRC64NVME: 8, Kind.CRC64ECMA: 8, Kind.CRC32C: 4, Kind.CRC32: 4}
 _DIGESTS: dict[Kind, Callable[[], _Running]] = {
+    Kind.BLAKE3: lambda: blake3.blake3(max_threads=1),  # the other core is the transfer's
     Kind.SHA256: hashlib.sha256,
     Kind.SHA1: hashlib.sha1,
     Kind.MD5: lambda: hashlib.md5(usedforsecurity=False),
@@ -134,15 +137,19 @@ class _Crc:
 
 class Verifier:
     """Computes ``offer``'s algorithm over the body as it streams (nothing when the offer is
-    Unchecked). ``update`` releases the GIL for large chunks (hashlib) or takes microseconds
-    per MiB (the CRCs); feed it every chunk, in order."""
+    Unchecked), and with ``fingerprint`` also the body's BLAKE3, for shim's record of it.
+    ``update`` releases the GIL for large chunks (hashlib, blake3) or takes microseconds per
+    MiB (the CRCs); feed it every chunk, in order."""
 
-    def __init__(self, offer: Checksum | Unchecked) -> None:
+    def __init__(self, offer: Checksum | Unchecked, *, fingerprint: bool = False) -> None:
         self.offer = offer
         self._running: _Running | None = None
+        self._fingerprint: _Running | None = None
         if isinstance(offer, Checksum):
             kind = offer.kind
             self._running = _DIGESTS[kind]() if kind in _DIGESTS else _Crc(kind)
+            if fingerprint and kind is not Kind.BLAKE3:
+                self._fingerprint = _DIGESTS[Kind.BLAKE3]()
 
     @property
     def checking(self) -> bool:
@@ -151,6 +158,12 @@ class Verifier:
     def update(self, chunk: bytes) -> None:
         if self._running is not None:
             self._running.update(chunk)
+        if self._fingerprint is not None:
+            self._fingerprint.update(chunk)
+
+    def fingerprint(self) -> bytes | None:
+        """The body's BLAKE3, when asked for and computed."""
+        return None if self._fingerprint is None else self._fingerprint.digest()
 
     def outcome(self) -> Outcome:
         offer = self.offer

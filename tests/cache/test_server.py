@@ -143,6 +143,40 @@ def test_a_flipped_byte_fails_every_reader_and_leaves_nothing(
     run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
 
 
+def test_a_version_verified_before_is_checked_against_shims_digest_of_it(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Its second copy is checked with BLAKE3 instead of the ETag's MD5, as strictly: a copy
+    with a flipped byte still fails, and nothing of it is kept."""
+    body = os.urandom(3 * MiB)
+    origin.put(KEY, body)
+
+    async def scenario(
+        server: CacheServer, metrics: Metrics, session: aiohttp.ClientSession
+    ) -> None:
+        def checks(kind: str, result: str) -> float:
+            return sample(metrics, "shim_integrity_total", kind=kind, result=result)
+
+        ticket = origin.ticket(KEY)
+        assert await fetch(session, server, ticket) == (200, "MISS", body)
+        assert checks("md5", "verified") == 1
+        assert server.store.remove(ticket.identity.task_id)  # fetched again next time
+        assert await fetch(session, server, origin.ticket(KEY)) == (200, "MISS", body)
+        assert (checks("md5", "verified"), checks("blake3", "verified")) == (1, 1)
+
+        assert server.store.remove(ticket.identity.task_id)
+        # Offsets count per connection: both fetches came on one, which the next reuses.
+        assert origin.relay.connections == 1
+        relayed = origin.relay.bytes_down
+        origin.relay.corrupt_at_byte = relayed + await origin.head_length(KEY) + len(body) // 2
+        status, _, got = await fetch(session, server, origin.ticket(KEY))
+        assert status == 200 and isinstance(got, str), "a reader got a corrupted body"
+        assert checks("blake3", "mismatch") == 1
+        assert len(server.store) == 0
+
+    run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
+
+
 def test_a_body_cut_short_fails_every_reader_and_leaves_nothing(
     origin: Origin, tmp_path: Path
 ) -> None:

@@ -22,10 +22,15 @@ from tests.support.servers import ServerStartError
 _TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
-def nginx_config(root: Path, prefix: Path, port: int) -> str:
-    """An nginx.conf serving the files under ``root`` on 127.0.0.1:``port``, every path
-    nginx writes under ``prefix``."""
+def nginx_config(
+    root: Path, prefix: Path, port: int, tls: tuple[Path, Path] | None = None
+) -> str:
+    """An nginx.conf serving the files under ``root`` on 127.0.0.1:``port`` (over TLS with
+    ``tls``: certificate and key files), every path nginx writes under ``prefix``."""
     temp_paths = "\n".join(f"    {name}_temp_path {prefix / name};" for name in _TEMP_DIRS)
+    listen = f"127.0.0.1:{port}"
+    if tls is not None:
+        listen += f" ssl;\n        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]}"
     return f"""\
 worker_processes 1;
 pid {prefix / "nginx.pid"};
@@ -35,8 +40,9 @@ http {{
     access_log {prefix / "access.log"};
 {temp_paths}
     default_type application/octet-stream;
+    sendfile on;
     server {{
-        listen 127.0.0.1:{port};
+        listen {listen};
         root {root};
         etag on;
     }}
@@ -67,16 +73,19 @@ class NginxServer(Stoppable):
         terminate(self.process, timeout)
 
 
-def start_nginx(root: Path, prefix: Path, *, timeout: float = 10.0) -> NginxServer:
-    """Start nginx serving the files under ``root``, its config, logs and temporary files
-    under ``prefix``, and wait until it accepts connections on a free loopback port."""
+def start_nginx(
+    root: Path, prefix: Path, *, tls: tuple[Path, Path] | None = None, timeout: float = 10.0
+) -> NginxServer:
+    """Start nginx serving the files under ``root`` (over TLS with ``tls``: certificate and
+    key files), its config, logs and temporary files under ``prefix``, and wait until it
+    accepts connections on a free loopback port."""
     binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
     if binary is None:
         raise ServerStartError("no nginx: `apt-get install nginx` (Debian's, as .ci/run does)")
     prefix.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = prefix / "nginx.conf"
-    config.write_text(nginx_config(root, prefix, port))
+    config.write_text(nginx_config(root, prefix, port, tls))
     cmd = [binary, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(config)]
     cmd += ["-g", "daemon off; master_process off;"]
     with contextlib.ExitStack() as on_failure:
