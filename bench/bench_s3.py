@@ -302,6 +302,37 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def chart(rows: list[Row], cpu_load: int, path: Path) -> None:
+    """Peak RSS per shim scenario, a bar per object size: the idle shim, and what the transfer
+    added on top, against the target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shim_rows = [r for r in rows if r.peak_rss_mb is not None]
+    scenarios = list(dict.fromkeys(r.scenario for r in shim_rows))
+    sizes = list(dict.fromkeys(r.size_gib for r in shim_rows))
+    width = 0.8 / len(sizes)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for i, size_gib in enumerate(sizes):
+        by_scenario = {r.scenario: r for r in shim_rows if r.size_gib == size_gib}
+        xs = [s + (i - (len(sizes) - 1) / 2) * width for s in range(len(scenarios))]
+        idle = [by_scenario[name].idle_rss_mb or 0.0 for name in scenarios]
+        peak = [by_scenario[name].peak_rss_mb or 0.0 for name in scenarios]
+        added = [p - i for p, i in zip(peak, idle, strict=True)]
+        ax.bar(xs, idle, width, color="#8da0cb", label="idle shim" if i == 0 else None)
+        ax.bar(xs, added, width, bottom=idle, color="#4c72b0" if i % 2 == 0 else "#55a868",
+               label=f"added by a {size_label(size_gib)} transfer")  # fmt: skip
+    ax.axhline(PEAK_TARGET_MB, color="#c44e52", linestyle="--", label="target")
+    ax.set_xticks(range(len(scenarios)), scenarios)
+    ax.set_ylabel("peak RSS (VmHWM), MB")
+    ax.set_title(f"Peak memory of one shim process per transfer, {cpu_load} busy loops running")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sizes-gib", default="1,8", help="object sizes, e.g. 1,8 or 0.125")
@@ -328,7 +359,8 @@ def main() -> None:
             indent=2,
         )
     )
-    print(f"wrote {args.out}")
+    chart(rows, args.cpu_load, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and its chart")
 
 
 if __name__ == "__main__":
