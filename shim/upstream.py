@@ -43,17 +43,19 @@ class UpstreamReply:
     content_length: int | None
     route: str  # "direct", "dfdaemon", or "fallback" (direct after the dfdaemon failed)
     task_id: str | None  # the dfdaemon's, when it answered
-    chunks: Callable[[], AsyncIterator[bytes]]
+    # The body as it arrives. A chunk may be a view of a buffer the next reads reuse: it is
+    # valid until the chunk after the next one is asked for (see shim.dfdaemon).
+    chunks: Callable[[], AsyncIterator[bytes | memoryview]]
     close: Callable[[], None]
 
     async def head_of_body(self, limit: int = 65536) -> bytes:
         """Up to ``limit`` bytes of the body: enough of an error page to pass on."""
-        body = b""
+        body = bytearray()
         async for chunk in self.chunks():
             body += chunk
             if len(body) >= limit:
                 break
-        return body[:limit]
+        return bytes(body[:limit])
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +191,7 @@ class Upstream:
         except aiohttp.ClientError as error:
             raise UpstreamError(f"origin unreachable: {type(error).__name__}") from None
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncIterator[bytes | memoryview]:
             try:
                 async for chunk in response.content.iter_chunked(_CHUNK):
                     yield chunk

@@ -1,4 +1,4 @@
-"""What shim sends a dfdaemon (pure parts of shim/dfdaemon.py)."""
+"""What shim sends a dfdaemon, and how it reads the answer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import h11
 import pytest
 
-from shim._errors import UnansweredError
+from shim._errors import UnansweredError, UpstreamError
 from shim.dfdaemon import (
     DragonflyOptions,
     dragonfly_headers,
@@ -62,3 +62,57 @@ def test_a_refused_connection_is_unanswered_so_the_request_may_be_sent_again() -
     )
     with pytest.raises(UnansweredError, match="dfdaemon unreachable"):
         asyncio.run(request)
+
+
+def read_through_dfdaemon(answer: list[bytes]) -> bytes | str:
+    """The body shim reads from a peer that writes ``answer`` piece by piece (a pause between
+    pieces, so the head and the body's start arrive together and the rest in reads of their
+    own), or the error that cut it short."""
+
+    async def main() -> bytes | str:
+        async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            for piece in answer:
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            writer.close()
+
+        server = await asyncio.start_server(peer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            reply = await request_via_dfdaemon(
+                ("127.0.0.1", port), "GET", "http://h/k", {}, connect_timeout=5, read_timeout=5
+            )
+            body = bytearray()
+            try:
+                async for chunk in reply.chunks():
+                    body += chunk
+            except UpstreamError as error:
+                return str(error)
+            finally:
+                reply.close()
+            return bytes(body)
+
+    return asyncio.run(main())
+
+
+def test_a_body_with_a_length_is_read_whole_past_h11() -> None:
+    body = bytes(range(256)) * 40_000  # 10 MB: more than one read buffer
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    pieces = [head + body[:1000], body[1000:3_000_000], body[3_000_000:]]
+    assert read_through_dfdaemon(pieces) == body
+
+
+def test_a_chunked_body_is_read_through_h11() -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert read_through_dfdaemon([head + b"5\r\nhello\r\n", b"6\r\n world\r\n0\r\n\r\n"]) == (
+        b"hello world"
+    )
+
+
+def test_a_body_shorter_than_its_length_is_an_error() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"
+    assert read_through_dfdaemon([head + b"x" * 10, b"y" * 40]) == (
+        "dfdaemon closed the connection mid-body"
+    )

@@ -192,7 +192,7 @@ class Fill:
         while not self.finished and self.error is None:
             await self._changed.wait()
 
-    async def hold(self, chunk: bytes) -> None:
+    async def hold(self, chunk: bytes | memoryview) -> None:
         """Add ``chunk`` to the window of a fill streaming through memory, once the slowest
         reader made room for it. Raises ReadersGone when no reader is left."""
         assert self._window is not None
@@ -509,7 +509,7 @@ class FillRunner:
                 with contextlib.suppress(Exception):
                     await pending
 
-    def _write(self, fd: int, chunk: bytes, reservation: Reservation) -> None:
+    def _write(self, fd: int, chunk: bytes | memoryview, reservation: Reservation) -> None:
         """Write all of ``chunk``. When the disk is full, evict entries to make room for the
         rest of the body and write again, a few times; then DiskFull."""
         view = memoryview(chunk)

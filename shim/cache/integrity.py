@@ -48,7 +48,7 @@ STRENGTH = tuple(Kind)
 
 
 class _Running(Protocol):
-    def update(self, chunk: bytes, /) -> object: ...
+    def update(self, chunk: bytes | memoryview, /) -> object: ...
 
     def digest(self) -> bytes: ...
 
@@ -128,7 +128,7 @@ class _Crc:
         self._size = _CRC_BYTES[kind]
         self._value: int = self._model.calc(b"")
 
-    def update(self, chunk: bytes) -> None:
+    def update(self, chunk: bytes | memoryview) -> None:
         self._value = self._model.calc(chunk, init=self._value)
 
     def digest(self) -> bytes:
@@ -155,7 +155,7 @@ class Verifier:
     def checking(self) -> bool:
         return self._running is not None
 
-    def update(self, chunk: bytes) -> None:
+    def update(self, chunk: bytes | memoryview) -> None:
         if self._running is not None:
             self._running.update(chunk)
         if self._fingerprint is not None:
