@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= $(shell scripts/find-python)
 
-.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-load bench-faults bench-signing bench-revalidate bench-integrity bench-paths mutate fuzz clean
+.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-cluster bench-load bench-faults bench-signing bench-revalidate bench-integrity bench-paths mutate fuzz clean
 
 run: $(VENV)/.installed
 	$(BIN)/shim run $(ARGS)
@@ -42,6 +42,11 @@ bench-load: $(VENV)/.dev-installed tests/servers/node_modules/.installed
 
 bench-dragonfly: $(VENV)/.dev-installed tests/servers/node_modules/.installed deps
 	$(BIN)/python -m bench.bench_dragonfly $(ARGS)
+
+# 2, 4, 8 nodes (shim + Rust dfdaemon each) pull one 1 GiB model at once, 5 cold runs each, with
+# and without the one-origin settings (about 30 min on 2 cores; ARGS="--size-mib 128 --nodes 2,4").
+bench-cluster: $(VENV)/.dev-installed tests/servers/node_modules/.installed deps
+	$(BIN)/python -m bench.bench_cluster $(ARGS)
 
 # shim's main paths (through the dfdaemon, hits, HTTPS) against what they front, side by side.
 bench-paths: $(VENV)/.dev-installed tests/servers/node_modules/.installed deps

@@ -31,7 +31,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,12 +51,31 @@ SOURCE_KEY = "source/model.bin"
 # headers and every peer's 1-byte probe add well under 1%.
 EXTRA_COPY_THRESHOLD = 1.1
 
-# Scheduler settings compared, merged over tests/support/dragonfly.py's scheduler.yaml (which
-# sets backToSourceCount: 1 and leaves the retry settings at v2.5.1's defaults: a peer that
-# finds no parent 4 times, 500 ms apart, goes to the origin; after 5 it fails).
-SETTINGS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "one-origin": {"scheduler": {"retryBackToSourceLimit": 100, "retryLimit": 100}},
+
+@dataclass
+class Setting:
+    """What is merged over tests/support/dragonfly.py's scheduler.yaml and dfdaemon.yaml."""
+
+    scheduler: dict[str, Any]
+    dfdaemon: dict[str, Any]
+
+
+# The helpers' scheduler sets backToSourceCount: 1, which lets TWO peers of a task fetch from the
+# origin: scheduler v2.5.1 lets a peer go while `len(back-to-source peers) <= backToSourceCount`,
+# and refuses 0 at start. The second one goes when it finds no parent `retryBackToSourceLimit` (4)
+# times `retryInterval` (500 ms +-25%) apart, e.g. after its only parent was blocklisted for a
+# failed piece, or when it registered while the task was still pending (a check-then-act race).
+# And a Rust dfdaemon fetches from the origin by itself, unknown to the scheduler, when scheduling
+# fails or ends with pieces missing, unless `proxy.disableBackToSource`.
+# "one-origin" closes the two paths configuration can close: the scheduler never sends a peer to
+# the origin for want of a parent (retryBackToSourceLimit above retryLimit: it waits up to 40
+# attempts, about 20 s, then fails) and no dfdaemon goes around it. The pending race stays.
+SETTINGS: dict[str, Setting] = {
+    "default": Setting(scheduler={}, dfdaemon={}),
+    "one-origin": Setting(
+        scheduler={"scheduler": {"retryBackToSourceLimit": 1000, "retryLimit": 40}},
+        dfdaemon={"proxy": {"disableBackToSource": True}},
+    ),
 }
 
 
@@ -162,17 +181,21 @@ class RssSampler:
 
 @contextmanager
 def cluster(
-    work: Path, nodes: int, relay: Relay, scheduler_config: Mapping[str, Any]
+    work: Path, nodes: int, relay: Relay, setting: Setting
 ) -> Iterator[tuple[Scheduler, list[Dfdaemon], list[ShimProcess]]]:
     """A scheduler, `nodes` dfdaemons and a shim in front of each, all started afresh."""
     with ExitStack() as stack:
         scheduler = stack.enter_context(
-            start_scheduler(work / "scheduler", config=scheduler_config)
+            start_scheduler(work / "scheduler", config=setting.scheduler)
         )
         daemons = [
             stack.enter_context(daemon)
             for daemon in start_dfdaemons(
-                work, [f"node-{i}" for i in range(nodes)], scheduler=scheduler, proxy_rules=[]
+                work,
+                [f"node-{i}" for i in range(nodes)],
+                scheduler=scheduler,
+                proxy_rules=[],
+                config=setting.dfdaemon,
             )
         ]
         bucket = s3_bucket_config(BUCKET, relay.endpoint)
@@ -350,7 +373,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs per node count and setting")
     parser.add_argument("--origin-rate-mb", type=float, default=50.0, help="MB/s")
     parser.add_argument(
-        "--settings", default=",".join(SETTINGS), help=f"scheduler settings of {sorted(SETTINGS)}"
+        "--settings", default=",".join(SETTINGS), help=f"Dragonfly settings of {sorted(SETTINGS)}"
     )
     parser.add_argument(
         "--scheduler-config",
@@ -366,7 +389,7 @@ def main() -> None:
     node_counts = [int(n) for n in args.nodes.split(",")]
     settings = args.settings.split(",")
     if args.scheduler_config is not None:
-        SETTINGS["custom"] = args.scheduler_config
+        SETTINGS["custom"] = Setting(scheduler=args.scheduler_config, dfdaemon={})
         settings.append("custom")
     if unknown := [s for s in settings if s not in SETTINGS]:
         parser.error(f"unknown settings {unknown}; known: {sorted(SETTINGS)}")
@@ -422,7 +445,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(
         {"size_bytes": size, "origin_rate_mb_per_s": args.origin_rate_mb, "cpus": os.cpu_count(),
-         "settings": {s: SETTINGS[s] for s in settings},
+         "settings": {s: asdict(SETTINGS[s]) for s in settings},
          "rows": [asdict(r) for r in rows], "runs": [asdict(r) for r in runs]},
         indent=2))  # fmt: skip
     chart(rows, origin_rate, size, args.out.with_suffix(".png"))
