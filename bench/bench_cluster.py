@@ -9,12 +9,15 @@ object-storage-like rate. Every run starts cold: a fresh scheduler and fresh dfd
 and a fresh key (a server-side copy of one random object), so no task, piece or cache entry
 survives from an earlier run. The nodes' curls are released by one barrier; each node's time is
 from that release until its curl has the whole object, and its file must hash to the object's
-SHA-256 (a wrong byte fails the benchmark).
+SHA-256: a run with a failed download or a wrong byte is reported as failed, left out of the
+figures, and makes the benchmark exit 1 once the other runs are done.
 
-Per N and scheduler setting: p50 and p99 of the node times over all runs, the origin's bytes in
-copies of the object (ideal 1.0), and how many runs fetched more than one copy, with the
-dfdaemons that fetched from the origin (their back-to-source traffic) and why the scheduler sent
-each there (its log). Prints a table, writes JSON and a chart.
+Per N and Dragonfly setting (SETTINGS below; `--scheduler-config JSON` adds one), run by run in
+turn: p50 and p99 of the node times over all runs, the origin's bytes in copies of the object
+(ideal 1.0), how many runs fetched more than one copy, the dfdaemons that fetched from the origin
+(their back-to-source traffic), why the scheduler sent each there (its log), the shims that
+fetched directly (their dfdaemon failed), and the nodes' peak memory. Prints a table, writes JSON
+and a chart.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -83,6 +87,7 @@ SETTINGS: dict[str, Setting] = {
 class NodeResult:
     seconds: float  # from the barrier's release until the whole object arrived
     first_byte_seconds: float  # curl's time to the first body byte
+    route: str  # X-Shim-Route: dfdaemon, or fallback (shim fetched directly)
     back_to_source_mb: float  # what this node's dfdaemon fetched from the origin
 
 
@@ -94,6 +99,7 @@ class RunResult:
     origin_bytes: int
     copies: float  # origin bytes / object size
     nodes_to_origin: int  # dfdaemons that fetched from the origin
+    fallbacks: int  # shims that fetched directly, their dfdaemon having failed
     scheduler_reasons: list[str]  # why the scheduler sent each peer to the origin
     peak_rss_mb: float  # all dfdaemons and shims together
     node_results: list[NodeResult]
@@ -111,6 +117,7 @@ class Row:
     max_copies: float
     runs_over_one_copy: int
     mean_nodes_to_origin: float
+    fallbacks: int  # node downloads, over all runs, that shim fetched directly
     peak_rss_mb: float
 
 
@@ -199,14 +206,15 @@ def cluster(
             )
         ]
         bucket = s3_bucket_config(BUCKET, relay.endpoint)
-        # No fallback: every byte a node gets comes through its dfdaemon, so the relay's count is
-        # Dragonfly's alone. Started side by side: each shim's start-up is mostly imports.
+        # shim's defaults, fallback included: a dfdaemon failing before its first byte makes
+        # that shim fetch directly, an origin copy the run counts (and reports by route).
+        # Started side by side: each shim's start-up is mostly imports.
         with concurrent.futures.ThreadPoolExecutor(nodes) as pool:
             futures = [
                 pool.submit(
                     start_shim,
                     work / f"shim-{i}",
-                    {"dfdaemon": {"url": d.proxy_url, "fallback": False}, "buckets": [bucket]},
+                    {"dfdaemon": d.proxy_url, "buckets": [bucket]},
                 )
                 for i, d in enumerate(daemons)
             ]
@@ -225,16 +233,15 @@ def cluster(
 
 def download_together(
     shims: Sequence[ShimProcess], url: str, outputs: Sequence[Path]
-) -> list[tuple[float, float]]:
+) -> list[NodeResult]:
     """Each shim's curl of `url` into its output, all released at once by a barrier.
 
-    Returns per node the seconds from the release to the last byte and curl's time to the first
-    byte. Raises if a curl fails or a node's answer did not come through its dfdaemon.
+    Raises if a curl fails. The results' back_to_source_mb is left at 0 for the caller.
     """
     barrier = threading.Barrier(len(shims) + 1)
     released = [0.0]
 
-    def fetch(shim: ShimProcess, output: Path) -> tuple[float, float]:
+    def fetch(shim: ShimProcess, output: Path) -> NodeResult:
         command = [
             "curl", "-sS", "-f", "--noproxy", "", "-x", shim.proxy, "-o", str(output),
             "-D", str(output.with_suffix(".headers")), "-w", "%{time_starttransfer}", url,
@@ -244,18 +251,20 @@ def download_together(
         finished = time.monotonic()
         if done.returncode != 0:
             raise RuntimeError(f"curl through {shim.proxy} failed: {done.stderr.strip()}")
-        return finished - released[0], float(done.stdout)
+        headers = output.with_suffix(".headers").read_text()
+        route = re.search(r"^x-shim-route: (\S+)", headers, re.MULTILINE | re.IGNORECASE)
+        return NodeResult(
+            seconds=finished - released[0],
+            first_byte_seconds=float(done.stdout),
+            route=route.group(1) if route else "none",
+            back_to_source_mb=0.0,
+        )
 
     with concurrent.futures.ThreadPoolExecutor(len(shims)) as pool:
         futures = [pool.submit(fetch, s, o) for s, o in zip(shims, outputs, strict=True)]
         released[0] = time.monotonic()
         barrier.wait()
-        results = [future.result() for future in futures]
-    for output in outputs:
-        headers = output.with_suffix(".headers").read_text().lower()
-        if "x-shim-route: dfdaemon" not in headers:
-            raise RuntimeError(f"{output.name} did not come through the dfdaemon:\n{headers}")
-    return results
+        return [future.result() for future in futures]
 
 
 def one_run(
@@ -279,13 +288,14 @@ def one_run(
             pids = [d.pid for d in daemons] + [s.pid for s in shims]
             before = relay.bytes_down
             with RssSampler(pids) as rss:
-                times = download_together(shims, f"{relay.endpoint}/{BUCKET}/{key}", outputs)
+                fetched = download_together(shims, f"{relay.endpoint}/{BUCKET}/{key}", outputs)
             origin_bytes = relay.bytes_down - before
             for output in outputs:
                 got = sha256_of(output)
                 if got != digest:
                     raise RuntimeError(f"{output.name}: sha256 {got}, the object's is {digest}")
-            from_origin = [back_to_source_bytes(d) for d in daemons]
+            for node, daemon in zip(fetched, daemons, strict=True):
+                node.back_to_source_mb = back_to_source_bytes(daemon) / 1e6
             reasons = scheduler_reasons(scheduler)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -296,13 +306,11 @@ def one_run(
         run=run,
         origin_bytes=origin_bytes,
         copies=origin_bytes / size,
-        nodes_to_origin=sum(1 for b in from_origin if b > 0),
+        nodes_to_origin=sum(1 for node in fetched if node.back_to_source_mb > 0),
+        fallbacks=sum(1 for node in fetched if node.route != "dfdaemon"),
         scheduler_reasons=reasons,
         peak_rss_mb=rss.peak_bytes / 1e6,
-        node_results=[
-            NodeResult(seconds, first_byte, b / 1e6)
-            for (seconds, first_byte), b in zip(times, from_origin, strict=True)
-        ],
+        node_results=fetched,
     )
 
 
@@ -320,8 +328,34 @@ def summarize(runs: Sequence[RunResult], size: int) -> Row:
         max_copies=max(r.copies for r in runs),
         runs_over_one_copy=sum(1 for r in runs if r.copies > EXTRA_COPY_THRESHOLD),
         mean_nodes_to_origin=statistics.mean(r.nodes_to_origin for r in runs),
+        fallbacks=sum(r.fallbacks for r in runs),
         peak_rss_mb=max(r.peak_rss_mb for r in runs),
     )
+
+
+def progress(result: RunResult) -> str:
+    times = sorted(n.seconds for n in result.node_results)
+    return (
+        f"{result.setting} N={result.nodes} run {result.run}: {times[0]:.1f}-{times[-1]:.1f} s, "
+        f"{result.copies:.2f} copies, {result.nodes_to_origin} dfdaemons to the origin, "
+        f"{result.fallbacks} fallbacks, RSS {result.peak_rss_mb:.0f} MB; "
+        f"scheduler: {result.scheduler_reasons}"
+    )
+
+
+def table(rows: Sequence[Row]) -> str:
+    lines = [
+        f"{'setting':<11} {'N':>2} {'p50 s':>6} {'p99 s':>6} {'MB/s':>5} {'copies':>6} "
+        f"{'worst':>6} {'>1 copy':>7} {'to origin':>9} {'fallback':>8} {'RSS MB':>7}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r.setting:<11} {r.nodes:>2} {r.p50_seconds:>6.1f} {r.p99_seconds:>6.1f} "
+            f"{r.p50_mb_per_s:>5.0f} {r.mean_copies:>6.2f} {r.max_copies:>6.2f} "
+            f"{r.runs_over_one_copy:>3}/{r.runs:<3} {r.mean_nodes_to_origin:>9.1f} "
+            f"{r.fallbacks:>8} {r.peak_rss_mb:>7.0f}"
+        )
+    return "\n".join(lines)
 
 
 def chart(rows: Sequence[Row], origin_rate: float, size: int, path: Path) -> None:
@@ -397,6 +431,7 @@ def main() -> None:
     origin_rate = args.origin_rate_mb * 1e6
 
     runs: list[RunResult] = []
+    failures: list[str] = []
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shim-bench-cluster-",
                                                                     dir="/var/tmp")))  # fmt: skip
@@ -418,38 +453,41 @@ def main() -> None:
         relay.rate_limit_bytes_per_s = origin_rate
         print(f"{args.size_mib} MiB model, origin limited to {args.origin_rate_mb:.0f} MB/s; "
               f"{args.runs} runs per node count and setting", flush=True)  # fmt: skip
-        for setting in settings:
-            for nodes in node_counts:
-                for run in range(args.runs):
-                    result = one_run(work, origin, relay, setting=setting, nodes=nodes,
-                                     run=run, size=size, digest=digest.hexdigest())  # fmt: skip
-                    times = sorted(n.seconds for n in result.node_results)
-                    print(f"  {setting} N={nodes} run {run}: {times[0]:.1f}-{times[-1]:.1f} s, "
-                          f"{result.copies:.2f} copies, {result.nodes_to_origin} to origin, "
-                          f"rss {result.peak_rss_mb:.0f} MB; scheduler: {result.scheduler_reasons}",
-                          flush=True)  # fmt: skip
+        # Settings alternate run by run, so both see the same machine.
+        for nodes in node_counts:
+            for run in range(args.runs):
+                for setting in settings:
+                    try:
+                        result = one_run(work, origin, relay, setting=setting, nodes=nodes,
+                                         run=run, size=size, digest=digest.hexdigest())  # fmt: skip
+                    except RuntimeError as exc:  # a failed download, wrong bytes, a slow start
+                        failures.append(f"{setting} N={nodes} run {run}: {exc}")
+                        print(f"  FAILED {failures[-1]}", flush=True)
+                        continue
+                    print(f"  {progress(result)}", flush=True)
                     runs.append(result)
 
     rows = [
-        summarize([r for r in runs if r.setting == setting and r.nodes == nodes], size)
+        summarize(mine, size)
         for setting in settings
         for nodes in node_counts
+        if (mine := [r for r in runs if r.setting == setting and r.nodes == nodes])
     ]
-    print(f"\n{'setting':<11} {'N':>2} {'p50 s':>6} {'p99 s':>6} {'MB/s':>5} {'copies':>6} "
-          f"{'worst':>6} {'>1 copy':>7} {'to origin':>9} {'RSS MB':>7}")  # fmt: skip
-    for r in rows:
-        print(f"{r.setting:<11} {r.nodes:>2} {r.p50_seconds:>6.1f} {r.p99_seconds:>6.1f} "
-              f"{r.p50_mb_per_s:>5.0f} {r.mean_copies:>6.2f} {r.max_copies:>6.2f} "
-              f"{r.runs_over_one_copy:>3}/{r.runs:<3} {r.mean_nodes_to_origin:>9.1f} "
-              f"{r.peak_rss_mb:>7.0f}")  # fmt: skip
+    print()
+    print(table(rows))
+    for failure in failures:
+        print(f"FAILED {failure}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(
         {"size_bytes": size, "origin_rate_mb_per_s": args.origin_rate_mb, "cpus": os.cpu_count(),
          "settings": {s: asdict(SETTINGS[s]) for s in settings},
-         "rows": [asdict(r) for r in rows], "runs": [asdict(r) for r in runs]},
+         "rows": [asdict(r) for r in rows], "runs": [asdict(r) for r in runs],
+         "failures": failures},
         indent=2))  # fmt: skip
     chart(rows, origin_rate, size, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    if failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
