@@ -20,8 +20,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 from urllib.parse import quote
 
-from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
-from azure.storage.blob import BlobClient, BlobServiceClient, UserDelegationKey, generate_blob_sas
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from shim._errors import ConfigError, RequestError, SigningError
@@ -36,6 +34,7 @@ from shim.providers._base import (
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
+    from azure.storage.blob import UserDelegationKey
 
     from shim.recognize import ObjectRef
 
@@ -121,6 +120,9 @@ def parse_connection_string(value: str) -> ConnectionString:
     """The account, blob endpoint and key of a storage connection string, as the SDK reads it
     (``UseDevelopmentStorage=true``, ``EndpointSuffix`` and ``BlobEndpoint`` included).
     Raises ValueError without quoting it."""
+    # Imported here: azure-storage-blob and azure-core load only for Azure buckets.
+    from azure.storage.blob import BlobServiceClient
+
     try:
         client = BlobServiceClient.from_connection_string(value)
     except ValueError:
@@ -331,6 +333,9 @@ class AzureSigner:
         with self._lock:
             if self._key is not None and self._clock() < self._replace_key_at:
                 return self._key, self._key_expiry
+        from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
+        from azure.storage.blob import BlobServiceClient
+
         identity = self._identity()
         service = BlobServiceClient(
             self._bucket.account_url("https"),
@@ -377,6 +382,8 @@ class AzureSigner:
         if self._bucket.credentials.source != "default":
             _ = self._account_key
             return
+        from azure.core.exceptions import AzureError
+
         identity = self._identity()
         try:
             _within(CHECK_TIMEOUT, lambda: identity.get_token(STORAGE_SCOPE))
@@ -394,6 +401,8 @@ class AzureSigner:
     def sign(self, ref: ObjectRef, method: str) -> str:
         """A SAS URL allowing reads (GET and HEAD alike) of this one blob, snapshot or
         version, until the bucket's URL lifetime has passed."""
+        from azure.storage.blob import BlobClient, generate_blob_sas
+
         bucket = self._bucket
         params = dict(ref.params)
         account_url = bucket.account_url(ref.client_scheme)

@@ -8,22 +8,13 @@ service account, authorised by an access token that google-auth refreshes before
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
-from urllib.parse import quote
 
-import google.auth
-import google.auth.credentials
-import google.auth.crypt
-import google.auth.exceptions
-import google.auth.transport.requests
-from google.cloud.storage import Blob, Bucket, Client  # type: ignore[import-untyped]
-from google.oauth2 import service_account
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from shim._errors import RequestError, SigningError
@@ -37,6 +28,8 @@ from shim.providers._base import (
 )
 
 if TYPE_CHECKING:
+    import google.auth.credentials
+
     from shim.recognize import ObjectRef
 
 SIGNATURE_PARAMS = frozenset(
@@ -68,7 +61,6 @@ MAX_GENERATION = 2**63 - 1
 DEFAULT_HOST = "storage.googleapis.com"
 DEFAULT_IAM_ENDPOINT = "https://iamcredentials.googleapis.com"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
-IAM_TIMEOUT = 30.0  # seconds
 KEY_JSON_VARIABLE = "GOOGLE_SERVICE_ACCOUNT_JSON"
 
 
@@ -148,69 +140,6 @@ class GcsBucket(EndpointBucket):
         return value
 
 
-class IamSigning(google.auth.credentials.Signing, google.auth.crypt.Signer):
-    """Signs as a service account through the IAM Credentials API's ``signBlob``, authorised
-    by ambient credentials that hold no key (google-auth refreshes their access token before
-    it expires). Thread-safe."""
-
-    def __init__(
-        self,
-        credentials: google.auth.credentials.Credentials,
-        email: str | None,
-        endpoint: str,
-    ) -> None:
-        self._credentials = credentials
-        self._email = email
-        self._endpoint = endpoint
-        self._request = google.auth.transport.requests.Request()
-        self._lock = threading.Lock()
-
-    def _authorize(self, method: str, url: str, headers: dict[str, str]) -> None:
-        # Refreshes the token first when it has expired or is about to.
-        with self._lock:
-            self._credentials.before_request(self._request, method, url, headers)  # type: ignore[no-untyped-call]
-
-    @property
-    def signer_email(self) -> str:
-        if self._email is None:
-            self._authorize("GET", self._endpoint, {})  # a refresh names the account
-            email = getattr(self._credentials, "service_account_email", None)
-            if not email or email == "default":
-                raise SigningError(
-                    "the default credentials name no service account: set "
-                    "credentials.service_account_email"
-                )
-            self._email = email
-        return self._email
-
-    @property
-    def signer(self) -> google.auth.crypt.Signer:
-        return self
-
-    @property
-    def key_id(self) -> str | None:
-        return None  # IAM picks the key
-
-    def sign(self, message: str | bytes) -> bytes:
-        return self.sign_bytes(message.encode() if isinstance(message, str) else message)
-
-    def sign_bytes(self, message: bytes) -> bytes:
-        email = self.signer_email
-        url = f"{self._endpoint}/v1/projects/-/serviceAccounts/{quote(email, safe='@')}:signBlob"
-        headers = {"Content-Type": "application/json"}
-        self._authorize("POST", url, headers)
-        body = json.dumps({"payload": base64.b64encode(message).decode()}).encode()
-        response = self._request(
-            url=url, method="POST", body=body, headers=headers, timeout=IAM_TIMEOUT
-        )
-        if response.status != 200:
-            raise SigningError(
-                f"the IAM signBlob API answered {response.status} when signing as {email!r} "
-                "(the credentials need roles/iam.serviceAccountTokenCreator on it)"
-            )
-        return base64.b64decode(json.loads(response.data)["signedBlob"])
-
-
 class GcsSigner:
     """Signs V4 URLs for one bucket. Credentials are loaded on first use, once."""
 
@@ -225,6 +154,9 @@ class GcsSigner:
         return SigningError(f"{what} for bucket {self._bucket.bucket!r}")
 
     def _load(self) -> google.auth.credentials.Signing:
+        # Imported here: google-auth and google-cloud-storage load only for GCS buckets.
+        from google.oauth2 import service_account
+
         creds = self._bucket.credentials
         if creds.source == "file":
             assert creds.service_account_file is not None
@@ -261,6 +193,12 @@ class GcsSigner:
         raise self._failed("credentials.source 'env' was not read from the environment")
 
     def _default(self) -> google.auth.credentials.Signing:
+        import google.auth
+        import google.auth.credentials
+        import google.auth.exceptions
+
+        from shim.providers._gcs_iam import IamSigning
+
         creds = self._bucket.credentials
         try:
             found, _project = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
@@ -279,6 +217,9 @@ class GcsSigner:
         return IamSigning(found, email, creds.iam_endpoint or DEFAULT_IAM_ENDPOINT)
 
     def _credentials(self) -> google.auth.credentials.Signing:
+        import google.auth.exceptions
+        from google.cloud.storage import Client  # type: ignore[import-untyped]
+
         with self._lock:
             if self._signing is None:
                 signing = self._load()
@@ -299,6 +240,9 @@ class GcsSigner:
         self._credentials()
 
     def sign(self, ref: ObjectRef, method: str) -> str:
+        import google.auth.exceptions
+        from google.cloud.storage import Blob, Bucket
+
         signing = self._credentials()
         arguments = {_PARAM_ARGUMENTS[name]: value for name, value in ref.params}
         blob = Blob(ref.key, Bucket(self._client, self._bucket.bucket))

@@ -13,7 +13,6 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
-import oss2  # type: ignore[import-untyped]
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from shim._errors import RequestError, SigningError
@@ -165,6 +164,9 @@ class OssSigner:
         self._lock = threading.Lock()
 
     def _credentials_provider(self) -> Any:
+        # Imported here: oss2 (and its crypto dependencies) load only for OSS buckets.
+        import oss2  # type: ignore[import-untyped]
+
         creds = self._bucket.credentials
         if creds.source == "ecs_ram_role":
             return oss2.EcsRamRoleCredentialsProvider(
@@ -183,6 +185,8 @@ class OssSigner:
         )
 
     def _client(self, endpoint: str) -> Any:
+        import oss2
+
         with self._lock:
             if self._provider is None:
                 self._provider = self._credentials_provider()

@@ -10,9 +10,6 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
-import boto3
-import botocore.config
-import botocore.exceptions
 from pydantic import Field, SecretStr, model_validator
 
 from shim._errors import RequestError, SigningError
@@ -25,6 +22,7 @@ from shim.providers._base import (
 )
 
 if TYPE_CHECKING:
+    from boto3.session import Session
     from mypy_boto3_s3 import S3Client
 
     from shim.recognize import ObjectRef
@@ -125,7 +123,10 @@ class S3Signer:
         self._clients: dict[str, S3Client] = {}
         self._lock = threading.Lock()
 
-    def _session(self) -> boto3.session.Session:
+    def _session(self) -> Session:
+        # Imported here: boto3 and botocore load only for buckets that sign with them.
+        import boto3.session
+
         creds = self._bucket.credentials
         if creds.source == "static":
             assert creds.access_key_id and creds.secret_access_key
@@ -142,6 +143,8 @@ class S3Signer:
         with self._lock:
             client = self._clients.get(endpoint)
             if client is None:
+                import botocore.config
+
                 client = self._session().client(
                     "s3",
                     region_name=self._bucket.region,
@@ -161,6 +164,8 @@ class S3Signer:
         )
 
     def check(self) -> None:
+        import botocore.exceptions
+
         try:
             found = self._session().get_credentials()
         except botocore.exceptions.BotoCoreError as error:
@@ -174,6 +179,8 @@ class S3Signer:
         self._client(self._bucket.endpoint_url("https"))
 
     def sign(self, ref: ObjectRef, method: str) -> str:
+        import botocore.exceptions
+
         params: dict[str, Any] = {"Bucket": self._bucket.bucket, "Key": ref.key}
         for name, value in ref.params:
             # boto3 validates types: a part number is an int (check_params checked its digits).
