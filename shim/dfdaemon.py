@@ -74,6 +74,7 @@ class DfdaemonReply:
     _sock: socket.socket = field(repr=False)
     _read_timeout: float = field(repr=False)
     _closed_by_peer: bool = field(default=False, repr=False)
+    _framed_by_length: int | None = field(default=None, repr=False)
 
     async def chunks(self) -> AsyncIterator[bytes | memoryview]:
         """The body as it arrives; UpstreamError if it ends before its framing says.
@@ -81,7 +82,7 @@ class DfdaemonReply:
         A body with a Content-Length is read straight from the socket, past h11, into two
         buffers taken in turn (no copy, no per-read framing work: a local dfdaemon sends
         GB/s): a chunk stays valid until the one after the next is asked for."""
-        remaining = self.content_length
+        remaining = self._framed_by_length
         while True:
             event = await self._next_event(read=remaining is None)
             if event is h11.NEED_DATA:
@@ -204,7 +205,10 @@ async def request_via_dfdaemon(
     reply.status = event.status_code
     reply.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
     length = reply.headers.get("content-length")  # h11 lowercases header names
-    chunked = "chunked" in reply.headers.get("transfer-encoding", "").lower()
-    if length and length.isascii() and length.isdigit() and not chunked:
+    if length and length.isascii() and length.isdigit():
         reply.content_length = int(length)
+    # Transfer-Encoding frames the body when both are sent (RFC 9112 6.3): h11 reads it then,
+    # and the caller still holds it to the Content-Length it announced.
+    if "transfer-encoding" not in reply.headers:
+        reply._framed_by_length = reply.content_length
     return reply

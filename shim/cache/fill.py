@@ -1,15 +1,16 @@
 """Single-flight fills: one origin fetch per object, however many clients ask at once.
 
-A fill streams the origin's body into a temporary file and tells its readers as bytes
-arrive, so each client streams at the origin's pace. It belongs to no client: a client that
-goes away does not cancel it. It becomes a cache entry only when every byte promised by
-Content-Length arrived and the body matches the strongest checksum the origin offered for it
-(``shim.cache.integrity``); every reader's last byte waits for that check.
+A fill that is to be kept streams the origin's body into a temporary file and tells its
+readers as bytes arrive, so each client streams at the origin's pace. It belongs to no
+client: a client that goes away does not cancel it. It becomes a cache entry only when every
+byte promised by Content-Length arrived and the body matches the strongest checksum the
+origin offered for it (``shim.cache.integrity``); every reader's last byte waits for that
+check.
 
-With no room on disk, not even for a temporary file, a fill streams through memory instead:
-a bounded window of the body that the readers waiting for it share, the origin held back to
-the slowest of them; later requests start a fetch of their own. Such a fill ends when its
-readers have all left, as there is nothing to keep.
+A fill that is not kept (behind a dfdaemon, an uncacheable answer, no room on disk) streams
+through memory instead: a bounded window of the body that the readers waiting for it share,
+the origin held back to the slowest of them; later requests start a fetch of their own. Such
+a fill ends when its readers have all left, as there is nothing to keep.
 """
 
 from __future__ import annotations
@@ -432,7 +433,7 @@ class FillRunner:
         fingerprint = verifier.fingerprint()
         if fingerprint is not None and version is not None:
             self._verified.record(version, fingerprint)
-        if fill.reservation is not None and fill.reservation.kept:
+        if fill.reservation is not None:
             meta = EntryMeta(
                 key=fill.key,
                 url=fill.identity_url,
@@ -445,8 +446,6 @@ class FillRunner:
                 headers=kept,
             )
             self._store.commit(meta, fill.path, fill.reservation)
-        elif not fill.in_memory:
-            fill.path.unlink()  # not kept: its readers go on through their descriptor
         fill.finish()
 
     def _check(self, fill: Fill, route: str, outcome: Outcome) -> None:
@@ -459,21 +458,23 @@ class FillRunner:
             raise UpstreamError(f"{outcome} (from the {route} route)")
 
     def _find_room(self, fill: Fill, size: int | None, *, keepable: bool) -> None:
-        """Where the body goes: a temporary file that becomes an entry, or one that does not
-        (its readers share it until they are done), or, with no room on disk even for that,
-        memory, streaming through to the readers waiting now."""
-        if self._keep and keepable and size is not None:
+        """Where the body goes: a temporary file that becomes the entry, when it is to be kept
+        and fits; else memory, streaming through to the readers waiting now. A body that is
+        not kept is never written to disk (behind a dfdaemon, which keeps its own copy, a
+        second one would only cost the disk's bandwidth); later requests fetch it again."""
+        wanted = self._keep and keepable and size is not None
+        if wanted and size is not None:
             fill.reservation = self._store.reserve(size)
-        if fill.reservation is None:
-            fill.reservation = self._store.reserve_transient(size)
-        if fill.reservation is None:
-            fill.stream_through_memory()
-            del self._fills[fill.key]  # later requests start a fetch of their own
+        if fill.reservation is not None:
+            return
+        fill.stream_through_memory()
+        del self._fills[fill.key]  # later requests start a fetch of their own
+        if wanted:
             log.warning(
                 "no room on the cache's disk for %s (%s bytes): streaming it through memory, "
                 "without keeping it",
                 fill.identity_url,
-                "unknown" if size is None else size,
+                size,
             )
 
     async def _copy_body(self, fill: Fill, reply: UpstreamReply, verifier: Verifier) -> None:
@@ -498,7 +499,7 @@ class FillRunner:
                     pending = loop.run_in_executor(self._hasher, verifier.update, chunk)
             if pending is not None:
                 await pending
-            if fd is not None and fill.reservation is not None and fill.reservation.kept:
+            if fd is not None:
                 await asyncio.to_thread(os.fsync, fd)  # durable before it becomes an entry
         except UpstreamError as error:
             raise UpstreamError(f"{error} after {fill.written} bytes") from None

@@ -60,8 +60,7 @@ class EntryMeta:
 class Reservation:
     """Space held for one fill in flight, until it commits or ends."""
 
-    size: int  # bytes expected; 0 when the origin did not say
-    kept: bool  # becomes an entry: counts against max_size too
+    size: int  # bytes expected
     written: int = 0  # bytes already on disk, which the free-space figure shows already
 
     @property
@@ -190,7 +189,7 @@ class CacheStore:
     @property
     def reserved(self) -> int:
         """Bytes held under max_size for fills in flight that will become entries."""
-        return sum(r.size for r in self._reservations if r.kept)
+        return sum(r.size for r in self._reservations)
 
     def disk_free(self) -> int:
         """Bytes free on the cache's filesystem now (for an unprivileged writer)."""
@@ -216,16 +215,7 @@ class CacheStore:
 
         if not self._evict_until(missing):
             return None
-        reservation = Reservation(size, kept=True)
-        self._reservations.add(reservation)
-        return reservation
-
-    def reserve_transient(self, size: int | None) -> Reservation | None:
-        """Disk room, leaving min_free, for the temporary file of a fill that is not kept
-        (``size`` None: unknown). Evicts nothing: entries do not go for a passing object."""
-        if self._short_of_disk(size or 0) > 0:
-            return None
-        reservation = Reservation(size or 0, kept=False)
+        reservation = Reservation(size)
         self._reservations.add(reservation)
         return reservation
 

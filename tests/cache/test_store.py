@@ -489,7 +489,6 @@ def test_open_makes_the_files_of_an_older_cache_private(tmp_path: Path) -> None:
 def test_in_an_ample_cache_nothing_is_held_for_the_disk(tmp_path: Path) -> None:
     store = _open(tmp_path, max_size=100)
     assert store.reserve(100) is not None
-    assert store.reserve_transient(10 * MiB) is not None
 
 
 def test_reserve_leaves_min_free_on_the_disk(small_disk: Path) -> None:
@@ -525,17 +524,6 @@ def test_reserve_evicts_nothing_when_pinned_entries_hold_the_disk(small_disk: Pa
     store.pin(KEY_A)
     assert store.reserve(4 * MiB) is None
     assert _keys(store) == {KEY_A, KEY_B}
-
-
-def test_a_transient_reservation_leaves_min_free_and_evicts_nothing(small_disk: Path) -> None:
-    store = _open(small_disk, max_size=1024 * MiB, min_free=MiB)
-    _fill(store, KEY_A, 4 * MiB)
-    assert store.reserve_transient(4 * MiB) is None
-    assert _keys(store) == {KEY_A}
-    assert store.reserve_transient(2 * MiB) is not None
-    assert store.reserve_transient(None) is not None  # unknown size: min_free is still free
-    store.min_free = 3 * MiB
-    assert store.reserve_transient(None) is None
 
 
 def test_free_disk_evicts_until_the_bytes_fit(small_disk: Path) -> None:
@@ -628,21 +616,3 @@ def test_a_metadata_write_failing_for_another_reason_than_room_is_not_disk_full(
     with pytest.raises(FileExistsError):
         store.commit(_meta(KEY_A, 5), temp, reservation)
     assert store.lookup(KEY_A) is None
-
-
-def test_transient_reservations_may_use_the_disk_down_to_exactly_min_free(
-    small_disk: Path,
-) -> None:
-    store = _open(small_disk, max_size=1024 * MiB)
-    free = store.disk_free()
-    store.min_free = free - 100
-    assert store.reserve_transient(101) is None
-    held = store.reserve_transient(100)
-    assert held is not None and (held.size, held.kept) == (100, False)
-    assert store.reserve_transient(1) is None  # the 100 bytes are still to be written
-    store.release(held)
-    store.min_free = free
-    unknown = store.reserve_transient(None)  # an unknown size holds nothing ahead
-    assert unknown is not None and unknown.size == 0
-    assert store.reserve_transient(None) is not None
-    assert store.reserve_transient(1) is None
