@@ -215,6 +215,8 @@ def cluster(
                     start_shim,
                     work / f"shim-{i}",
                     {"dfdaemon": d.proxy_url, "buckets": [bucket]},
+                    # Eight start-ups side by side on a loaded 2-core machine take a while.
+                    timeout=120,
                 )
                 for i, d in enumerate(daemons)
             ]
