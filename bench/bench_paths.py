@@ -35,6 +35,8 @@ from pathlib import Path
 
 from boto3.s3.transfer import TransferConfig
 
+from shim.dfdaemon import DragonflyOptions, dragonfly_headers
+from shim.providers import ALL_SIGNATURE_PARAMS
 from tests.support.dragonfly import start_dfdaemons, start_scheduler
 from tests.support.nginx import start_nginx
 from tests.support.servers import REPO_ROOT, s3_client, start_s3rver
@@ -130,11 +132,9 @@ def run(size_mib: int, rounds: int, work: Path) -> list[Pair]:
                 "get_object", Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=3600))  # fmt: skip
 
         def via_dfdaemon(index: int, key: str) -> float:
-            # What shim tells the dfdaemon of the signature parameters, so the task is the key's.
-            filtered = {"X-Dragonfly-Filtered-Query-Params": ",".join(
-                ["X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
-                 "X-Amz-SignedHeaders", "X-Amz-Signature", "X-Amz-Security-Token"])}  # fmt: skip
-            return curl_mb_s(signed(key), proxy=daemons[index].proxy_url, headers=filtered)
+            # As shim asks: through P2P, the signature parameters out of the task's identity.
+            headers = dragonfly_headers(DragonflyOptions(), sorted(ALL_SIGNATURE_PARAMS))
+            return curl_mb_s(signed(key), proxy=daemons[index].proxy_url, headers=headers)
 
         def via_shim(shim: ShimProcess, key: str, *, https: bool = False) -> float:
             target = url(key).replace("http://", "https://") if https else url(key)

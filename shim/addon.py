@@ -30,7 +30,7 @@ from shim._errors import ConfigError, RequestError, ShimError, SigningError
 from shim.access import auth_required, client_allowed, credentials_valid
 from shim.admin import AdminServer
 from shim.cache.conditional import Preconditions
-from shim.cache.fill import TransferAborted
+from shim.cache.fill import FileSpan, TransferAborted
 from shim.cache.server import (
     CACHE_STATUS_HEADER,
     ERROR_HEADER,
@@ -427,15 +427,15 @@ class ShimAddon:
             position = stream.start
             while stream.stop is None or position < stream.stop:
                 span = await stream.reader.span(position, stream.stop, SENDFILE_SIZE)
-                count = len(span) if isinstance(span, bytes) else span.count
+                count = span.count if isinstance(span, FileSpan) else len(span)
                 if count == 0:
                     break
                 if chunked:
                     await client.send(b"%x\r\n" % count)
-                if isinstance(span, bytes):
-                    await client.send(span)
-                else:
+                if isinstance(span, FileSpan):
                     await client.send_file(span)
+                else:
+                    await client.send(span)
                 if chunked:
                     await client.send(b"\r\n")
                 self.metrics.response_bytes.inc(count)

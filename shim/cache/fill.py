@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from shim.upstream import Upstream, UpstreamReply
 log = logging.getLogger("shim.cache")
 
 _READ_SIZE = 1 << 20
-# Body bytes a fill streaming through memory holds at most (plus one chunk of the origin's).
+# Body bytes a fill streaming through memory holds unread (plus one chunk of the origin's).
 MEMORY_WINDOW = 4 << 20
 # The cursor of a reader that needs nothing more from a fill's window.
 _PAST_THE_WINDOW = 1 << 62
@@ -99,10 +100,12 @@ class Fill:
         self.fd: int | None = None
         # Store space held for this body until commit or failure; None: no room on disk.
         self.reservation: Reservation | None = None
-        # Without room on disk: the body from object offset _window_start on, as far as some
-        # reader still needs it, and where each reader goes on (offset of its next read).
-        self._window: bytearray | None = None
+        # Streaming through memory: the body from object offset _window_start on, in the chunks
+        # it came in, as far as some reader still needs it, and where each reader goes on
+        # (offset of its next read).
+        self._window: deque[bytes] | None = None
         self._window_start = 0
+        self._window_bytes = 0
         self._cursors: dict[FillReader, int] = {}
         self.headers_ready = asyncio.Event()
         self.size: int | None = None
@@ -136,7 +139,7 @@ class Fill:
         return self._window is not None
 
     def stream_through_memory(self) -> None:
-        self._window = bytearray()
+        self._window = deque()
 
     def reader(self) -> FillReader:
         """A reader of this fill. Take it before waiting for the headers: a fill streaming
@@ -197,26 +200,42 @@ class Fill:
         """Add ``chunk`` to the window of a fill streaming through memory, once the slowest
         reader made room for it. Raises ReadersGone when no reader is left."""
         assert self._window is not None
-        while self._cursors and len(self._window) >= MEMORY_WINDOW:
+        while self._cursors and self._unread() >= MEMORY_WINDOW:
             await self._changed.wait()
         if not self._cursors:
             raise ReadersGone("every reader left")
-        self._window += chunk
+        # A copy: the upstream reads its next bytes into the buffer it came in. Readers get
+        # views of it, and it is dropped whole once every one of them is past it.
+        self._window.append(bytes(chunk))
+        self._window_bytes += len(chunk)
         self._trim()
 
-    def _trim(self) -> None:
-        """Drop the window's bytes that every reader is past."""
-        assert self._window is not None
-        end = self._window_start + len(self._window)
-        start = min(min(self._cursors.values(), default=end), end)
-        del self._window[: start - self._window_start]
-        self._window_start = start
+    def _unread(self) -> int:
+        """Bytes of the window the slowest reader has still to read. (What it read of a chunk
+        still counts against the window until the chunk is dropped: at most one more.)"""
+        end = self._window_start + self._window_bytes
+        return end - min(self._cursors.values(), default=end)
 
-    def _from_window(self, reader: FillReader, position: int, count: int) -> bytes:
+    def _trim(self) -> None:
+        """Drop the window's chunks that every reader is past."""
+        assert self._window is not None
+        end = self._window_start + self._window_bytes
+        start = min(min(self._cursors.values(), default=end), end)
+        while self._window and self._window_start + len(self._window[0]) <= start:
+            dropped = self._window.popleft()
+            self._window_start += len(dropped)
+            self._window_bytes -= len(dropped)
+
+    def _from_window(self, reader: FillReader, position: int, count: int) -> memoryview:
+        """Up to ``count`` bytes from ``position``, as a view of the chunk they are in."""
         assert self._window is not None and position >= self._window_start
         offset = position - self._window_start
-        data = bytes(self._window[offset : offset + count])
-        self._cursors[reader] = position + count
+        for chunk in self._window:
+            if offset < len(chunk):
+                break
+            offset -= len(chunk)
+        data = memoryview(chunk)[offset : offset + count]
+        self._cursors[reader] = position + len(data)
         self._trim()
         self._notify()  # a fetch waiting for room
         return data
@@ -251,18 +270,20 @@ class FillReader:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    async def read(self, position: int, stop: int | None) -> bytes:
+    async def read(self, position: int, stop: int | None) -> bytes | memoryview:
         """The next bytes from ``position`` (up to ``stop``, None: the end) once readable;
         b"" at the end of the object. TransferAborted when the body cannot be completed."""
         span = await self.span(position, stop, _READ_SIZE)
-        if isinstance(span, bytes):
+        if not isinstance(span, FileSpan):
             return span
         data = await asyncio.to_thread(os.pread, span.fd, span.count, span.offset)
         if len(data) != span.count:
             raise TransferAborted("the cache file is shorter than its entry")
         return data
 
-    async def span(self, position: int, stop: int | None, limit: int) -> FileSpan | bytes:
+    async def span(
+        self, position: int, stop: int | None, limit: int
+    ) -> FileSpan | bytes | memoryview:
         """As ``read``, but at most ``limit`` bytes, and where they are in the fill's file,
         for a caller that sends them from there, rather than the bytes themselves (which a
         fill streaming through memory, and the last byte, still are)."""
@@ -284,16 +305,16 @@ class FillReader:
             raise TransferAborted("the object ended before the promised length")
         count = min(limit, readable - position)
         if fill.in_memory:
-            return fill._from_window(self, position, min(count, _READ_SIZE))
+            return fill._from_window(self, position, count)
         assert fill.fd is not None, "a fill opens its file before any byte is readable"
         return FileSpan(fill.fd, position, count)
 
-    async def _last(self, position: int) -> bytes:
+    async def _last(self, position: int) -> bytes | memoryview:
         """The last byte asked for, once the whole object is verified. Through memory, it is
         taken out of the window as soon as it arrives, so that waiting for the verdict never
         holds back the window, and with it the fetch."""
         fill = self.fill
-        last = b""
+        last: bytes | memoryview = b""
         if fill.in_memory:
             fill._cursors[self] = position
             fill._trim()

@@ -251,3 +251,31 @@ def test_without_room_on_disk_the_slowest_reader_leaving_lets_the_others_go_on(
         assert fill.finished
 
     run(store, scenario)
+
+
+def test_chunks_as_large_as_the_window_stream_through_memory(tmp_path: Path) -> None:
+    """A dfdaemon sends 4 MiB at a time, the window's size: the reader is never past the
+    chunk it reads before the next one arrives (its last byte waits), so a window that
+    counted whole chunks would wait for room forever."""
+    chunks = [os.urandom(MEMORY_WINDOW) for _ in range(3)]
+
+    async def main() -> bytes:
+        fill = Fill("k" * 64, "http://bucket/k", tmp_path / "unused")
+        fill.stream_through_memory()
+        with fill.reader() as reader:
+
+            async def fetch() -> None:
+                for chunk in chunks:
+                    await fill.hold(chunk)
+                    fill.advance(len(chunk))
+                fill.finish()
+
+            feeding = asyncio.create_task(fetch())
+            body = bytearray()
+            async with asyncio.timeout(10):
+                while data := await reader.read(len(body), None):
+                    body += data
+                await feeding
+        return bytes(body)
+
+    assert asyncio.run(main()) == b"".join(chunks)
