@@ -1,8 +1,9 @@
 """The mitmproxy addon: wires mitmproxy's hooks to shim's decisions. Thin on purpose.
 
 Every rule of what a request may do lives in ``shim.decide``; this class only gathers the facts
-a hook offers, asks, and applies the answer: refuse, pass through, or serve (sign, then answer
-a plain-HTTP hit from a memory map or hand the request to the loopback cache server).
+a hook offers, asks, and applies the answer: refuse, pass through, or serve (sign, ask the
+cache for the answer, and send it: through mitmproxy when small, on the client's connection
+when large, see ``shim.takeover``; or relay the request to the loopback cache server).
 
 Load it with ``shim run`` or ``mitmdump -s addons/shim_addon.py``.
 """

@@ -52,7 +52,8 @@ class CacheSettings(_Strict):
     max_size: ByteSize = ByteSize(20 * 1024**3)
     zero_copy_hits: bool = Field(
         default=True,
-        description="serve plain-HTTP cache hits from a memory map instead of a local stream",
+        description="write large answers on the client's connection (sendfile, large TLS "
+        "records) instead of relaying them through mitmproxy from the local cache server",
     )
     min_free: ByteSize = Field(
         default=ByteSize(1024**3),

@@ -74,7 +74,7 @@ class GracefulShutdown:
 
     def __init__(self, service: Service) -> None:
         self._service = service
-        # By client connection id. Weak: a finished flow may hold a memory-mapped hit, which
+        # By client connection id. Weak: a finished flow may hold an answer's body, which
         # must be released (and its entry unpinned) as soon as mitmproxy lets go of it.
         self._flows: defaultdict[str, weakref.WeakSet[Flow]] = defaultdict(weakref.WeakSet)
         self.draining = False

@@ -1,9 +1,10 @@
-"""The local cache server: where the proxy sends every embedded-cache request that it does
-not answer itself. It looks the object up, joins or starts the single-flight fill, and
-streams from the file as bytes arrive, honouring one Range and the conditional headers (the
-same answers on a hit and on a miss, where the origin's headers decide as they arrive).
-Listens on loopback only and serves only requests that carry the per-process token the proxy
-adds.
+"""The cache's answers: ``CacheServer.respond`` looks an object up, joins or starts the
+single-flight fill, and plans the answer, honouring one Range and the conditional headers (the
+same answers on a hit and on a miss, where the origin's headers decide as they arrive); its
+body streams from the file or the fill as bytes arrive. The addon calls it in-process; the
+loopback server here answers what the proxy relays instead (``cache.zero_copy_hits: false``,
+a connection the addon cannot write to, refusals of requests with a body). It listens on
+loopback only and serves only requests that carry a single-use ticket the proxy adds.
 """
 
 from __future__ import annotations
