@@ -9,7 +9,8 @@ Scenarios per object size (``--sizes-gib`` takes fractions, e.g. 0.125, for a qu
                    the body is sent on the client's connection by sendfile from the fill's file
   shim miss https  the same over HTTPS (CONNECT, intercepted with the shim's CA), cold cache:
                    read from the fill's file 1 MiB at a time, encrypted in 256 KiB slices
-  file direct      the same bytes from a plain local file server (aiohttp, sendfile)
+  file direct      the same bytes (the S3 server's own file) from a plain local file server
+                   (aiohttp, sendfile)
   shim hit         through the shim, from its cache, plain HTTP (sendfile from the entry)
   shim hit https   through the shim, from its cache, over HTTPS (pread and encryption as above)
   shim hit relay   through the shim, from its cache, with cache.zero_copy_hits off: relayed by
@@ -18,13 +19,15 @@ Misses are compared with origin direct, hits with file direct. Each shim scenari
 fresh shim process, so its peak RSS (VmHWM) is its own, and is judged against a target of
 150 MB (1e6 bytes) that must hold at every object size: memory flat in the object's size. While
 every transfer runs, --cpu-load busy-loop processes keep the cores contended. The client is
-curl, writing to /dev/null. Prints a table and writes JSON.
+curl, writing to /dev/null. Prints a table, writes JSON and a chart of peak RSS (same name,
+.png). Disk, in /var/tmp: twice the largest object (the S3 server's copy and the shim's cache).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -37,6 +40,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tests.support.procs import free_port, terminate
 from tests.support.relay import Relay
@@ -134,11 +138,34 @@ def curl(
     return float(seconds)
 
 
-def make_file(path: Path, size: int) -> None:
-    chunk = os.urandom(64 * 1024 * 1024)
-    with path.open("wb") as out:
-        for offset in range(0, size, len(chunk)):
-            out.write(chunk[: min(len(chunk), size - offset)])
+def upload_random(s3: S3Server, key: str, size: int) -> None:
+    """PUT ``size`` random bytes as ``key`` in one request, streamed: no copy of the object on
+    disk but the server's (an 8 GiB object needs its own 8 GiB and the shim's cache copy)."""
+    url = urlsplit(
+        s3_client(s3).generate_presigned_url("put_object", Params={"Bucket": BUCKET, "Key": key})
+    )
+    block = memoryview(os.urandom(64 * 1024 * 1024))
+
+    def body() -> Iterator[memoryview]:
+        for offset in range(0, size, len(block)):
+            yield block[: min(len(block), size - offset)]
+
+    connection = http.client.HTTPConnection(s3.host, s3.port, timeout=600)
+    try:
+        connection.request(
+            "PUT", f"{url.path}?{url.query}", body=body(), headers={"Content-Length": str(size)}
+        )
+        response = connection.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"upload of {key} failed: {response.status} {response.read()!r}")
+    finally:
+        connection.close()
+
+
+def stored_file(key: str) -> str:
+    """Where s3rver's filesystem store keeps ``key``'s bytes, relative to the bucket's
+    directory: the file the file-server baseline sends."""
+    return f"{key}._S3rver_object"
 
 
 def size_label(size_gib: float) -> str:
@@ -151,7 +178,6 @@ class Setup:
 
     s3: S3Server
     relay: Relay
-    files_dir: Path
     file_port: int
     workdir: Path
     cpu_load: int
@@ -164,20 +190,18 @@ def run(sizes_gib: list[float], origin_rate: float, cpu: int, workdir: Path) -> 
         client.create_bucket(Bucket=BUCKET)
         relay = Relay(s3.host, s3.port, rate_limit_bytes_per_s=origin_rate)
         relay.start()
-        files_dir = workdir / "files"
-        files_dir.mkdir()
         file_port = free_port()
         file_server = subprocess.Popen(
             [
                 sys.executable,
                 str(REPO_ROOT / "bench" / "fileserver.py"),
-                str(files_dir),
+                str(s3.data_dir / BUCKET),
                 str(file_port),
             ]
         )
         try:
             time.sleep(1.5)
-            setup = Setup(s3, relay, files_dir, file_port, workdir, cpu)
+            setup = Setup(s3, relay, file_port, workdir, cpu)
             for size_gib in sizes_gib:
                 rows += _one_size(size_gib, setup)
         finally:
@@ -189,11 +213,8 @@ def run(sizes_gib: list[float], origin_rate: float, cpu: int, workdir: Path) -> 
 def _one_size(size_gib: float, setup: Setup) -> list[Row]:
     size = round(size_gib * GIB)
     key = f"model-{size_label(size_gib)}.bin"
-    source = setup.files_dir / key
-    print(f"[{size_label(size_gib)}] writing and uploading the object...", flush=True)
-    make_file(source, size)
-    s3 = s3_client(setup.s3)
-    s3.upload_file(str(source), BUCKET, key)
+    print(f"[{size_label(size_gib)}] uploading the object...", flush=True)
+    upload_random(setup.s3, key, size)
     rows: list[Row] = []
 
     # s3rver checks the signature against the Host it receives: sign for the relay.
@@ -205,7 +226,7 @@ def _one_size(size_gib: float, setup: Setup) -> list[Row]:
     origin = Row(size_gib, "origin direct", seconds, size / seconds / MB)
     rows.append(origin)
     with cpu_load(setup.cpu_load):
-        seconds = curl(f"http://127.0.0.1:{setup.file_port}/{key}", expect_size=size)
+        seconds = curl(f"http://127.0.0.1:{setup.file_port}/{stored_file(key)}", expect_size=size)
     local = Row(size_gib, "file direct", seconds, size / seconds / MB)
     rows.append(local)
 
@@ -233,8 +254,7 @@ def _one_size(size_gib: float, setup: Setup) -> list[Row]:
                 )
             )
         shutil.rmtree(shim_dir)
-    s3.delete_object(Bucket=BUCKET, Key=key)
-    source.unlink()
+    s3_client(setup.s3).delete_object(Bucket=BUCKET, Key=key)
     return rows
 
 
