@@ -44,6 +44,7 @@ from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
 
 BUCKET = "paths"
 # Goals (issue 10): through shim at least this share of the direct speed.
+FAILURES: list[str] = []  # downloads that failed once, by pair
 GOALS = {
     "dfdaemon local-peer hit": 0.8,
     "dfdaemon remote-peer hit": 0.9,
@@ -77,6 +78,17 @@ def curl_mb_s(url: str, *, proxy: str | None = None, cacert: Path | None = None,
         cmd += ["-H", f"{name}: {value}"]
     done = subprocess.run([*cmd, url], check=True, capture_output=True, text=True)
     return float(done.stdout) / 1e6
+
+
+def once_more_on_failure(name: str, download: Callable[[], float]) -> float:
+    """``download()``, tried a second time if it fails (a dfdaemon's remote-peer download
+    sometimes answers 5xx here, direct or not): counted in the output, never hidden."""
+    try:
+        return download()
+    except subprocess.CalledProcessError as error:
+        print(f"  {name}: a download failed ({error.stderr.strip()}); once more", flush=True)
+        FAILURES.append(name)
+        return download()
 
 
 def self_signed(workdir: Path) -> tuple[Path, Path]:
@@ -154,8 +166,8 @@ def run(size_mib: int, rounds: int, work: Path) -> list[Pair]:
         }
 
         def measure(name: str, direct: Callable[[], float], through: Callable[[], float]) -> None:
-            pairs[name].direct_mb_s.append(direct())
-            pairs[name].shim_mb_s.append(through())
+            pairs[name].direct_mb_s.append(once_more_on_failure(name, direct))
+            pairs[name].shim_mb_s.append(once_more_on_failure(name, through))
 
         # Warm what the hits read, outside the timing.
         via_shim(embedded, "embedded.bin")
@@ -198,10 +210,13 @@ def main() -> None:
         goal = f">={p.goal}" if p.goal else "-"
         print(f"{p.name:<26} {p.direct:<26} {statistics.median(p.direct_mb_s):>8.0f} "
               f"{statistics.median(p.shim_mb_s):>8.0f} {p.ratio:>6.2f} {goal:>6}")  # fmt: skip
+    if FAILURES:
+        print(f"downloads that failed once and were repeated: {', '.join(FAILURES)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(
         {"size_mib": args.size_mib, "rounds": args.rounds,
-         "pairs": [{**asdict(p), "ratio": p.ratio} for p in pairs]}, indent=2))  # fmt: skip
+         "pairs": [{**asdict(p), "ratio": p.ratio} for p in pairs],
+         "failed_once": FAILURES}, indent=2))  # fmt: skip
     print(f"wrote {args.out}")
 
 
