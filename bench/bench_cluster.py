@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -88,6 +89,7 @@ class NodeResult:
     seconds: float  # from the barrier's release until the whole object arrived
     first_byte_seconds: float  # curl's time to the first body byte
     route: str  # X-Shim-Route: dfdaemon, or fallback (shim fetched directly)
+    sha256: str  # of the body the node received
     back_to_source_mb: float  # what this node's dfdaemon fetched from the origin
 
 
@@ -128,14 +130,6 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     low = int(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def back_to_source_bytes(daemon: Dfdaemon) -> int:
@@ -234,36 +228,43 @@ def cluster(
 
 
 def download_together(
-    shims: Sequence[ShimProcess], url: str, outputs: Sequence[Path]
+    shims: Sequence[ShimProcess], url: str, headers_dir: Path
 ) -> list[NodeResult]:
-    """Each shim's curl of `url` into its output, all released at once by a barrier.
+    """Each shim's curl of `url`, all released at once by a barrier; each body is hashed as it
+    streams (no copy on disk: eight 1 GiB files would not fit beside the dfdaemons' own).
 
     Raises if a curl fails. The results' back_to_source_mb is left at 0 for the caller.
     """
     barrier = threading.Barrier(len(shims) + 1)
     released = [0.0]
 
-    def fetch(shim: ShimProcess, output: Path) -> NodeResult:
+    def fetch(index: int, shim: ShimProcess) -> NodeResult:
+        headers = headers_dir / f"node-{index}.headers"
         command = [
-            "curl", "-sS", "-f", "--noproxy", "", "-x", shim.proxy, "-o", str(output),
-            "-D", str(output.with_suffix(".headers")), "-w", "%{time_starttransfer}", url,
+            "curl", "-sS", "-f", "--noproxy", "", "-x", shim.proxy, "-o", "-", "-D", str(headers),
+            "-w", "%{stderr}%{time_starttransfer}", url,
         ]  # fmt: skip
+        digest = hashlib.sha256()
         barrier.wait()
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as curl:
+            assert curl.stdout is not None and curl.stderr is not None
+            while chunk := curl.stdout.read(1 << 20):
+                digest.update(chunk)
+            stderr = curl.stderr.read().decode(errors="replace")
         finished = time.monotonic()
-        if done.returncode != 0:
-            raise RuntimeError(f"curl through {shim.proxy} failed: {done.stderr.strip()}")
-        headers = output.with_suffix(".headers").read_text()
-        route = re.search(r"^x-shim-route: (\S+)", headers, re.MULTILINE | re.IGNORECASE)
+        if curl.returncode != 0:
+            raise RuntimeError(f"curl through {shim.proxy} failed: {stderr.strip()}")
+        route = re.search(r"^x-shim-route: (\S+)", headers.read_text(), re.M | re.I)
         return NodeResult(
             seconds=finished - released[0],
-            first_byte_seconds=float(done.stdout),
+            first_byte_seconds=float(stderr),
             route=route.group(1) if route else "none",
+            sha256=digest.hexdigest(),
             back_to_source_mb=0.0,
         )
 
     with concurrent.futures.ThreadPoolExecutor(len(shims)) as pool:
-        futures = [pool.submit(fetch, s, o) for s, o in zip(shims, outputs, strict=True)]
+        futures = [pool.submit(fetch, i, shim) for i, shim in enumerate(shims)]
         released[0] = time.monotonic()
         barrier.wait()
         return [future.result() for future in futures]
@@ -286,17 +287,14 @@ def one_run(
     run_dir = work / f"{setting}-n{nodes}-r{run}"
     try:
         with cluster(run_dir, nodes, relay, SETTINGS[setting]) as (scheduler, daemons, shims):
-            outputs = [run_dir / f"node-{i}.out" for i in range(nodes)]
             pids = [d.pid for d in daemons] + [s.pid for s in shims]
             before = relay.bytes_down
             with RssSampler(pids) as rss:
-                fetched = download_together(shims, f"{relay.endpoint}/{BUCKET}/{key}", outputs)
+                fetched = download_together(shims, f"{relay.endpoint}/{BUCKET}/{key}", run_dir)
             origin_bytes = relay.bytes_down - before
-            # hashlib lets go of the GIL: two threads hash on both cores.
-            with concurrent.futures.ThreadPoolExecutor(2) as pool:
-                for output, got in zip(outputs, pool.map(sha256_of, outputs), strict=True):
-                    if got != digest:
-                        raise RuntimeError(f"{output.name}: sha256 {got}, the object's {digest}")
+            for index, node in enumerate(fetched):
+                if node.sha256 != digest:
+                    raise RuntimeError(f"node-{index}: sha256 {node.sha256}, the object's {digest}")
             for node, daemon in zip(fetched, daemons, strict=True):
                 node.back_to_source_mb = back_to_source_bytes(daemon) / 1e6
             reasons = scheduler_reasons(scheduler)
@@ -422,7 +420,15 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=REPO_ROOT / "bench" / "results" / "cluster.json"
     )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/var/tmp"),
+        help="where the origin's and the dfdaemons' copies go: 2 + N GiB at 1 GiB (/dev/shm: RAM)",
+    )
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C: every process started is stopped, every copy removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     node_counts = [int(n) for n in args.nodes.split(",")]
     settings = args.settings.split(",")
     if args.scheduler_config is not None:
@@ -437,7 +443,7 @@ def main() -> None:
     failures: list[str] = []
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shim-bench-cluster-",
-                                                                    dir="/var/tmp")))  # fmt: skip
+                                                                    dir=args.workdir)))  # fmt: skip
         source = work / "model.bin"
         digest = hashlib.sha256()
         with source.open("wb") as out:
