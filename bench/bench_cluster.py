@@ -134,8 +134,15 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 def back_to_source_bytes(daemon: Dfdaemon) -> int:
     """The dfdaemon's `download_traffic{type="BACK_TO_SOURCE"}` counter."""
-    with direct_opener.open(daemon.metrics_url, timeout=5) as response:
-        text = response.read().decode()
+    for attempt in range(3):
+        try:
+            with direct_opener.open(daemon.metrics_url, timeout=5) as response:
+                text = response.read().decode()
+            break
+        except OSError:  # its metrics server reset a connection once under load
+            if attempt == 2:
+                raise
+            time.sleep(1)
     match = re.search(
         r'^dragonfly_client_download_traffic\{type="BACK_TO_SOURCE"\} (\S+)$', text, re.MULTILINE
     )
@@ -401,6 +408,37 @@ def chart(rows: Sequence[Row], origin_rate: float, size: int, path: Path) -> Non
     fig.savefig(path, dpi=120)
 
 
+def report(
+    runs: Sequence[RunResult],
+    failures: Sequence[str],
+    settings: Sequence[str],
+    node_counts: Sequence[int],
+    out: Path,
+    size: int,
+    origin_rate: float,
+) -> None:
+    """Print the table and write the JSON and the chart of the runs so far."""
+    rows = [
+        summarize(mine, size)
+        for setting in settings
+        for nodes in sorted(node_counts)
+        if (mine := [r for r in runs if r.setting == setting and r.nodes == nodes])
+    ]
+    print()
+    print(table(rows))
+    for failure in failures:
+        print(f"FAILED {failure}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(
+        {"size_bytes": size, "origin_rate_mb_per_s": origin_rate / 1e6, "cpus": os.cpu_count(),
+         "settings": {s: asdict(SETTINGS[s]) for s in settings},
+         "rows": [asdict(r) for r in rows], "runs": [asdict(r) for r in runs],
+         "failures": list(failures)},
+        indent=2))  # fmt: skip
+    chart(rows, origin_rate, size, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}\n", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--size-mib", type=int, default=1024, help="the model's size")
@@ -469,32 +507,16 @@ def main() -> None:
                     try:
                         result = one_run(work, origin, relay, setting=setting, nodes=nodes,
                                          run=run, size=size, digest=digest.hexdigest())  # fmt: skip
-                    except RuntimeError as exc:  # a failed download, wrong bytes, a slow start
+                    # A failed download, wrong bytes, a slow start, a reset connection.
+                    except (RuntimeError, OSError) as exc:
                         failures.append(f"{setting} N={nodes} run {run}: {exc}")
                         print(f"  FAILED {failures[-1]}", flush=True)
                         continue
                     print(f"  {progress(result)}", flush=True)
                     runs.append(result)
+            # After each N, so a run cut short still leaves the figures of the Ns it finished.
+            report(runs, failures, settings, node_counts, args.out, size, origin_rate)
 
-    rows = [
-        summarize(mine, size)
-        for setting in settings
-        for nodes in node_counts
-        if (mine := [r for r in runs if r.setting == setting and r.nodes == nodes])
-    ]
-    print()
-    print(table(rows))
-    for failure in failures:
-        print(f"FAILED {failure}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(
-        {"size_bytes": size, "origin_rate_mb_per_s": args.origin_rate_mb, "cpus": os.cpu_count(),
-         "settings": {s: asdict(SETTINGS[s]) for s in settings},
-         "rows": [asdict(r) for r in rows], "runs": [asdict(r) for r in runs],
-         "failures": failures},
-        indent=2))  # fmt: skip
-    chart(rows, origin_rate, size, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     if failures:
         sys.exit(1)
 
