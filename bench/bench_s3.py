@@ -343,7 +343,7 @@ def chart(rows: list[Row], cpu_load: int, path: Path) -> None:
         added = [p - i for p, i in zip(peak, idle, strict=True)]
         ax.bar(xs, idle, width, color="#8da0cb", label="idle shim" if i == 0 else None)
         ax.bar(xs, added, width, bottom=idle, color="#4c72b0" if i % 2 == 0 else "#55a868",
-               label=f"added by a {size_label(size_gib)} transfer")  # fmt: skip
+               label=f"added by the {size_label(size_gib)} transfer")  # fmt: skip
     ax.axhline(PEAK_TARGET_MB, color="#c44e52", linestyle="--", label="target")
     ax.set_xticks(range(len(scenarios)), scenarios)
     ax.set_ylabel("peak RSS (VmHWM), MB")
