@@ -127,7 +127,6 @@ def run(
         )
 
         rows: list[Row] = []
-        print("  local file (no download)...", flush=True)
         # Unpacking takes what the machine gives it: timed before each scenario, and each
         # download is the registration minus the local-file one measured just before it.
         unpacks: list[float] = []
