@@ -10,8 +10,8 @@ the dfdaemons are real (Rust, with a real scheduler), and a fifth row adds the s
 cache. Each time is TorchServe's own `POST /models?url=...` (download plus unpacking), and the
 result is the ratio to the direct download. Registering the same archive from a local
 `file://` URL just before each scenario times everything but the download (copy, unzip,
-bookkeeping); subtracting it gives the download alone, which is what the article compares. Published ratios to beat: cold
-1.02, remote-peer hit 0.40-0.46, local-peer hit 0.08.
+bookkeeping); subtracting it gives the download alone, which is what the article compares.
+Published ratios to beat: cold 1.02, remote-peer hit 0.40-0.46, local-peer hit 0.08.
 
 Then the cluster figure: bytes the origin served while N nodes (N = 1, 2, 3) download one model
 at the same time, against the ideal of one copy. Prints a table, writes JSON and a bar chart.
