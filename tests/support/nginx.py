@@ -22,9 +22,7 @@ from tests.support.servers import ServerStartError
 _TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
-def nginx_config(
-    root: Path, prefix: Path, port: int, tls: tuple[Path, Path] | None = None
-) -> str:
+def nginx_config(root: Path, prefix: Path, port: int, tls: tuple[Path, Path] | None = None) -> str:
     """An nginx.conf serving the files under ``root`` on 127.0.0.1:``port`` (over TLS with
     ``tls``: certificate and key files), every path nginx writes under ``prefix``."""
     temp_paths = "\n".join(f"    {name}_temp_path {prefix / name};" for name in _TEMP_DIRS)
