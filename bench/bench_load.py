@@ -35,7 +35,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.bench_s3 import _status, make_file
+from bench.bench_s3 import _status
 from tests.support.servers import REPO_ROOT, S3Server, s3_client, start_s3rver
 from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
 
@@ -100,6 +100,13 @@ class Result:
     load_average: tuple[float, float]  # 1-minute, before and after: the machine is shared
     downloads: list[Download]
     samples: list[MemorySample]
+
+
+def make_file(path: Path, size: int) -> None:
+    chunk = os.urandom(64 * 1024 * 1024)
+    with path.open("wb") as out:
+        for offset in range(0, size, len(chunk)):
+            out.write(chunk[: min(len(chunk), size - offset)])
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
