@@ -133,7 +133,9 @@ def corrupt_downloads_fail_then_a_clean_one_is_kept(
             result.status == 502 and b"does not match the origin's" in result.body
         )
         assert failed, f"a client got a complete response of a corrupted object: {result}"
-    assert integrity(shim, "mismatch", kind) == before + 1
+    # One failed check per fetch: the readers share one, but one that arrives after it ended
+    # (a loaded machine) starts another, which fails the same way.
+    assert integrity(shim, "mismatch", kind) >= before + 1
     assert set(files(shim)) == kept_before  # nothing new kept, nothing left in tmp/
     clean()
     first, again = download(shim, url), download(shim, url)
