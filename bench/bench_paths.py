@@ -6,7 +6,9 @@ Each pair is the same kind of download, once straight from the thing shim fronts
 through shim, alternated round by round on this shared machine; the table gives the median
 MB/s of each and their ratio. The client is curl writing to /dev/null.
 
-  dfdaemon local-peer hit   curl through a dfdaemon that has the task | through shim -> it
+  dfdaemon local-peer hit   curl through a dfdaemon that has the task | through shim -> it,
+                            shim with a link_dir (the task's file sent zero-copy)
+  local-peer hit, no link   the same, shim without one (the body through the dfdaemon's proxy)
   dfdaemon remote-peer hit  curl through a second dfdaemon whose peer has it | shim -> the second
   dfdaemon cold             curl through a dfdaemon, nobody has it | shim -> dfdaemon
   https via dfdaemon        the local-peer hit again, the client on HTTPS (CONNECT) to shim
@@ -37,7 +39,7 @@ from boto3.s3.transfer import TransferConfig
 
 from shim.dfdaemon import DragonflyOptions, dragonfly_headers
 from shim.providers import ALL_SIGNATURE_PARAMS
-from tests.support.dragonfly import start_dfdaemons, start_scheduler
+from tests.support.dragonfly import Dfdaemon, start_dfdaemons, start_scheduler
 from tests.support.nginx import start_nginx
 from tests.support.servers import REPO_ROOT, s3_client, start_s3rver
 from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
@@ -128,12 +130,17 @@ def run(size_mib: int, rounds: int, work: Path) -> list[Pair]:
         for daemon in daemons:
             stack.enter_context(daemon)
         bucket = s3_bucket_config(BUCKET, origin.endpoint)
-        shims = [
-            stack.enter_context(
-                start_shim(work / f"shim{i}", {"dfdaemon": d.proxy_url, "buckets": [bucket]})
+
+        def dfdaemon_shim(name: str, daemon: Dfdaemon, *, link: bool) -> ShimProcess:
+            route: dict[str, object] = {"url": daemon.proxy_url}
+            if link:  # as deployed beside a Rust dfdaemon: its local hits sent from its file
+                route["link_dir"] = str(work / f"{name}-links")
+            return stack.enter_context(
+                start_shim(work / name, {"dfdaemon": route, "buckets": [bucket]})
             )
-            for i, d in enumerate(daemons)
-        ]
+
+        shims = [dfdaemon_shim(f"shim{i}", d, link=True) for i, d in enumerate(daemons)]
+        streaming = dfdaemon_shim("streaming", daemons[0], link=False)
         embedded = stack.enter_context(start_shim(work / "embedded", {"buckets": [bucket]}))
 
         def url(key: str) -> str:
@@ -157,6 +164,7 @@ def run(size_mib: int, rounds: int, work: Path) -> list[Pair]:
             for name, direct in [
                 ("dfdaemon cold", "curl -> dfdaemon"),
                 ("dfdaemon local-peer hit", "curl -> dfdaemon"),
+                ("local-peer hit, no link_dir", "curl -> dfdaemon"),
                 ("dfdaemon remote-peer hit", "curl -> dfdaemon"),
                 ("https via dfdaemon", "curl -> dfdaemon (plain)"),
                 ("embedded hit", "nginx, sendfile"),
@@ -182,6 +190,9 @@ def run(size_mib: int, rounds: int, work: Path) -> list[Pair]:
                     partial(via_shim, shims[0], ours))  # fmt: skip
             measure("dfdaemon local-peer hit", partial(via_dfdaemon, 0, theirs),
                     partial(via_shim, shims[0], ours))  # fmt: skip
+            via_shim(streaming, ours)  # its own record of the object, as shim0 has one
+            measure("local-peer hit, no link_dir", partial(via_dfdaemon, 0, theirs),
+                    partial(via_shim, streaming, ours))  # fmt: skip
             measure("https via dfdaemon", partial(via_dfdaemon, 0, theirs),
                     partial(via_shim, shims[0], ours, https=True))  # fmt: skip
             measure("dfdaemon remote-peer hit", partial(via_dfdaemon, 1, theirs),

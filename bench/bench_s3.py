@@ -6,13 +6,13 @@ Scenarios per object size (``--sizes-gib`` takes fractions, e.g. 0.125, for a qu
   origin direct    a presigned GET straight to the strict S3 server behind a relay that limits
                    it to --origin-rate-mb (the origin's own throughput)
   shim miss        the same object through the shim, cold cache, origin behind the same relay:
-                   the body is sent on the client's connection by sendfile from the fill's file
+                   the body is sent on the client's connection from the fill's file
   shim miss https  the same over HTTPS (CONNECT, intercepted with the shim's CA), cold cache:
                    read from the fill's file 1 MiB at a time, encrypted in 256 KiB slices
   file direct      the same bytes (the S3 server's own file) from a plain local file server
                    (aiohttp, sendfile)
-  shim hit         through the shim, from its cache, plain HTTP (sendfile from the entry)
-  shim hit https   through the shim, from its cache, over HTTPS (pread and encryption as above)
+  shim hit         through the shim, from its cache, plain HTTP (4 MiB reads and writes)
+  shim hit https   through the shim, from its cache, over HTTPS (reads and encryption as above)
   shim hit relay   through the shim, from its cache, with cache.zero_copy_hits off: relayed by
                    mitmproxy from the loopback cache server (what an HTTP/1.0 client gets)
 Misses are compared with origin direct, hits with file direct. Each shim scenario runs in a

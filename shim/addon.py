@@ -62,12 +62,13 @@ from shim.decide import (
     refuse_destination,
 )
 from shim.dfdaemon import DragonflyOptions
+from shim.dfdaemon_links import LinkDir
 from shim.identity import filtered_params, identify
 from shim.metrics import Metrics
 from shim.providers import BucketConfig
 from shim.redact import redact_url
 from shim.signing import CachedSigner, credential_problem_in_background, signers_for
-from shim.takeover import SENDFILE_SIZE, ClientConnection, ClientConnections, response_head
+from shim.takeover import SPAN_SIZE, ClientConnection, ClientConnections, response_head
 from shim.upstream import DfdaemonRoute
 
 log = logging.getLogger("shim")
@@ -89,12 +90,13 @@ def error_response(
     )
 
 
-def dfdaemon_route(dfdaemon: DfdaemonSettings) -> DfdaemonRoute:
+def dfdaemon_route(dfdaemon: DfdaemonSettings, links: LinkDir | None) -> DfdaemonRoute:
     return DfdaemonRoute(
         address=dfdaemon.address,
         options=DragonflyOptions(dfdaemon.tag, dfdaemon.application, dfdaemon.priority),
         fallback=dfdaemon.fallback,
         connect_timeout=dfdaemon.connect_timeout,
+        links=links,
     )
 
 
@@ -133,6 +135,7 @@ class ShimAddon:
         self.settings: Settings | None = None
         self.metrics = Metrics()
         self._signers: dict[BucketConfig, CachedSigner] = {}
+        self._links: LinkDir | None = None  # dfdaemon.link_dir, prepared once
         self._cache: CacheServer | None = None
         self._admin: AdminServer | None = None
         self._credential_check: asyncio.Task[None] | None = None
@@ -177,7 +180,12 @@ class ShimAddon:
             )
         try:
             limits.install(settings.limits)
-        except ShimError as error:  # a mitmproxy whose internals the limits cannot hold
+            link_dir = settings.dfdaemon.link_dir if settings.dfdaemon else None
+            if link_dir is None:
+                self._links = None
+            elif self._links is None or self._links.path != link_dir:
+                self._links = LinkDir.prepare(link_dir)
+        except ShimError as error:  # limits mitmproxy cannot hold, an unusable link_dir
             raise exceptions.OptionsError(str(error)) from None  # type: ignore[no-untyped-call]
         self.settings = settings
         self._signers = signers_for(settings.buckets, settings.presign_expires)
@@ -194,7 +202,7 @@ class ShimAddon:
             self.metrics,
             extra_headers=settings.headers,
             origin_timeout=settings.origin_timeout,
-            dfdaemon=dfdaemon_route(dfdaemon) if dfdaemon else None,
+            dfdaemon=dfdaemon_route(dfdaemon, self._links) if dfdaemon else None,
             keep=dfdaemon is None or dfdaemon.keep_copy,
         )
         await self._cache.start()
@@ -427,7 +435,7 @@ class ShimAddon:
             await client.send(head)
             position = stream.start
             while stream.stop is None or position < stream.stop:
-                span = await stream.reader.span(position, stream.stop, SENDFILE_SIZE)
+                span = await stream.reader.span(position, stream.stop, SPAN_SIZE)
                 count = span.count if isinstance(span, FileSpan) else len(span)
                 if count == 0:
                     break

@@ -85,6 +85,29 @@ class DfdaemonSettings(_Strict):
         description="also keep objects in the embedded cache (the dfdaemon caches them already)",
     )
     connect_timeout: float = Field(default=5.0, gt=0)
+    link_dir: Path | None = Field(
+        default=None,
+        description="Rust dfdaemon only: a directory on the dfdaemon's storage filesystem, at "
+        "the same path for both, where it hard-links the tasks shim asks for, so that local "
+        "hits are sent from its file (zero-copy) instead of through its proxy",
+    )
+
+    @field_validator("link_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # The dfdaemon resolves the path, from its own working directory.
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path (the dfdaemon resolves it)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_copy(self) -> Self:
+        if self.link_dir is not None and self.keep_copy:
+            raise ValueError(
+                "link_dir sends the dfdaemon's own copy and keep_copy keeps a second one: "
+                "choose one"
+            )
+        return self
 
     @field_validator("url")
     @classmethod

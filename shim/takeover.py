@@ -4,9 +4,12 @@ mitmproxy moves a body through its protocol layers 64 KiB at a time, and over TL
 pyOpenSSL's memory BIO: a few hundred MB/s at best, a fraction of what a local dfdaemon or a TLS
 file server delivers. So the addon writes the answer to an object itself, in its ``request``
 hook, while mitmproxy waits for that hook: the head, then the body straight from the fill's (or
-the entry's) file, with ``sendfile`` on plain HTTP (no copy through Python) and, over TLS, in
+the entry's) file, read in large blocks into two buffers taken in turn (the next read, in a
+thread, while the current one is sent) and written as they are on plain HTTP, or, over TLS, in
 slices of a few hundred KiB encrypted by the connection's own pyOpenSSL object (the one that
-did the handshake, so records and keys stay in step). mitmproxy's HTTP/1 state machine cannot be
+did the handshake, so records and keys stay in step). Not ``sendfile``: measured on loopback,
+where model servers beside shim read it, it moved 1.2-1.4 GB/s against 2.2-2.4 GB/s for
+reads and writes of 4 MiB. mitmproxy's HTTP/1 state machine cannot be
 told that a response it did not send is complete, so the answer says ``Connection: close`` and
 the connection ends with it.
 
@@ -17,10 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import os
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 from mitmproxy import connection, http
@@ -32,9 +34,12 @@ from shim.cache.fill import FileSpan
 # Plaintext per encryption: small enough that it and its records stay in the CPU's cache
 # (measured: 256 KiB slices encrypt at twice the speed of 1 MiB ones).
 TLS_SLICE = 256 * 1024
-# Bytes read from the file per thread hop on TLS, and sent per sendfile call on plain HTTP.
-_READ_SIZE = 1 << 20
-SENDFILE_SIZE = 64 << 20
+# Bytes read from a file per thread hop: over TLS, then encrypted slice by slice; on plain HTTP,
+# then written whole (large writes: loopback moves GB/s).
+_TLS_READ_SIZE = 1 << 20
+_PLAIN_READ_SIZE = 4 << 20
+# Bytes of a file a caller hands to ``send_file`` at once, at most.
+SPAN_SIZE = 64 << 20
 
 
 def response_head(status: int, headers: Mapping[str, str], *, chunked: bool) -> bytes:
@@ -81,34 +86,24 @@ class ClientConnection:
         await self._writer.drain()
 
     async def send_file(self, span: FileSpan) -> None:
-        """``span``'s bytes, from its file: by sendfile on plain HTTP."""
+        """``span``'s bytes, from its file."""
         if self._tls is not None:
-            await self._send_file_encrypted(span)
+            async with contextlib.aclosing(_file_views(span, _TLS_READ_SIZE)) as views:
+                async for view in views:
+                    await self.send(view)  # encrypted at once: the view is free again
             return
-        loop = asyncio.get_running_loop()
-        # A file object over the fill's descriptor, which stays the fill's to close.
-        with io.FileIO(span.fd, closefd=False) as file:
-            offset, end = span.offset, span.offset + span.count
-            while offset < end:
-                count = min(SENDFILE_SIZE, end - offset)
-                self._check_open()
-                sent = await loop.sendfile(self._writer.transport, file, offset, count)
-                if sent != count:
-                    raise ConnectionError("the client connection closed mid-body")
-                offset += count
-                self._keep_alive()
-
-    async def _send_file_encrypted(self, span: FileSpan) -> None:
-        buffer = bytearray(_READ_SIZE)
-        offset, end = span.offset, span.offset + span.count
-        while offset < end:
-            wanted = min(_READ_SIZE, end - offset)
-            view = memoryview(buffer)[:wanted]
-            got = await asyncio.to_thread(os.preadv, span.fd, [view], offset)
-            if got != wanted:
-                raise OSError("the cache file is shorter than its entry")
-            await self.send(view)
-            offset += got
+        transport = self._writer.transport
+        low, high = transport.get_write_buffer_limits()
+        # The transport keeps what the socket did not take as a view of the buffer, which
+        # is read into again two blocks later: drain() now waits until it was all sent.
+        transport.set_write_buffer_limits(high=0)
+        try:
+            async with contextlib.aclosing(_file_views(span, _PLAIN_READ_SIZE)) as views:
+                async for view in views:
+                    await self.send(view)
+        finally:
+            if not transport.is_closing():
+                transport.set_write_buffer_limits(high=high, low=low)
 
     async def finish(self) -> None:
         """End TLS cleanly (close_notify) and flush: the answer is complete."""
@@ -131,6 +126,38 @@ class ClientConnection:
             except SSL.WantReadError:
                 return
             self._writer.write(ciphertext)
+
+
+async def _file_views(span: FileSpan, size: int) -> AsyncGenerator[memoryview, None]:
+    """``span``'s bytes in blocks of up to ``size``, read into two buffers taken in turn, the
+    next block while the caller sends the current one: a view is valid until the caller asks
+    for the next."""
+    buffers = (memoryview(bytearray(size)), memoryview(bytearray(size)))
+    offset, end = span.offset, span.offset + span.count
+
+    def read(turn: int) -> asyncio.Future[memoryview]:
+        view = buffers[turn][: min(size, end - offset)]
+        return asyncio.ensure_future(asyncio.to_thread(_read_into, span.fd, view, offset))
+
+    turn = 0
+    pending = read(turn) if offset < end else None
+    try:
+        while pending is not None:
+            view = await pending
+            offset += len(view)
+            turn ^= 1
+            pending = read(turn) if offset < end else None
+            yield view
+    finally:
+        if pending is not None:  # the caller stopped: the read is not to outlive the buffers
+            with contextlib.suppress(Exception):
+                await pending
+
+
+def _read_into(fd: int, view: memoryview, offset: int) -> memoryview:
+    if os.preadv(fd, [view], offset) != len(view):
+        raise OSError("the file is shorter than its entry")
+    return view
 
 
 class ClientConnections:

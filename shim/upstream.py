@@ -14,15 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import aiohttp
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from shim._errors import UnansweredError, UpstreamError
-from shim.dfdaemon import DragonflyOptions, dragonfly_headers, request_via_dfdaemon, task_id_from
+from shim.dfdaemon import (
+    DfdaemonReply,
+    DragonflyOptions,
+    dragonfly_headers,
+    request_via_dfdaemon,
+    task_id_from,
+)
+from shim.dfdaemon_links import LinkDir, link_headers, was_complete
 from shim.metrics import Metrics
 
 log = logging.getLogger("shim.upstream")
@@ -47,6 +56,10 @@ class UpstreamReply:
     # valid until the chunk after the next one is asked for (see shim.dfdaemon).
     chunks: Callable[[], AsyncIterator[bytes | memoryview]]
     close: Callable[[], None]
+    # A descriptor of a file holding the whole body (a dfdaemon's local hit, hard-linked; see
+    # shim.dfdaemon_links), for a caller that sends it from there rather than read ``chunks``;
+    # open until ``close``.
+    body_file: int | None = None
 
     async def head_of_body(self, limit: int = 65536) -> bytes:
         """Up to ``limit`` bytes of the body: enough of an error page to pass on."""
@@ -64,6 +77,7 @@ class DfdaemonRoute:
     options: DragonflyOptions
     fallback: bool
     connect_timeout: float
+    links: LinkDir | None = None
 
 
 class Upstream:
@@ -82,6 +96,8 @@ class Upstream:
         self._headers = {**extra_headers, "Accept-Encoding": "identity"}
         self._read_timeout = read_timeout
         self._dfdaemon = dfdaemon
+        # Off for good once the dfdaemon turned out unable to link into the directory.
+        self._linking = dfdaemon is not None and dfdaemon.links is not None
 
     async def open(
         self,
@@ -138,14 +154,30 @@ class Upstream:
         self, dfdaemon: DfdaemonRoute, signed_url: str, filtered: Sequence[str]
     ) -> UpstreamReply:
         headers = {**self._headers, **dragonfly_headers(dfdaemon.options, filtered)}
-        reply = await request_via_dfdaemon(
-            dfdaemon.address,
-            "GET",
-            signed_url,
-            headers,
-            connect_timeout=dfdaemon.connect_timeout,
-            read_timeout=self._read_timeout,
-        )
+        links = dfdaemon.links if self._linking else None
+        link = None if links is None else links.new_path()
+        try:
+            extra = {} if link is None else link_headers(link)
+            reply = await self._ask_dfdaemon(dfdaemon, signed_url, {**headers, **extra})
+            if links is not None and _own_failure(reply):
+                # Perhaps it cannot link there (another filesystem, another path in its
+                # container): asked again without, an answer says so.
+                reply.close()
+                reply = await self._ask_dfdaemon(dfdaemon, signed_url, headers)
+                if not _own_failure(reply):
+                    self._linking = False
+                    log.warning(
+                        "the dfdaemon cannot hard-link into %s (is it on the dfdaemon's storage "
+                        "filesystem, at the same path for both?): its local hits stream through "
+                        "its proxy from now on",
+                        links.path,
+                    )
+            body_file = None
+            if link is not None and reply.status == 200 and was_complete(reply.headers):
+                body_file = LinkDir.take(link, reply.content_length)
+        finally:
+            if link is not None:
+                link.unlink(missing_ok=True)
         headers_ci = CIMultiDictProxy(CIMultiDict(reply.headers))
         error_type = headers_ci.get("X-Dragonfly-Error-Type")
         if reply.status >= 500 or (error_type and reply.status < 400):
@@ -155,7 +187,7 @@ class Upstream:
             reply.close()
             raise UpstreamError(f"dfdaemon answered {reply.status} ({error_type or 'no type'})")
         task_id = task_id_from(reply.headers)
-        self._metrics.dfdaemon_requests.labels(result="ok").inc()
+        self._metrics.dfdaemon_requests.labels(result="ok" if body_file is None else "linked").inc()
         if task_id:
             self._metrics.dfdaemon_tasks.labels(task_id=task_id).inc()
         return UpstreamReply(
@@ -165,7 +197,20 @@ class Upstream:
             route="dfdaemon",
             task_id=task_id,
             chunks=reply.chunks,
-            close=reply.close,
+            close=reply.close if body_file is None else partial(_close_both, reply, body_file),
+            body_file=body_file,
+        )
+
+    async def _ask_dfdaemon(
+        self, dfdaemon: DfdaemonRoute, signed_url: str, headers: Mapping[str, str]
+    ) -> DfdaemonReply:
+        return await request_via_dfdaemon(
+            dfdaemon.address,
+            "GET",
+            signed_url,
+            headers,
+            connect_timeout=dfdaemon.connect_timeout,
+            read_timeout=self._read_timeout,
         )
 
     async def _direct(
@@ -209,3 +254,13 @@ class Upstream:
             chunks=chunks,
             close=response.release,
         )
+
+
+def _close_both(reply: DfdaemonReply, body_file: int) -> None:
+    reply.close()
+    os.close(body_file)
+
+
+def _own_failure(reply: DfdaemonReply) -> bool:
+    """Whether the dfdaemon failed itself (not the origin, whose failures it passes on)."""
+    return reply.status >= 500 and reply.headers.get("x-dragonfly-error-type") == "dfdaemon"

@@ -622,10 +622,34 @@ def test_a_dfdaemon_setting_becomes_the_cache_servers_route() -> None:
         env={},
     )
     assert settings.dfdaemon is not None
-    route = dfdaemon_route(settings.dfdaemon)
+    route = dfdaemon_route(settings.dfdaemon, None)
     assert route.address == ("127.0.0.1", 4001)
     assert route.options == DragonflyOptions("t", "a", 3)
-    assert (route.fallback, route.connect_timeout) == (False, 2.5)
+    assert (route.fallback, route.connect_timeout, route.links) == (False, 2.5, None)
+
+
+def test_a_link_dir_is_prepared_when_configured_and_refused_when_open_to_others(
+    addon: ShimAddon, tmp_path: Path
+) -> None:
+    addon._given_settings = None  # from the shim_config option from now on
+
+    def reconfigure(link_dir: Path) -> None:
+        config = tmp_path / "shim.yaml"
+        dfdaemon = {"url": "http://127.0.0.1:4001", "link_dir": str(link_dir)}
+        raw = {"cache": {"dir": str(tmp_path / "cache")}, "admin": "127.0.0.1:0"}
+        config.write_text(yaml.safe_dump({**raw, "dfdaemon": dfdaemon}))
+        with ctx.options.rollback({"shim_config"}, reraise=True):
+            ctx.options.update(shim_config=str(config))
+
+    links, shared = tmp_path / "links", tmp_path / "shared"
+    reconfigure(links)
+    assert addon._links is not None and addon._links.path == links
+    assert links.stat().st_mode & 0o777 == 0o700
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with pytest.raises(exceptions.OptionsError, match="open to other users"):
+        reconfigure(shared)
+    assert addon._links.path == links
 
 
 @pytest.mark.parametrize(

@@ -535,3 +535,19 @@ def test_secrets_never_appear_in_yaml_syntax_errors(tmp_path: Path) -> None:
         load_settings(path, env={})
     assert "not valid YAML" in str(info.value)
     assert SECRET_KEY not in str(info.value)
+
+
+def test_a_dfdaemon_link_dir_is_an_absolute_path() -> None:
+    url = "http://127.0.0.1:4001"
+    dfdaemon = {"url": url, "link_dir": "/var/lib/df/shim"}
+    settings = settings_from_mapping({"dfdaemon": dfdaemon}, env={})
+    assert settings.dfdaemon is not None
+    assert settings.dfdaemon.link_dir == Path("/var/lib/df/shim")
+    with pytest.raises(ConfigError, match=r"dfdaemon\.link_dir.*absolute path"):
+        settings_from_mapping({"dfdaemon": {"url": url, "link_dir": "links"}}, env={})
+
+
+def test_a_dfdaemon_link_dir_and_keep_copy_exclude_each_other() -> None:
+    dfdaemon = {"url": "http://127.0.0.1:4001", "link_dir": "/l", "keep_copy": True}
+    with pytest.raises(ConfigError, match="choose one"):
+        settings_from_mapping({"dfdaemon": dfdaemon}, env={})

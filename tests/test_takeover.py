@@ -4,15 +4,19 @@ connection can be written to directly (else the cache server relays the answer).
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 from mitmproxy.test import tflow
 
-from shim.takeover import ClientConnections, response_head
+from shim.cache.fill import FileSpan
+from shim.takeover import ClientConnection, ClientConnections, response_head
 
 
 def test_the_head_closes_the_connection_and_keeps_the_length() -> None:
@@ -54,7 +58,8 @@ class Proxyserver:
 
 
 @pytest.fixture
-def writer() -> Iterator[asyncio.StreamWriter]:
+def pair() -> Iterator[tuple[asyncio.AbstractEventLoop, asyncio.StreamWriter, socket.socket]]:
+    """An event loop, a writer on one end of a connected pair, and the other end."""
     loop = asyncio.new_event_loop()
     ours, theirs = socket.socketpair()
 
@@ -62,10 +67,53 @@ def writer() -> Iterator[asyncio.StreamWriter]:
         return (await asyncio.open_connection(sock=ours))[1]
 
     try:
-        yield loop.run_until_complete(open_writer())
+        yield loop, loop.run_until_complete(open_writer()), theirs
     finally:
         theirs.close()
         loop.close()
+
+
+@pytest.fixture
+def writer(
+    pair: tuple[asyncio.AbstractEventLoop, asyncio.StreamWriter, socket.socket],
+) -> asyncio.StreamWriter:
+    return pair[1]
+
+
+def test_a_file_span_reaches_a_slow_reader_byte_for_byte(
+    pair: tuple[asyncio.AbstractEventLoop, asyncio.StreamWriter, socket.socket], tmp_path: Path
+) -> None:
+    """Several blocks through two reused buffers, from an offset off a block boundary, to a
+    reader slower than the file: every byte arrives once, in order."""
+    loop, writer, theirs = pair
+    body = os.urandom(19 << 20)
+    path = tmp_path / "body"
+    path.write_bytes(body)
+    received = bytearray()
+
+    def read_slowly() -> None:
+        while chunk := theirs.recv(7000):  # the socket frees room a little at a time
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    watchdog = Watchdog()
+    client = ClientConnection(writer, None, watchdog.register_activity)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        offset = 12345  # not on a block boundary
+
+        async def send() -> None:
+            await client.send_file(FileSpan(fd, offset, len(body) - offset))
+            writer.close()
+            await writer.wait_closed()
+
+        loop.run_until_complete(send())
+        reader.join(timeout=30)
+    finally:
+        os.close(fd)
+    assert bytes(received) == body[offset:]
+    assert watchdog.activity >= 4
 
 
 def test_a_plain_http_1_1_connection_mitmproxy_holds_can_be_written_to(

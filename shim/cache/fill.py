@@ -11,6 +11,10 @@ A fill that is not kept (behind a dfdaemon, an uncacheable answer, no room on di
 through memory instead: a bounded window of the body that the readers waiting for it share,
 the origin held back to the slowest of them; later requests start a fetch of their own. Such
 a fill ends when its readers have all left, as there is nothing to keep.
+
+A fill whose body a dfdaemon already holds whole in a file (a local hit it hard-linked for
+shim, ``shim.dfdaemon_links``) copies nothing: it checks the file, and its readers send from
+that file as far as it is checked, the last byte again waiting for the verdict.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from shim.upstream import Upstream, UpstreamReply
 log = logging.getLogger("shim.cache")
 
 _READ_SIZE = 1 << 20
+# Bytes of a body already in a file checked per step, each then readable.
+_FILE_CHECK_STEP = 8 << 20
 # Body bytes a fill streaming through memory holds unread (plus one chunk of the origin's).
 MEMORY_WINDOW = 4 << 20
 # The cursor of a reader that needs nothing more from a fill's window.
@@ -433,8 +439,12 @@ class FillRunner:
             whole = reply.status == 200
             kept = kept_headers(reply.headers) if whole else part_headers(reply.headers)
             size = reply.content_length
-            cache_control = reply.headers.get("Cache-Control")
-            self._find_room(fill, size, keepable=whole and storable(cache_control, fill.policy))
+            if reply.body_file is not None:
+                fill.fd = os.dup(reply.body_file)  # readers send the body from there
+            else:
+                cache_control = reply.headers.get("Cache-Control")
+                keepable = whole and storable(cache_control, fill.policy)
+                self._find_room(fill, size, keepable=keepable)
             fill.publish(size, kept, reply)
             # A part's checksums are the whole object's: nothing to check the part against.
             offer = offered(reply.headers) if whole else Unchecked("part", "a part (partNumber)")
@@ -499,6 +509,9 @@ class FillRunner:
             )
 
     async def _copy_body(self, fill: Fill, reply: UpstreamReply, verifier: Verifier) -> None:
+        if reply.body_file is not None:
+            await self._check_file(fill, reply.body_file, verifier)
+            return
         loop = asyncio.get_running_loop()
         pending: asyncio.Future[None] | None = None
         reservation = fill.reservation
@@ -531,6 +544,18 @@ class FillRunner:
                 with contextlib.suppress(Exception):
                     await pending
 
+    async def _check_file(self, fill: Fill, fd: int, verifier: Verifier) -> None:
+        """A body whole in a file already: readable as far as it is checked, the last byte
+        still held until all of it is (readers send it from the file, zero-copy)."""
+        loop = asyncio.get_running_loop()
+        size = os.fstat(fd).st_size
+        for offset in range(0, size, _FILE_CHECK_STEP):
+            count = min(_FILE_CHECK_STEP, size - offset)
+            if verifier.checking:
+                await loop.run_in_executor(self._hasher, _check_span, verifier, fd, offset, count)
+            fill.advance(count)
+            self._metrics.origin_bytes.inc(count)
+
     def _write(self, fd: int, chunk: bytes | memoryview, reservation: Reservation) -> None:
         """Write all of ``chunk``. When the disk is full, evict entries to make room for the
         rest of the body and write again, a few times; then DiskFull."""
@@ -550,6 +575,13 @@ class FillRunner:
                 retries += 1
                 log.warning("the cache's disk is full: evicted entries to write on")
         reservation.written += len(chunk)
+
+
+def _check_span(verifier: Verifier, fd: int, offset: int, count: int) -> None:
+    data = os.pread(fd, count, offset)
+    if len(data) != count:
+        raise UpstreamError("the dfdaemon's file is shorter than its answer")
+    verifier.update(data)
 
 
 def _error_kind(error: ShimError) -> str:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,14 +72,58 @@ def test_two_nodes_share_one_origin_fetch_and_one_task(cluster: Cluster) -> None
 
 
 def test_the_same_node_twice_is_a_local_hit(cluster: Cluster) -> None:
-    body = os.urandom(3 * 1024 * 1024)
+    """Node A's dfdaemon hard-links the task into shim's link_dir and shim sends that file;
+    node B's streams it through its proxy. Same bytes, and no link is left behind."""
+    body = os.urandom(9 * 1024 * 1024)  # several 4 MiB pieces; more than one check step
     put_object(s3_client(cluster.origin), BUCKET, "local.mar", body)
     url = cluster.url("local.mar")
-    assert via_proxy(cluster.a.shim.proxy_port, url).body == body
+    for node in (cluster.a, cluster.b):
+        assert via_proxy(node.shim.proxy_port, url).body == body
+    linked = 'shim_dfdaemon_requests_total{result="linked"}'
+    before = cluster.a.shim.metrics()
     cluster.relay.reset_counters()
-    again = via_proxy(cluster.a.shim.proxy_port, url)
-    assert (again.status, again.body) == (200, body)
-    assert cluster.relay.bytes_down < 4096  # at most a size probe
+    for node in (cluster.a, cluster.b):
+        again = via_proxy(node.shim.proxy_port, url)
+        assert (again.status, again.body) == (200, body)
+        assert again.headers["X-Shim-Route"] == "dfdaemon"
+        # A range of a local hit, from the linked file too.
+        part = via_proxy(node.shim.proxy_port, url, headers={"Range": "bytes=5000000-5000999"})
+        assert (part.status, part.body) == (206, body[5000000:5001000])
+    assert cluster.relay.bytes_down < 4 * 4096  # at most size probes
+    after_a, after_b = cluster.a.shim.metrics(), cluster.b.shim.metrics()
+    assert after_a.get(linked, 0) - before.get(linked, 0) == 2
+    assert after_b.get(linked, 0) == 0
+    # Every linked body was checked against shim's record of this version.
+    verified = 'shim_integrity_total{kind="blake3",result="verified"}'
+    assert after_a[verified] - before.get(verified, 0) == 2
+    links = cluster.a.shim.workdir.parent / "links-a"
+    assert links.is_dir() and list(links.iterdir()) == []
+    assert links.stat().st_mode & 0o077 == 0
+
+
+def test_a_link_dir_the_dfdaemon_cannot_link_into_is_left_after_one_try(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """On another filesystem than the dfdaemon's storage (/dev/shm is tmpfs) the hard link
+    fails: the request is sent again without it, served, and linking is off from then on."""
+    body = os.urandom(2 * 1024 * 1024)
+    put_object(s3_client(cluster.origin), BUCKET, "elsewhere.mar", body)
+    url = cluster.url("elsewhere.mar")
+    elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="shim-links-"))
+    route = {"url": cluster.a.dfdaemon.proxy_url, "fallback": False, "link_dir": str(elsewhere)}
+    config = {"dfdaemon": route, "buckets": [s3_bucket_config(BUCKET, cluster.relay.endpoint)]}
+    try:
+        with start_shim(tmp_path / "elsewhere", config) as shim:
+            for _ in range(3):
+                reply = via_proxy(shim.proxy_port, url)
+                assert (reply.status, reply.body) == (200, body)
+            metrics = shim.metrics()
+            assert metrics['shim_dfdaemon_requests_total{result="ok"}'] == 3
+            assert metrics.get('shim_dfdaemon_requests_total{result="linked"}', 0) == 0
+            assert shim.output().count("cannot hard-link into") == 1
+            assert list(elsewhere.iterdir()) == []
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
 
 
 def test_an_origin_error_passes_through_the_dfdaemon(cluster: Cluster) -> None:

@@ -280,7 +280,8 @@ def test_through_dragonfly_a_corrupt_peer_delivers_no_corrupt_object(
 ) -> None:
     """Node A's dfdaemon fetches a corrupted body from the origin and keeps it as the task;
     node B's dfdaemon gets that task's pieces from A, its headers (the MD5 ETag) from its own
-    probe of the clean origin. Neither shim lets a client complete the corrupted object."""
+    probe of the clean origin. Neither shim lets a client complete the corrupted object, nor
+    does node A's when its dfdaemon hands it the corrupted task file itself (``link_dir``)."""
     require_dragonfly()
     bucket = f"{BUCKET}-p2p"
     body = os.urandom(9 << 20)  # several 4 MiB pieces
@@ -295,10 +296,10 @@ def test_through_dragonfly_a_corrupt_peer_delivers_no_corrupt_object(
                     tmp_path / f"df{node}", name=node, scheduler=scheduler, proxy_rules=[]
                 )
             )
-            config = {
-                "dfdaemon": {"url": dfdaemon.proxy_url, "fallback": False},
-                "buckets": [s3_bucket_config(bucket, relay.endpoint)],
-            }
+            route = {"url": dfdaemon.proxy_url, "fallback": False}
+            if node == "a":
+                route["link_dir"] = str(tmp_path / "links-a")
+            config = {"dfdaemon": route, "buckets": [s3_bucket_config(bucket, relay.endpoint)]}
             shims.append(stack.enter_context(start_shim(tmp_path / f"shim-{node}", config)))
         url = f"{relay.endpoint}/{bucket}/peer.bin"
         relay.corrupt_at_byte = FLIP_AT
@@ -312,3 +313,8 @@ def test_through_dragonfly_a_corrupt_peer_delivers_no_corrupt_object(
         for shim, outcome in zip(shims, (first, second), strict=True):
             assert isinstance(outcome, str), "a client completed a corrupted object"
             assert integrity(shim, "mismatch", "md5") == 1
+        local = download(shims[0], url)
+        assert isinstance(local, str), "a client completed a corrupted object"
+        assert integrity(shims[0], "mismatch", "md5") == 2
+        linked = 'shim_dfdaemon_requests_total{result="linked"}'
+        assert shims[0].metrics()[linked] == 1
