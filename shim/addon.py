@@ -433,22 +433,18 @@ class ShimAddon:
         try:
             head = response_head(reply.status, _dated(reply.headers), chunked=chunked)
             await client.send(head)
-            position = stream.start
-            while stream.stop is None or position < stream.stop:
-                span = await stream.reader.span(position, stream.stop, SPAN_SIZE)
-                count = span.count if isinstance(span, FileSpan) else len(span)
-                if count == 0:
-                    break
-                if chunked:
-                    await client.send(b"%x\r\n" % count)
-                if isinstance(span, FileSpan):
-                    await client.send_file(span)
-                else:
-                    await client.send(span)
-                if chunked:
-                    await client.send(b"\r\n")
-                self.metrics.response_bytes.inc(count)
-                position += count
+            async with contextlib.aclosing(stream.spans(SPAN_SIZE)) as spans:
+                async for span in spans:
+                    count = span.count if isinstance(span, FileSpan) else len(span)
+                    if chunked:
+                        await client.send(b"%x\r\n" % count)
+                    if isinstance(span, FileSpan):
+                        await client.send_file(span)
+                    else:
+                        await client.send(span)
+                    if chunked:
+                        await client.send(b"\r\n")
+                    self.metrics.response_bytes.inc(count)
             if chunked:
                 await client.send(b"0\r\n\r\n")
             await client.finish()

@@ -34,7 +34,7 @@ from shim.cache.store import EntryMeta
 from shim.config import settings_from_mapping
 from shim.decide import Intercept, Refuse, Tunnel
 from shim.dfdaemon import DragonflyOptions
-from shim.takeover import ClientConnection
+from shim.takeover import BufferBudget, ClientConnection
 
 BUCKET_HOST = "models.s3.us-east-1.amazonaws.com"
 CREDENTIALS = {"source": "static", "access_key_id": "AKIDADDONTEST", "secret_access_key": "k"}
@@ -336,7 +336,7 @@ def connected(addon: ShimAddon, monkeypatch: pytest.MonkeyPatch) -> socket.socke
         return (await asyncio.open_connection(sock=proxy_end))[1]
 
     writer = run(open_writer())
-    client = ClientConnection(writer, None, lambda: None)
+    client = ClientConnection(writer, None, lambda: None, BufferBudget())
     monkeypatch.setattr(addon._clients, "of", lambda flow, proxyserver: client)
     return client_end
 

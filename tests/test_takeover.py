@@ -16,7 +16,7 @@ import pytest
 from mitmproxy.test import tflow
 
 from shim.cache.fill import FileSpan
-from shim.takeover import ClientConnection, ClientConnections, response_head
+from shim.takeover import BufferBudget, ClientConnection, ClientConnections, response_head
 
 
 def test_the_head_closes_the_connection_and_keeps_the_length() -> None:
@@ -80,11 +80,15 @@ def writer(
     return pair[1]
 
 
+@pytest.mark.parametrize("large_sends", [1, 0])
 def test_a_file_span_reaches_a_slow_reader_byte_for_byte(
-    pair: tuple[asyncio.AbstractEventLoop, asyncio.StreamWriter, socket.socket], tmp_path: Path
+    pair: tuple[asyncio.AbstractEventLoop, asyncio.StreamWriter, socket.socket],
+    tmp_path: Path,
+    large_sends: int,
 ) -> None:
-    """Several blocks through two reused buffers, from an offset off a block boundary, to a
-    reader slower than the file: every byte arrives once, in order."""
+    """Several blocks through two reused buffers (or, with no large send free, by sendfile),
+    from an offset off a block boundary, to a reader slower than the file: every byte
+    arrives once, in order."""
     loop, writer, theirs = pair
     body = os.urandom(19 << 20)
     path = tmp_path / "body"
@@ -98,7 +102,8 @@ def test_a_file_span_reaches_a_slow_reader_byte_for_byte(
     reader = threading.Thread(target=read_slowly)
     reader.start()
     watchdog = Watchdog()
-    client = ClientConnection(writer, None, watchdog.register_activity)
+    budget = BufferBudget(large_sends)
+    client = ClientConnection(writer, None, watchdog.register_activity, budget)
     fd = os.open(path, os.O_RDONLY)
     try:
         offset = 12345  # not on a block boundary
@@ -113,7 +118,19 @@ def test_a_file_span_reaches_a_slow_reader_byte_for_byte(
     finally:
         os.close(fd)
     assert bytes(received) == body[offset:]
-    assert watchdog.activity >= 4
+    assert watchdog.activity >= 1
+    with budget.take() as large:
+        assert large is bool(large_sends)  # the send gave its share back
+
+
+def test_a_buffer_budget_bounds_the_large_sends_at_once() -> None:
+    budget = BufferBudget(2)
+    with budget.take() as first, budget.take() as second, budget.take() as third:
+        assert (first, second, third) == (True, True, False)
+    with pytest.raises(ConnectionError), budget.take():
+        raise ConnectionError  # a send that failed gives its share back too
+    with budget.take() as first, budget.take() as second:
+        assert first and second
 
 
 def test_a_plain_http_1_1_connection_mitmproxy_holds_can_be_written_to(

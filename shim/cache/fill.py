@@ -43,7 +43,8 @@ from shim.upstream import Upstream, UpstreamReply
 
 log = logging.getLogger("shim.cache")
 
-_READ_SIZE = 1 << 20
+# Bytes per read of a fill's file, for a caller that wants the bytes.
+READ_SIZE = 1 << 20
 # Bytes of a body already in a file checked per step, each then readable.
 _FILE_CHECK_STEP = 8 << 20
 # Body bytes a fill streaming through memory holds unread (plus one chunk of the origin's).
@@ -256,6 +257,14 @@ class FileSpan:
     count: int
 
 
+async def read_span(span: FileSpan) -> bytes:
+    """The bytes of ``span``, read from its file (in a thread: a disk may be slow)."""
+    data = await asyncio.to_thread(os.pread, span.fd, span.count, span.offset)
+    if len(data) != span.count:
+        raise TransferAborted("the cache file is shorter than its entry")
+    return data
+
+
 class FillReader:
     """One client's reading of a fill, from its file or from its window in memory."""
 
@@ -279,13 +288,8 @@ class FillReader:
     async def read(self, position: int, stop: int | None) -> bytes | memoryview:
         """The next bytes from ``position`` (up to ``stop``, None: the end) once readable;
         b"" at the end of the object. TransferAborted when the body cannot be completed."""
-        span = await self.span(position, stop, _READ_SIZE)
-        if not isinstance(span, FileSpan):
-            return span
-        data = await asyncio.to_thread(os.pread, span.fd, span.count, span.offset)
-        if len(data) != span.count:
-            raise TransferAborted("the cache file is shorter than its entry")
-        return data
+        span = await self.span(position, stop, READ_SIZE)
+        return await read_span(span) if isinstance(span, FileSpan) else span
 
     async def span(
         self, position: int, stop: int | None, limit: int

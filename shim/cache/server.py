@@ -14,7 +14,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -31,6 +31,8 @@ from shim.cache.conditional import (
     range_applies,
 )
 from shim.cache.fill import (
+    READ_SIZE,
+    FileSpan,
     Fill,
     FillReader,
     FillRunner,
@@ -38,6 +40,7 @@ from shim.cache.fill import (
     TransferAborted,
     kept_headers,
     part_headers,
+    read_span,
 )
 from shim.cache.revalidate import Revalidator
 from shim.cache.store import CacheStore, EntryMeta
@@ -169,16 +172,31 @@ class BodyStream:
     def length(self) -> int | None:
         return None if self.stop is None else self.stop - self.start
 
+    async def spans(self, limit: int) -> AsyncGenerator[FileSpan | bytes | memoryview, None]:
+        """The body in order, in spans of at most ``limit`` bytes: where they are in the fill's
+        file, for a sender that sends them from there, or the bytes (see FillReader.span).
+        TransferAborted when the body cannot be completed."""
+        position = self.start
+        while self.stop is None or position < self.stop:
+            span = await self.reader.span(position, self.stop, limit)
+            count = span.count if isinstance(span, FileSpan) else len(span)
+            if count == 0:
+                return
+            yield span
+            position += count
+
+    async def chunks(self) -> AsyncGenerator[bytes | memoryview, None]:
+        """The body's bytes in order, those of file spans read."""
+        async with contextlib.aclosing(self.spans(READ_SIZE)) as spans:
+            async for span in spans:
+                yield await read_span(span) if isinstance(span, FileSpan) else span
+
     async def read_all(self) -> bytes:
         """The whole body, for a small one: TransferAborted when it cannot be completed."""
         body = bytearray()
-        position = self.start
-        while self.stop is None or position < self.stop:
-            data = await self.reader.read(position, self.stop)
-            if not data:
-                break
-            body += data
-            position += len(data)
+        async with contextlib.aclosing(self.chunks()) as chunks:
+            async for chunk in chunks:
+                body += chunk
         return bytes(body)
 
     def close(self) -> None:
@@ -436,18 +454,13 @@ class CacheServer:
     async def _stream(self, request: web.Request, reply: Reply) -> web.StreamResponse:
         """Send ``reply``'s stream as its bytes arrive."""
         assert reply.stream is not None
-        stream = reply.stream
         response = web.StreamResponse(status=reply.status, headers=reply.headers)
-        position = stream.start
         try:
             await response.prepare(request)
-            while stream.stop is None or position < stream.stop:
-                data = await stream.reader.read(position, stream.stop)
-                if not data:
-                    break
-                await response.write(data)
-                self._metrics.response_bytes.inc(len(data))
-                position += len(data)
+            async with contextlib.aclosing(reply.stream.chunks()) as chunks:
+                async for data in chunks:
+                    await response.write(data)
+                    self._metrics.response_bytes.inc(len(data))
             await response.write_eof()
         except TransferAborted as error:
             self.count_aborted(error)
