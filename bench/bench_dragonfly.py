@@ -114,11 +114,14 @@ def run(
             )
             for i in range(3)
         ]
+        # As deployed beside a Rust dfdaemon: its local hits sent from its own file.
+        routes = [{"url": d.proxy_url, "link_dir": str(work / f"links{i}")} for i, d in
+                  enumerate(daemons)]  # fmt: skip
         shims = [
             stack.enter_context(
-                start_shim(work / f"shim{i}", {"dfdaemon": d.proxy_url, "buckets": [bucket]})
+                start_shim(work / f"shim{i}", {"dfdaemon": route, "buckets": [bucket]})
             )
-            for i, d in enumerate(daemons)
+            for i, route in enumerate(routes)
         ]
         embedded = stack.enter_context(start_shim(work / "embedded", {"buckets": [bucket]}))
         url = f"{relay.endpoint}/{BUCKET}/big.mar"
