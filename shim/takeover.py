@@ -176,6 +176,8 @@ async def _file_views(span: FileSpan, size: int) -> AsyncGenerator[memoryview, N
     """``span``'s bytes in blocks of up to ``size``, read into two buffers taken in turn, the
     next block while the caller sends the current one: a view is valid until the caller asks
     for the next."""
+    # No larger than the span: a miss sends a growing file in many small spans.
+    size = min(size, span.count)
     buffers = (memoryview(bytearray(size)), memoryview(bytearray(size)))
     offset, end = span.offset, span.offset + span.count
 
