@@ -113,6 +113,8 @@ def test_a_link_dir_the_dfdaemon_cannot_link_into_is_left_after_one_try(
     route = {"url": cluster.a.dfdaemon.proxy_url, "fallback": False, "link_dir": str(elsewhere)}
     config = {"dfdaemon": route, "buckets": [s3_bucket_config(BUCKET, cluster.relay.endpoint)]}
     try:
+        storage = cluster.a.dfdaemon.storage_dir
+        assert elsewhere.stat().st_dev != storage.stat().st_dev, "/dev/shm is no other filesystem"
         with start_shim(tmp_path / "elsewhere", config) as shim:
             for _ in range(3):
                 reply = via_proxy(shim.proxy_port, url)
