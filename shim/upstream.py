@@ -172,20 +172,20 @@ class Upstream:
                         "its proxy from now on",
                         links.path,
                     )
+            headers_ci = CIMultiDictProxy(CIMultiDict(reply.headers))
+            error_type = headers_ci.get("X-Dragonfly-Error-Type")
+            if reply.status >= 500 or (error_type and reply.status < 400):
+                # Its own failure, or the origin's: either way nothing was sent yet, and the
+                # origin asked directly tells which. A success status with an error type (an
+                # origin without Range support gets an empty 200) is no success.
+                reply.close()
+                raise UpstreamError(f"dfdaemon answered {reply.status} ({error_type or 'no type'})")
             body_file = None
             if link is not None and reply.status == 200 and was_complete(reply.headers):
                 body_file = LinkDir.take(link, reply.content_length)
         finally:
             if link is not None:
                 link.unlink(missing_ok=True)
-        headers_ci = CIMultiDictProxy(CIMultiDict(reply.headers))
-        error_type = headers_ci.get("X-Dragonfly-Error-Type")
-        if reply.status >= 500 or (error_type and reply.status < 400):
-            # Its own failure, or the origin's: either way nothing was sent yet, and the
-            # origin asked directly tells which. A success status with an error type (an
-            # origin without Range support gets an empty 200) is no success.
-            reply.close()
-            raise UpstreamError(f"dfdaemon answered {reply.status} ({error_type or 'no type'})")
         task_id = task_id_from(reply.headers)
         self._metrics.dfdaemon_requests.labels(result="ok" if body_file is None else "linked").inc()
         if task_id:
