@@ -7,7 +7,7 @@ through shim, alternated round by round on this shared machine; the table gives 
 MB/s of each and their ratio. The client is curl writing to /dev/null.
 
   dfdaemon local-peer hit   curl through a dfdaemon that has the task | through shim -> it,
-                            shim with a link_dir (the task's file sent zero-copy)
+                            shim with a link_dir (sent from the task's own file)
   local-peer hit, no link   the same, shim without one (the body through the dfdaemon's proxy)
   dfdaemon remote-peer hit  curl through a second dfdaemon whose peer has it | shim -> the second
   dfdaemon cold             curl through a dfdaemon, nobody has it | shim -> dfdaemon

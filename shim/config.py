@@ -52,8 +52,9 @@ class CacheSettings(_Strict):
     max_size: ByteSize = ByteSize(20 * 1024**3)
     zero_copy_hits: bool = Field(
         default=True,
-        description="write large answers on the client's connection (sendfile, large TLS "
-        "records) instead of relaying them through mitmproxy from the local cache server",
+        description="write large answers on the client's connection (large reads and writes, "
+        "large TLS records) instead of relaying them through mitmproxy from the local cache "
+        "server",
     )
     min_free: ByteSize = Field(
         default=ByteSize(1024**3),
@@ -89,7 +90,7 @@ class DfdaemonSettings(_Strict):
         default=None,
         description="Rust dfdaemon only: a directory on the dfdaemon's storage filesystem, at "
         "the same path for both, where it hard-links the tasks shim asks for, so that local "
-        "hits are sent from its file (zero-copy) instead of through its proxy",
+        "hits are sent from its file instead of through its proxy",
     )
 
     @field_validator("link_dir")

@@ -1,6 +1,6 @@
 """A directory where the node's Rust dfdaemon hard-links the tasks shim asks for, so that a
-local hit is sent from the dfdaemon's own file, zero-copy, instead of streamed through its
-proxy and then through shim (two more copies of every byte, on the same cores as the client).
+local hit is sent from the dfdaemon's own file instead of streamed through its proxy and then
+through shim (two more copies of every byte, on the same cores as the client).
 
 shim names a fresh path per request in ``X-Dragonfly-Output-Path`` with
 ``X-Dragonfly-Force-Hard-Link: true``; the dfdaemon links its task file there before it
@@ -70,7 +70,10 @@ class LinkDir:
             )
         left = [entry for entry in path.iterdir() if entry.name.startswith(_PREFIX)]
         for entry in left:
-            entry.unlink(missing_ok=True)
+            try:
+                entry.unlink(missing_ok=True)
+            except OSError as error:
+                raise ConfigError(f"dfdaemon.link_dir: {entry}: {error.strerror}") from None
         if left:
             log.info("removed %d links left in %s by an earlier run", len(left), path)
         return cls(path)

@@ -90,3 +90,10 @@ def test_take_follows_no_symlink_and_finds_nothing_missing(tmp_path: Path) -> No
     assert links.take(path, 10) is None
     assert not path.is_symlink() and target.exists()
     assert links.take(links.new_path(), 10) is None
+
+
+def test_prepare_names_a_leftover_it_cannot_remove(tmp_path: Path) -> None:
+    tmp_path.chmod(0o700)
+    (tmp_path / "shim-link-a-directory").mkdir()  # not a link of ours: unlink() refuses it
+    with pytest.raises(ConfigError, match="shim-link-a-directory"):
+        LinkDir.prepare(tmp_path)

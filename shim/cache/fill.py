@@ -13,7 +13,7 @@ the origin held back to the slowest of them; later requests start a fetch of the
 a fill ends when its readers have all left, as there is nothing to keep.
 
 A fill whose body a dfdaemon already holds whole in a file (a local hit it hard-linked for
-shim, ``shim.dfdaemon_links``) copies nothing: it checks the file, and its readers send from
+shim, ``shim.dfdaemon_links``) receives nothing: it checks the file, and its readers send from
 that file as far as it is checked, the last byte again waiting for the verdict.
 """
 
@@ -550,7 +550,7 @@ class FillRunner:
 
     async def _check_file(self, fill: Fill, fd: int, verifier: Verifier) -> None:
         """A body whole in a file already: readable as far as it is checked, the last byte
-        still held until all of it is (readers send it from the file, zero-copy)."""
+        still held until all of it is (readers send it from the file)."""
         loop = asyncio.get_running_loop()
         size = os.fstat(fd).st_size
         for offset in range(0, size, _FILE_CHECK_STEP):
