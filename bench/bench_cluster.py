@@ -44,6 +44,7 @@ from typing import Any
 
 from boto3.s3.transfer import TransferConfig
 
+from bench._files import write_random
 from tests.support.dragonfly import Dfdaemon, Scheduler, start_dfdaemons, start_scheduler
 from tests.support.procs import direct_opener
 from tests.support.relay import Relay
@@ -483,12 +484,7 @@ def main() -> None:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shim-bench-cluster-",
                                                                     dir=args.workdir)))  # fmt: skip
         source = work / "model.bin"
-        digest = hashlib.sha256()
-        with source.open("wb") as out:
-            for _ in range(args.size_mib):
-                chunk = os.urandom(1 << 20)
-                digest.update(chunk)
-                out.write(chunk)
+        digest = write_random(source, args.size_mib << 20)
         origin = stack.enter_context(start_s3rver(work / "origin"))
         client = s3_client(origin)
         client.create_bucket(Bucket=BUCKET)
@@ -506,7 +502,7 @@ def main() -> None:
                 for setting in settings:
                     try:
                         result = one_run(work, origin, relay, setting=setting, nodes=nodes,
-                                         run=run, size=size, digest=digest.hexdigest())  # fmt: skip
+                                         run=run, size=size, digest=digest)  # fmt: skip
                     # A failed download, wrong bytes, a slow start, a reset connection.
                     except (RuntimeError, OSError) as exc:
                         failures.append(f"{setting} N={nodes} run {run}: {exc}")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench._files import write_random
 from tests.support.dragonfly import Dfdaemon, start_dfdaemon, start_scheduler
 from tests.support.nginx import start_nginx
 from tests.support.relay import Relay
@@ -94,9 +94,7 @@ def run(
 ) -> tuple[list[float], list[Row], list[ClusterRow]]:
     with ExitStack() as stack:
         weights = work / "weights.bin"
-        with weights.open("wb") as out:
-            for _ in range(size_mib):
-                out.write(os.urandom(1 << 20))
+        write_random(weights, size_mib << 20)
         archive = build_echo_archive(work / "archives", name="big", extra_files=[weights])
         weights.unlink()
         size = archive.stat().st_size

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench._files import write_random
 from bench.bench_s3 import _status
 from tests.support.servers import REPO_ROOT, S3Server, s3_client, start_s3rver
 from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
@@ -100,13 +101,6 @@ class Result:
     load_average: tuple[float, float]  # 1-minute, before and after: the machine is shared
     downloads: list[Download]
     samples: list[MemorySample]
-
-
-def make_file(path: Path, size: int) -> None:
-    chunk = os.urandom(64 * 1024 * 1024)
-    with path.open("wb") as out:
-        for offset in range(0, size, len(chunk)):
-            out.write(chunk[: min(len(chunk), size - offset)])
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -285,7 +279,7 @@ def upload(s3: S3Server, workdir: Path, count: int, large_size: int) -> list[tup
         small.append((key, body))
     source = workdir / "large.bin"
     for i in range(LARGE_STREAMS):
-        make_file(source, large_size)
+        write_random(source, large_size)
         with source.open("rb") as body_file:
             # One PUT, not multipart: the ETag is the MD5, which shim checks on its fill.
             client.put_object(Bucket=BUCKET, Key=f"large/{i}.bin", Body=body_file)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import tempfile
@@ -37,6 +36,7 @@ from pathlib import Path
 
 from boto3.s3.transfer import TransferConfig
 
+from bench._files import write_random
 from shim.dfdaemon import DragonflyOptions, dragonfly_headers
 from shim.providers import ALL_SIGNATURE_PARAMS
 from tests.support.dragonfly import Dfdaemon, start_dfdaemons, start_scheduler
@@ -108,9 +108,7 @@ def run(size_mib: int, rounds: int, work: Path) -> list[Pair]:
     with ExitStack() as stack:
         blob = work / "www" / "object.bin"
         blob.parent.mkdir(parents=True)
-        with blob.open("wb") as out:
-            for _ in range(size_mib):
-                out.write(os.urandom(1 << 20))
+        write_random(blob, size_mib << 20)
         origin = stack.enter_context(start_s3rver(work / "origin"))
         s3 = s3_client(origin)
         s3.create_bucket(Bucket=BUCKET)
