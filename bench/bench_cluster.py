@@ -45,6 +45,7 @@ from typing import Any
 from boto3.s3.transfer import TransferConfig
 
 from bench._files import write_random
+from bench._proc import PeakSampler
 from tests.support.dragonfly import Dfdaemon, Scheduler, start_dfdaemons, start_scheduler
 from tests.support.procs import direct_opener
 from tests.support.relay import Relay
@@ -153,39 +154,6 @@ def back_to_source_bytes(daemon: Dfdaemon) -> int:
 def scheduler_reasons(scheduler: Scheduler) -> list[str]:
     """Why the scheduler sent peers to the origin, one entry per peer sent."""
     return re.findall(r"send NeedBackToSourceResponse, because of ([^\t\n]*)", scheduler.output())
-
-
-class RssSampler:
-    """Samples the summed resident memory of some processes until stopped; keeps the peak."""
-
-    def __init__(self, pids: Sequence[int], interval: float = 0.5) -> None:
-        self.peak_bytes = 0
-        self._pids = list(pids)
-        self._interval = interval
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._sample, name="rss", daemon=True)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stopped.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        while True:
-            total = 0
-            for pid in self._pids:
-                try:
-                    status = Path(f"/proc/{pid}/status").read_text()
-                except OSError:
-                    continue
-                match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-                total += int(match.group(1)) * 1024 if match else 0
-            self.peak_bytes = max(self.peak_bytes, total)
-            if self._stopped.wait(self._interval):
-                return
 
 
 @contextmanager
@@ -297,7 +265,7 @@ def one_run(
         with cluster(run_dir, nodes, relay, SETTINGS[setting]) as (scheduler, daemons, shims):
             pids = [d.pid for d in daemons] + [s.pid for s in shims]
             before = relay.bytes_down
-            with RssSampler(pids) as rss:
+            with PeakSampler(pids, ("VmRSS",), interval=0.5) as rss:
                 fetched = download_together(shims, f"{relay.endpoint}/{BUCKET}/{key}", run_dir)
             origin_bytes = relay.bytes_down - before
             for index, node in enumerate(fetched):
@@ -318,7 +286,7 @@ def one_run(
         nodes_to_origin=sum(1 for node in fetched if node.back_to_source_mb > 0),
         fallbacks=sum(1 for node in fetched if node.route != "dfdaemon"),
         scheduler_reasons=reasons,
-        peak_rss_mb=rss.peak_bytes / 1e6,
+        peak_rss_mb=rss.peak_kb["VmRSS"] * 1024 / 1e6,
         node_results=fetched,
     )
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import aiohttp
 
 from bench._files import write_random
-from bench.bench_s3 import _status
+from bench._proc import proc_status
 from tests.support.servers import REPO_ROOT, S3Server, s3_client, start_s3rver
 from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
 
@@ -188,7 +188,7 @@ async def sample_memory(
     pid: int, started: float, interval: float, stop: asyncio.Event, samples: list[MemorySample]
 ) -> None:
     while not stop.is_set():
-        fields = _status(pid)
+        fields = proc_status(pid)
         samples.append(
             MemorySample(
                 time.monotonic() - started,
@@ -318,7 +318,7 @@ def run(
                     sample_interval,
                 )
             )
-            peak_kb = _status(shim.pid).get("VmHWM", 0)
+            peak_kb = proc_status(shim.pid).get("VmHWM", 0)
             origin_fetches = shim.metrics().get("shim_origin_fetches_total", float("nan"))
     latencies = sorted(out.small.latencies)
     window = min(FLAT_WINDOW, seconds / 4)

@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench._proc import PeakSampler, proc_status
 from tests.support.procs import free_port, terminate
 from tests.support.relay import Relay
 from tests.support.servers import REPO_ROOT, S3Server, s3_client, start_s3rver
@@ -66,44 +66,6 @@ class Row:
     peak_anon_mb: float | None = None  # sampled RssAnon peak: what the process itself holds
     peak_file_mb: float | None = None  # sampled RssFile peak: mapped files (code, libraries)
     verdict: str | None = None  # "ok" or "OVER": peak RSS against PEAK_TARGET_MB
-
-
-class MemorySampler:
-    """Polls /proc/PID/status for RssAnon and RssFile peaks while a transfer runs."""
-
-    def __init__(self, pid: int, interval: float = 0.01) -> None:
-        self._pid, self._interval = pid, interval
-        self.anon_kb = self.file_kb = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            fields = _status(self._pid)
-            self.anon_kb = max(self.anon_kb, fields.get("RssAnon", 0))
-            self.file_kb = max(self.file_kb, fields.get("RssFile", 0))
-            time.sleep(self._interval)
-
-    def __enter__(self) -> MemorySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _status(pid: int) -> dict[str, int]:
-    fields = {}
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {}
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if value.strip().endswith("kB"):
-            fields[name] = int(value.split()[0])
-    return fields
 
 
 def _mb(kib: int) -> float:
@@ -270,11 +232,12 @@ def _through_shim(
     size = round(size_gib * GIB)
     with start_shim(shim_dir, config) as shim:
         _wait_idle(shim)
-        idle_kb = _status(shim.pid).get("VmHWM", 0)
+        idle_kb = proc_status(shim.pid).get("VmHWM", 0)
         cacert = shim.ca_cert if url.startswith("https://") else None
-        with cpu_load(setup.cpu_load), MemorySampler(shim.pid) as memory:
+        sampler = PeakSampler([shim.pid], ("RssAnon", "RssFile"), interval=0.01)
+        with cpu_load(setup.cpu_load), sampler as memory:
             seconds = curl(url, proxy=shim.proxy, cacert=cacert, expect_size=size)
-        peak_kb = _status(shim.pid).get("VmHWM", 0)
+        peak_kb = proc_status(shim.pid).get("VmHWM", 0)
     speed = size / seconds / MB
     peak = _mb(peak_kb)
     return Row(
@@ -286,8 +249,8 @@ def _through_shim(
         baseline=baseline.scenario,
         idle_rss_mb=_mb(idle_kb),
         peak_rss_mb=peak,
-        peak_anon_mb=_mb(memory.anon_kb),
-        peak_file_mb=_mb(memory.file_kb),
+        peak_anon_mb=_mb(memory.peak_kb["RssAnon"]),
+        peak_file_mb=_mb(memory.peak_kb["RssFile"]),
         verdict="ok" if peak < PEAK_TARGET_MB else "OVER",
     )
 
