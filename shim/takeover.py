@@ -210,11 +210,11 @@ class ClientConnections:
     """Finds the connection a flow came on, as mitmproxy holds it. Lives with the addon, which
     hands it each client's TLS object once the handshake is done."""
 
-    def __init__(self, budget: BufferBudget | None = None) -> None:
+    def __init__(self) -> None:
         self._tls: weakref.WeakKeyDictionary[connection.Client, SSL.Connection] = (
             weakref.WeakKeyDictionary()
         )
-        self._budget = budget or BufferBudget()
+        self._budget = BufferBudget()
 
     def tls_established(self, client: connection.Client, tls: SSL.Connection) -> None:
         self._tls[client] = tls

@@ -285,18 +285,14 @@ class FillReader:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    async def read(self, position: int, stop: int | None) -> bytes | memoryview:
-        """The next bytes from ``position`` (up to ``stop``, None: the end) once readable;
-        b"" at the end of the object. TransferAborted when the body cannot be completed."""
-        span = await self.span(position, stop, READ_SIZE)
-        return await read_span(span) if isinstance(span, FileSpan) else span
-
     async def span(
         self, position: int, stop: int | None, limit: int
     ) -> FileSpan | bytes | memoryview:
-        """As ``read``, but at most ``limit`` bytes, and where they are in the fill's file,
-        for a caller that sends them from there, rather than the bytes themselves (which a
-        fill streaming through memory, and the last byte, still are)."""
+        """The next bytes from ``position`` (up to ``stop``, None: the end) once readable, at
+        most ``limit`` of them; b"" at the end of the object. Where they are in the fill's
+        file, for a caller that sends (or reads, ``read_span``) them from there, rather than
+        the bytes themselves (which a fill streaming through memory, and the last byte, still
+        are). TransferAborted when the body cannot be completed."""
         fill = self.fill
         if stop is not None and position == stop - 1:
             return await self._last(position)

@@ -14,7 +14,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from shim.cache.fill import MEMORY_WINDOW, Fill, FillReader, FillRunner, ReadersGone
+from shim.cache.fill import (
+    MEMORY_WINDOW,
+    READ_SIZE,
+    FileSpan,
+    Fill,
+    FillReader,
+    FillRunner,
+    ReadersGone,
+    read_span,
+)
 from shim.cache.server import Ticket
 from shim.cache.store import CacheStore
 from shim.metrics import Metrics
@@ -61,11 +70,17 @@ def start(runner: FillRunner, ticket: Ticket) -> Fill:
     return runner.get_or_start(identity.task_id, identity.url, ticket.signed_url, ticket.filtered)
 
 
+async def next_bytes(reader: FillReader, position: int, stop: int | None) -> bytes | memoryview:
+    """The next readable bytes from ``position``, from the fill's file or its window."""
+    span = await reader.span(position, stop, READ_SIZE)
+    return await read_span(span) if isinstance(span, FileSpan) else span
+
+
 async def read(reader: FillReader, start: int = 0, stop: int | None = None) -> bytes:
     """From ``start`` to ``stop`` (None: the end) of the fill, as its bytes become readable."""
     out = bytearray()
     while stop is None or start + len(out) < stop:
-        data = await reader.read(start + len(out), stop)
+        data = await next_bytes(reader, start + len(out), stop)
         if not data:
             break
         out += data
@@ -77,7 +92,7 @@ async def read_some(reader: FillReader, count: int) -> bytes:
     byte would wait until the whole object is verified."""
     out = bytearray()
     while len(out) < count:
-        out += await reader.read(len(out), None)
+        out += await next_bytes(reader, len(out), None)
     return bytes(out)
 
 
@@ -273,7 +288,7 @@ def test_chunks_as_large_as_the_window_stream_through_memory(tmp_path: Path) -> 
             feeding = asyncio.create_task(fetch())
             body = bytearray()
             async with asyncio.timeout(10):
-                while data := await reader.read(len(body), None):
+                while data := await next_bytes(reader, len(body), None):
                     body += data
                 await feeding
         return bytes(body)
