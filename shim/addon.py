@@ -18,7 +18,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from mitmproxy.proxy import mode_specs, server_hooks
 from shim import limits
 from shim._errors import ConfigError, RequestError, ShimError, SigningError
 from shim.access import auth_required, client_allowed, credentials_valid
-from shim.admin import AdminServer
+from shim.admin import AdminActions, AdminServer
 from shim.cache.conditional import Preconditions
 from shim.cache.fill import FileSpan, TransferAborted
 from shim.cache.server import (
@@ -65,7 +65,10 @@ from shim.dfdaemon import DragonflyOptions
 from shim.dfdaemon_links import LinkDir
 from shim.identity import filtered_params, identify
 from shim.metrics import Metrics
+from shim.prefetch.jobs import PrefetchJobs
+from shim.prefetch.warm import Warmed, refused, warm
 from shim.providers import BucketConfig
+from shim.recognize import ObjectRef, recognize
 from shim.redact import redact_url
 from shim.signing import CachedSigner, credential_problem_in_background, signers_for
 from shim.takeover import SPAN_SIZE, ClientConnection, ClientConnections, response_head
@@ -138,6 +141,7 @@ class ShimAddon:
         self._links: LinkDir | None = None  # dfdaemon.link_dir, prepared once
         self._cache: CacheServer | None = None
         self._admin: AdminServer | None = None
+        self._prefetch: PrefetchJobs | None = None
         self._credential_check: asyncio.Task[None] | None = None
         # Per client connection: what its CONNECT (or transparent TLS) was allowed to become,
         # and whether it proved proxy credentials in its CONNECT.
@@ -206,7 +210,11 @@ class ShimAddon:
             keep=dfdaemon is None or dfdaemon.keep_copy,
         )
         await self._cache.start()
-        self._admin = AdminServer(self.metrics, lambda: self.ready)
+        self._prefetch = PrefetchJobs(self._warm)
+        actions = AdminActions(
+            lambda: self._settings().admin_token, self._prefetch, self._cache, self.object_ticket
+        )
+        self._admin = AdminServer(self.metrics, lambda: self.ready, actions)
         await self._admin.start(*settings.admin_address)
         self.ready = True
         log.info(
@@ -238,6 +246,8 @@ class ShimAddon:
             self._credential_check.cancel()
         if self._admin is not None:
             await self._admin.stop()
+        if self._prefetch is not None:
+            await self._prefetch.close()
         if self._cache is not None:
             await self._cache.stop()
 
@@ -359,34 +369,66 @@ class ShimAddon:
             self._internal_error(flow)
 
     async def _serve(self, flow: http.HTTPFlow, serve: Serve) -> None:
-        settings = self._settings()
-        ref = serve.ref
-        try:
-            signer = self._signers[ref.bucket]
-            method = flow.request.method
-            signed = signer.cached(ref, method)
-            if signed is None:
-                signed = await asyncio.to_thread(signer.sign, ref, method)
-            filtered = filtered_params(ref.bucket.provider, settings.filter)
-            identity = identify(signed, filtered)
-        except SigningError as error:
-            self._reply(flow, Refuse(502, "signing", str(error)))
-            return
-        except RequestError as error:
-            self._reply(flow, Refuse(400, "request", str(error)))
+        ticket = await self._ticket(serve.ref, flow.request.method)
+        if isinstance(ticket, Refuse):
+            self._reply(flow, ticket)
             return
         flow.metadata["shim"] = {
             "url": redact_url(flow.request.pretty_url),
-            "task_id": identity.task_id,
+            "task_id": ticket.identity.task_id,
         }
         assert self._cache is not None
-        ticket = Ticket(flow.request.method, signed, identity, filtered, ref.bucket.freshness)
         client = self._client_connection(flow)
         if client is None:
             self._route_to_cache(flow, "/", self._cache.issue_ticket(ticket))
             return
         conditions = Preconditions.of(flow.request.headers.get_all)
         await self._answer(flow, await self._cache.respond(ticket, conditions), client)
+
+    async def _ticket(self, ref: ObjectRef, method: str) -> Ticket | Refuse:
+        """``ref`` signed for ``method`` and identified: what the cache is asked for."""
+        try:
+            signer = self._signers[ref.bucket]
+            signed = signer.cached(ref, method)
+            if signed is None:
+                signed = await asyncio.to_thread(signer.sign, ref, method)
+            filtered = filtered_params(ref.bucket.provider, self._settings().filter)
+            identity = identify(signed, filtered)
+        except SigningError as error:
+            return Refuse(502, "signing", str(error))
+        except RequestError as error:
+            return Refuse(400, "request", str(error))
+        return Ticket(method, signed, identity, filtered, ref.bucket.freshness)
+
+    async def object_ticket(self, url: str) -> Ticket | Refuse:
+        """The ticket a client's GET of ``url`` through the proxy would get (admin prefetch
+        and cache removal); never one for a URL of no configured bucket."""
+        try:
+            ref = recognize(url, self._settings().buckets)
+        except RequestError as error:
+            return Refuse(400, "request", str(error))
+        if ref is None:
+            return Refuse(
+                403, "passthrough", "the URL names no object of a configured bucket; not fetched"
+            )
+        return await self._ticket(ref, "GET")
+
+    async def _warm(self, url: str, on_bytes: Callable[[int], None]) -> Warmed:
+        """Warm ``url`` as a client's GET would (admin prefetch), logged as a request is."""
+        ticket = await self.object_ticket(url)
+        if isinstance(ticket, Refuse):
+            return refused(ticket)
+        assert self._cache is not None
+        outcome = await warm(self._cache, ticket, on_bytes)
+        log.info(
+            "prefetch %s -> %d %s via %s task=%s",
+            redact_url(url),
+            outcome.status,
+            outcome.cache,
+            outcome.route,
+            outcome.task_id or ticket.identity.task_id,
+        )
+        return outcome
 
     def _client_connection(self, flow: http.HTTPFlow) -> ClientConnection | None:
         """The client's connection, to answer on directly; None: through the cache server."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -260,6 +261,29 @@ class Settings(_Strict):
         description="seconds transfers in flight may take to finish after SIGTERM (Kubernetes "
         "gives 30 s by default)",
     )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="the bearer token the admin port's state-changing endpoints (prefetch, "
+        "cache removal) require; without one they are refused",
+    )
+    admin_token_file: Path | None = Field(
+        default=None,
+        description="a file holding the admin token, read at start; other users must not be "
+        "able to read it",
+    )
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_admin_token(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _one_admin_token(self) -> Self:
+        if self.admin_token is not None and self.admin_token_file is not None:
+            raise ValueError("give at most one of admin_token and admin_token_file")
+        return self
 
     @field_validator("passthrough", mode="before")
     @classmethod
@@ -343,6 +367,53 @@ class Settings(_Strict):
         return split_host_port(self.admin)
 
 
+# Printable ASCII without spaces (a header value as sent), and long enough not to be guessed.
+_ADMIN_TOKEN = re.compile(r"[\x21-\x7e]{16,}")
+
+
+def check_admin_token(token: str) -> None:
+    if not _ADMIN_TOKEN.fullmatch(token):
+        # Never the value itself: it is a secret even when malformed.
+        raise ValueError(
+            "must be at least 16 printable ASCII characters without spaces "
+            "(e.g. the output of `openssl rand -hex 32`)"
+        )
+
+
+def read_admin_token_file(path: Path) -> str:
+    """The token in ``path`` (one line; the trailing newline dropped). Refused when other
+    users may read it: it grants prefetch and cache removal on the admin port."""
+    where = f"admin_token_file {path}"
+    try:
+        mode = path.stat().st_mode
+        if stat.S_ISREG(mode) and mode & stat.S_IROTH:
+            raise ConfigError(
+                f"{where} is readable by every user (mode {stat.S_IMODE(mode):o}): "
+                "chmod o-rwx it (a Kubernetes Secret volume: defaultMode 0400, or 0440 with "
+                "fsGroup)"
+            )
+        token = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as error:
+        raise ConfigError(f"{where}: cannot read it: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not UTF-8 text") from None
+    try:
+        check_admin_token(token)
+    except ValueError as error:
+        raise ConfigError(f"{where}: the token {error}") from None
+    return token
+
+
+def _resolve_admin_token_file(raw: Mapping[str, Any]) -> Any:
+    """Read ``admin_token_file`` into ``admin_token``, as ``password_env`` is read."""
+    path = raw.get("admin_token_file")
+    if path is None or "admin_token" in raw:
+        return raw  # validation says what is wrong, if anything
+    token = read_admin_token_file(Path(str(path)))
+    resolved = {k: v for k, v in raw.items() if k != "admin_token_file"}
+    return {**resolved, "admin_token": token}
+
+
 def _location(loc: tuple[int | str, ...]) -> str:
     text = ""
     for index, part in enumerate(loc):
@@ -408,6 +479,7 @@ def settings_from_mapping(
     try:
         resolved = _resolve_env_credentials(raw, env) if credentials else raw
         resolved = _resolve_proxy_auth_env(resolved, env) if credentials else resolved
+        resolved = _resolve_admin_token_file(resolved) if credentials else resolved
         return Settings.model_validate(resolved)
     except ValidationError as error:
         raise ConfigError(_describe(error, source)) from None

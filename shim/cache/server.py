@@ -301,6 +301,12 @@ class CacheServer:
         self._metrics.cache_bytes.set(self.store.used)
         self._metrics.cache_entries.set(len(self.store))
 
+    def remove(self, key: str) -> bool:
+        """Remove entry ``key`` (an operator asked); False if it was absent."""
+        removed = self.store.remove(key)
+        self._update_gauges()
+        return removed
+
     def issue_ticket(self, ticket: Ticket | Refuse) -> str:
         ticket_id = secrets.token_urlsafe(24)
         self._tickets[ticket_id] = ticket

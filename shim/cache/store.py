@@ -36,6 +36,11 @@ DIR_MODE = 0o700
 _ENTRY_OVERHEAD = 2 * 4096
 
 
+def is_cache_key(text: str) -> bool:
+    """Whether ``text`` has the form of a cache key (a lowercase SHA-256 hex digest)."""
+    return _KEY.fullmatch(text) is not None
+
+
 class DiskFull(ShimError):
     """A fill's temporary file found no room even after evicting what could be evicted."""
 
