@@ -16,6 +16,7 @@ from typing import Any
 from shim._errors import ConfigError, RequestError, SigningError
 from shim.config import Settings, load_settings, split_host_port
 from shim.identity import filtered_params, identify
+from shim.prefetch import command as prefetch_command
 from shim.providers import PROVIDERS
 from shim.taskid import go_task_id, rust_task_id
 from shim.trust import (
@@ -260,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the signature too (it grants access to the object until it expires)",
     )
     sign.set_defaults(handler=_sign)
+    prefetch = commands.add_parser(
+        "prefetch",
+        help="download objects through the running shim (its cache, its dfdaemon) so that "
+        "later requests hit; exit 1 naming each failure",
+    )
+    prefetch_command.add_arguments(prefetch)
+    prefetch.set_defaults(handler=prefetch_command.prefetch)
     return parser
 
 
