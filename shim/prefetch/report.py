@@ -101,8 +101,12 @@ class PlainReport:
 
     def sized(self, sizes: Sequence[int | None]) -> None:
         known = [size for size in sizes if size is not None]
-        self._total = sum(known) if len(known) == len(sizes) else None
-        self._print(f"prefetching {len(sizes)} object(s), {size_text(self._total)}")
+        self._total = sum(known)
+        unknown = len(sizes) - len(known)
+        self._print(
+            f"prefetching {len(sizes)} object(s), {size_text(self._total)}"
+            + (f" ({unknown} of unknown size)" if unknown else "")
+        )
 
     def started(self, index: int, size: int | None) -> None:
         self._print(f"started  {self._labels[index]} ({size_text(size)})")
@@ -158,15 +162,18 @@ def summary_table(results: Sequence[Fetched], *, plain: bool) -> Table:
     ):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for fetched in results:
+        failed = fetched.error is not None
+        task_id = fetched.task_id or "-"
         table.add_row(
-            "FAILED" if fetched.error else "ok",
+            "FAILED" if failed else "ok",
             fetched.url,
-            size_text(fetched.received),
+            "-" if failed else size_text(fetched.received),
             f"{fetched.seconds:.1f} s",
-            rate_text(fetched.received, fetched.seconds),
+            "-" if failed else rate_text(fetched.received, fetched.seconds),
             fetched.cache,
             fetched.route,
-            (fetched.task_id or "-")[:16],
+            # Whole in a log, to compare with the dfdaemon's; its start fits a terminal.
+            task_id if plain else task_id[:16],
         )
     return table
 
