@@ -4,12 +4,14 @@ s3rver: a 200 proves shim signed."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,8 +86,6 @@ def _prefetch(shim: ShimProcess, *args: str) -> subprocess.CompletedProcess[str]
 
 
 def _proxy_headers() -> dict[str, str]:
-    import base64
-
     credentials = base64.b64encode(f"warmer:{PROXY_PASSWORD}".encode()).decode()
     return {"Proxy-Authorization": f"Basic {credentials}"}
 
@@ -275,8 +275,8 @@ def test_a_bad_prefetch_request_is_refused_whole(
 def test_without_a_configured_token_state_changing_endpoints_are_403(
     tmp_path: Path, s3rver: S3Server
 ) -> None:
-    config = {"buckets": [s3_bucket_config(BUCKET, s3rver.endpoint)], "admin": "127.0.0.1:0"}
-    with start_shim(tmp_path, {"buckets": config["buckets"]}) as tokenless:
+    config = {"buckets": [s3_bucket_config(BUCKET, s3rver.endpoint)]}
+    with start_shim(tmp_path, config) as tokenless:
         for method, path in (("POST", "/prefetch"), ("DELETE", f"/cache/{'0' * 64}")):
             status, _, body = _admin(tokenless, method, path, token=TOKEN, body=b"[]")
             assert status == 403
