@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable
 
@@ -51,7 +52,9 @@ class DfdaemonProbe:
         except TimeoutError:
             detail, reachable = f"no connection within {self._timeout:g} s", False
         except OSError as error:
-            detail, reachable = f"cannot connect: {error.strerror or error}", False
+            # asyncio's message repeats the address; the errno says what happened.
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            detail, reachable = f"cannot connect: {reason}", False
         else:
             elapsed = (time.monotonic() - started) * 1000
             writer.close()

@@ -106,7 +106,7 @@ def snapshot(
         recent=tuple(_clipped(row) for row in recent[:MAX_RECENT]),
         recent_total=len(recent),
         cache=cache,
-        dfdaemon=dfdaemon,
+        dfdaemon=None if dfdaemon is None else _clipped(dfdaemon),
         buckets=tuple(_clipped(row) for row in buckets[:MAX_BUCKETS]),
         buckets_total=len(buckets),
     )
