@@ -13,12 +13,15 @@ import datetime
 import importlib.resources
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import jinja2
 
 from shim.cache.fill import FillProgress
 from shim.requestlog import RECENT_REQUESTS, RequestRecord
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 MAX_DOWNLOADS = 50
 MAX_RECENT = RECENT_REQUESTS
@@ -75,14 +78,14 @@ def clip(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
-def _clipped[T](record: T) -> T:
-    """``record`` (a dataclass) with each of its strings clipped."""
+def _clipped[T: DataclassInstance](record: T) -> T:
+    """``record`` with each of its strings clipped."""
     changes = {
         field.name: clip(value)
-        for field in dataclasses.fields(record)  # type: ignore[arg-type]
+        for field in dataclasses.fields(record)
         if isinstance(value := getattr(record, field.name), str)
     }
-    return dataclasses.replace(record, **changes)  # type: ignore[type-var]
+    return dataclasses.replace(record, **changes)
 
 
 def snapshot(
