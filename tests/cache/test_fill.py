@@ -19,6 +19,7 @@ from shim.cache.fill import (
     READ_SIZE,
     FileSpan,
     Fill,
+    FillProgress,
     FillReader,
     FillRunner,
     ReadersGone,
@@ -328,3 +329,11 @@ def test_in_flight_shows_each_running_fill_and_how_far_it_is(
         assert runner.in_flight() == []
 
     run(store, scenario)
+
+
+def test_a_fills_progress_never_shows_a_signature(tmp_path: Path) -> None:
+    # A parameter the bucket's filter list missed still carries no secret onto the page.
+    fill = Fill(KEY, "https://h/b/k?x=1&X-Goog-Signature=c2VjcmV0&Signature=s", tmp_path / "t")
+    progress = FillProgress.of(fill, fill.started + 2)
+    assert progress.url == "https://h/b/k?x=1&X-Goog-Signature=REDACTED&Signature=REDACTED"
+    assert (progress.seconds, progress.rate, progress.answered) == (2, 0, False)
