@@ -70,7 +70,9 @@ from shim.prefetch.warm import Warmed, refused, warm
 from shim.providers import BucketConfig
 from shim.recognize import ObjectRef, recognize
 from shim.redact import redact_url
+from shim.requestlog import RecentRequests
 from shim.signing import CachedSigner, credential_problem_in_background, signers_for
+from shim.status_gather import StatusGatherer
 from shim.takeover import SPAN_SIZE, ClientConnection, ClientConnections, response_head
 from shim.upstream import DfdaemonRoute
 
@@ -137,6 +139,9 @@ class ShimAddon:
         self._given_settings = settings
         self.settings: Settings | None = None
         self.metrics = Metrics()
+        self.recent = RecentRequests()
+        # By (reverse alias, provider): whether the bucket's credentials loaded at start-up.
+        self.credentials: dict[tuple[str, str], bool] = {}
         self._signers: dict[BucketConfig, CachedSigner] = {}
         self._links: LinkDir | None = None  # dfdaemon.link_dir, prepared once
         self._cache: CacheServer | None = None
@@ -214,7 +219,12 @@ class ShimAddon:
         actions = AdminActions(
             lambda: self._settings().admin_token, self._prefetch, self._cache, self.object_ticket
         )
-        self._admin = AdminServer(self.metrics, lambda: self.ready, actions)
+        status = StatusGatherer(
+            self._settings, self._cache, self.recent, self.credentials, lambda: self.ready
+        )
+        self._admin = AdminServer(
+            self.metrics, lambda: self.ready, status=status.snapshot, actions=actions
+        )
         await self._admin.start(*settings.admin_address)
         self.ready = True
         log.info(
@@ -237,6 +247,7 @@ class ShimAddon:
             self.metrics.bucket_credentials.labels(
                 bucket=bucket.reverse_alias, provider=bucket.provider
             ).set(reason is None)
+            self.credentials[bucket.reverse_alias, bucket.provider] = reason is None
             if reason is not None:
                 log.error("bucket %r (%s): %s", bucket.reverse_alias, bucket.provider, reason)
 

@@ -1,6 +1,7 @@
-"""The admin listener: ``GET /healthz`` (200 while the proxy takes traffic) and ``GET /metrics``,
-read by anyone who reaches the port; and, with the admin token (``shim.admin_auth``), prefetch
-jobs (``POST /prefetch``, ``GET /prefetch/JOB``) and cache removal (``DELETE /cache/KEY``,
+"""The admin listener: ``GET /healthz`` (200 while the proxy takes traffic), ``GET /metrics`` and
+the status page ``GET /status`` (``/status.json``: the same snapshot as JSON), read by anyone who
+reaches the port; and, with the admin token (``shim.admin_auth``), prefetch jobs
+(``POST /prefetch``, ``GET /prefetch/JOB``) and cache removal (``DELETE /cache/KEY``,
 ``DELETE /cache?url=URL``)."""
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from shim.metrics import Metrics
 from shim.prefetch.jobs import JobsFull, PrefetchJobs
 from shim.prefetch.request import MAX_BODY_BYTES, urls_from_json
 from shim.prefetch.warm import TicketFor
+from shim.status import StatusSnapshot, as_json, render_html
 
 log = logging.getLogger("shim")
 
@@ -46,10 +48,13 @@ class AdminServer:
         self,
         metrics: Metrics,
         is_ready: Callable[[], bool],
+        *,
+        status: Callable[[], Awaitable[StatusSnapshot]],
         actions: AdminActions | None = None,
     ) -> None:
         self._metrics = metrics
         self._is_ready = is_ready
+        self._status = status
         self._actions = actions
         self._runner: web.AppRunner | None = None
 
@@ -66,6 +71,8 @@ class AdminServer:
             app.router.add_get("/prefetch/{job}", self._guarded(self._prefetch_job))
             app.router.add_delete("/cache", self._guarded(self._remove_entry))
             app.router.add_delete("/cache/{key}", self._guarded(self._remove_entry))
+        app.router.add_get("/status", self._status_page)
+        app.router.add_get("/status.json", self._status_json)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
@@ -95,6 +102,14 @@ class AdminServer:
     async def _metrics_page(self, _: web.Request) -> web.Response:
         body = generate_latest(self._metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _status_page(self, _: web.Request) -> web.Response:
+        page = render_html(await self._status())
+        return web.Response(text=page, content_type="text/html", headers=_STATUS_HEADERS)
+
+    async def _status_json(self, _: web.Request) -> web.Response:
+        body = json.dumps(as_json(await self._status()))
+        return web.Response(text=body, content_type="application/json", headers=_STATUS_HEADERS)
 
     # -- token-guarded --------------------------------------------------------------------------
     def _guarded(self, handler: Handler) -> Handler:
@@ -169,3 +184,14 @@ def _json_error(
 ) -> web.Response:
     body = json.dumps({"error": message, **extra})
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
+
+
+# The page runs no script and loads nothing: the browser is told so, and refuses anything else
+# even if a value ever slipped through unescaped. Never cached, never framed.
+_STATUS_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}

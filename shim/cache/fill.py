@@ -129,6 +129,7 @@ class Fill:
         self.written = 0
         self.finished = False
         self.error: ShimError | None = None
+        self.started = time.monotonic()
         self._changed = asyncio.Event()
 
     @classmethod
@@ -249,6 +250,38 @@ class Fill:
 
 
 @dataclass(frozen=True, slots=True)
+class FillProgress:
+    """Where one fill in flight is, for the status page."""
+
+    task_id: str
+    url: str  # redacted
+    route: str  # cache, direct, dfdaemon, fallback: known once the headers came
+    answered: bool  # the upstream's headers came
+    received: int  # body bytes so far
+    size: int | None  # bytes expected (None: unknown until the end)
+    seconds: float  # since the fetch started
+    rate: float  # bytes per second, on average since it started
+    readers: int  # clients reading it now
+    kept: bool  # written to the cache (else streamed through memory)
+
+    @classmethod
+    def of(cls, fill: Fill, now: float) -> FillProgress:
+        seconds = max(now - fill.started, 0.0)
+        return cls(
+            task_id=fill.task_id,
+            url=redact_url(fill.identity_url),
+            route=fill.route,
+            answered=fill.headers_published,
+            received=fill.written,
+            size=fill.size,
+            seconds=seconds,
+            rate=fill.written / seconds if seconds > 0 else 0.0,
+            readers=len(fill._cursors),
+            kept=fill.reservation is not None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class FileSpan:
     """``count`` readable bytes of a fill's file (descriptor ``fd``) from ``offset``."""
 
@@ -358,6 +391,8 @@ class FillRunner:
         self._upstream = upstream
         self._keep = keep  # False: fills feed their readers, then go (a dfdaemon caches)
         self._fills: dict[str, Fill] = {}
+        # Every fill running, those streaming through memory too (no longer in _fills).
+        self._running: set[Fill] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._verified = VerifiedBodies()
         # One worker keeps checksum updates in order, off the event loop (hashlib drops the
@@ -386,12 +421,19 @@ class FillRunner:
             # The dfdaemon's task ID for that tag, until the dfdaemon reports its own.
             fill.task_id = rust_task_id(identity_url, tag=tag) if tag else key
             self._fills[key] = fill
+            self._running.add(fill)
             task = asyncio.create_task(
                 self._run(fill, signed_url, filtered), name=f"fill {key[:12]}"
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return fill
+
+    def in_flight(self) -> list[FillProgress]:
+        """The fills running now, oldest first. Read-only."""
+        now = time.monotonic()
+        fills = sorted(self._running, key=lambda fill: fill.started)
+        return [FillProgress.of(fill, now) for fill in fills]
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -412,6 +454,7 @@ class FillRunner:
             log.exception("fill of %s failed unexpectedly", fill.identity_url)
             fill.fail(UpstreamError(f"internal error: {type(error).__name__}"))
         finally:
+            self._running.discard(fill)
             if self._fills.get(fill.key) is fill:
                 del self._fills[fill.key]
             if fill.reservation is not None:

@@ -34,6 +34,7 @@ from shim.cache.fill import (
     READ_SIZE,
     FileSpan,
     Fill,
+    FillProgress,
     FillReader,
     FillRunner,
     OriginStatus,
@@ -306,6 +307,10 @@ class CacheServer:
         removed = self.store.remove(key)
         self._update_gauges()
         return removed
+
+    def in_flight(self) -> list[FillProgress]:
+        """The fills running now, oldest first (for the status page). Read-only."""
+        return self._fills.in_flight() if self._fills is not None else []
 
     def issue_ticket(self, ticket: Ticket | Refuse) -> str:
         ticket_id = secrets.token_urlsafe(24)

@@ -19,6 +19,7 @@ from shim.cache.fill import (
     READ_SIZE,
     FileSpan,
     Fill,
+    FillProgress,
     FillReader,
     FillRunner,
     ReadersGone,
@@ -28,7 +29,7 @@ from shim.cache.server import Ticket
 from shim.cache.store import CacheStore
 from shim.metrics import Metrics
 from shim.upstream import Upstream
-from tests.cache.origin import Origin, sample
+from tests.cache.origin import Origin, sample, until
 
 pytestmark = pytest.mark.origin
 
@@ -294,3 +295,45 @@ def test_chunks_as_large_as_the_window_stream_through_memory(tmp_path: Path) -> 
         return bytes(body)
 
     assert asyncio.run(main()) == b"".join(chunks)
+
+
+@pytest.mark.parametrize("min_free", [0, NO_ROOM], ids=["kept", "through memory"])
+def test_in_flight_shows_each_running_fill_and_how_far_it_is(
+    origin: Origin, tmp_path: Path, min_free: int
+) -> None:
+    """For the status page: kept or streaming through memory (which a later request does not
+    join), a fill is listed from its start to its end."""
+    body = os.urandom(2 * MiB)
+    origin.put(KEY, body)
+    store = CacheStore(tmp_path, 100 * MiB, min_free=min_free)
+
+    async def scenario(runner: FillRunner, metrics: Metrics) -> None:
+        origin.relay.stall_after_bytes = await origin.head_length(KEY) + MiB
+        ticket = origin.ticket(KEY)
+        fill = start(runner, ticket)
+        with fill.reader():
+            await until(lambda: fill.written == MiB, "a MiB arrived")
+            (progress,) = runner.in_flight()
+            assert progress.url == ticket.identity.url
+            assert "Signature" not in progress.url and "Credential" not in progress.url
+            assert (progress.task_id, progress.route, progress.answered) == (
+                ticket.identity.task_id,
+                "direct",
+                True,
+            )
+            assert (progress.received, progress.size, progress.readers) == (MiB, 2 * MiB, 1)
+            assert progress.kept is (min_free == 0)
+            assert progress.seconds > 0 and progress.rate == MiB / progress.seconds
+            origin.relay.resume()
+            await fill.wait_ended()
+        assert runner.in_flight() == []
+
+    run(store, scenario)
+
+
+def test_a_fills_progress_never_shows_a_signature(tmp_path: Path) -> None:
+    # A parameter the bucket's filter list missed still carries no secret onto the page.
+    fill = Fill(KEY, "https://h/b/k?x=1&X-Goog-Signature=c2VjcmV0&Signature=s", tmp_path / "t")
+    progress = FillProgress.of(fill, fill.started + 2)
+    assert progress.url == "https://h/b/k?x=1&X-Goog-Signature=REDACTED&Signature=REDACTED"
+    assert (progress.seconds, progress.rate, progress.answered) == (2, 0, False)
