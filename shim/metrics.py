@@ -87,3 +87,10 @@ class Metrics:
             ["bucket", "provider"],
             registry=self.registry,
         )
+        self.config_reloads = Counter(
+            "shim_config_reloads",
+            "Config reloads (SIGHUP or a change of the config file), by result (applied, "
+            "unchanged, refused: the previous config keeps running; the log says why).",
+            ["result"],
+            registry=self.registry,
+        )
