@@ -77,14 +77,12 @@ def _value(settings: Settings, path: str) -> Any:
 
 def needs_restart(old: Settings, new: Settings) -> list[str]:
     """The restart-only settings ``new`` changes, by name."""
-    changed: list[str] = []
-    for path in RESTART_ONLY:
-        if path == "dfdaemon":
-            if (old.dfdaemon is None) != (new.dfdaemon is None):
-                changed.append(path)
-        elif _value(old, path) != _value(new, path):
-            changed.append(path)
-    return changed
+    if (old.dfdaemon is None) != (new.dfdaemon is None):
+        # Added or removed: the dfdaemon as a whole, not each of its fields.
+        paths = [p for p in RESTART_ONLY if not p.startswith("dfdaemon.")]
+    else:
+        paths = [p for p in RESTART_ONLY if p != "dfdaemon"]
+    return [p for p in paths if _value(old, p) != _value(new, p)]
 
 
 def restart_message(names: list[str]) -> str:
