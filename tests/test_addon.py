@@ -810,6 +810,27 @@ def test_credentials_proved_in_a_connect_cover_its_tunnel_and_nothing_else(
     assert metric(addon, "shim_errors_total", kind="auth") == 2
 
 
+@pytest.mark.parametrize("addon", [AUTH], indirect=True)
+def test_new_proxy_credentials_apply_to_new_requests_and_an_open_tunnel_keeps_its_admission(
+    addon: ShimAddon, tmp_path: Path
+) -> None:
+    tunnel = connect_flow(BUCKET_HOST, 443)
+    tunnel.request.headers["Proxy-Authorization"] = basic("u", "p")
+    run(addon.http_connect(tunnel))
+    buckets = [{"provider": "s3", "bucket": "models", "credentials": CREDENTIALS}]
+    rotated = {"username": "u", "password": "rotated"}
+    run(addon.reconfigure(reload_settings(tmp_path, buckets=buckets, proxy_auth=rotated)))
+
+    inside = flow_for(BUCKET_HOST, "/model.mar")
+    inside.client_conn = tunnel.client_conn
+    assert routed_to_cache(addon, serve_with(addon, inside, None))
+    old = serve_with(addon, flow_for(BUCKET_HOST, "/model.mar"), basic("u", "p"))
+    assert old.response is not None and old.response.status_code == 407
+    assert routed_to_cache(
+        addon, serve_with(addon, flow_for(BUCKET_HOST, "/model.mar"), basic("u", "rotated"))
+    )
+
+
 @pytest.mark.parametrize("addon", [{"clients": ["10.0.0.0/8"]}], indirect=True)
 def test_a_refused_client_is_counted(addon: ShimAddon) -> None:
     addon.client_connected(tflow.tclient_conn())
