@@ -189,9 +189,23 @@ class ShimAddon:
         that none of them needs a restart). Signers of new and changed buckets are made off
         the event loop, then everything is swapped at once, between two requests. Raises
         ShimError, with nothing changed, when a signer cannot be made."""
-        old, old_signers = self._settings(), self._signers
-        signers = await asyncio.to_thread(carry_signers, old_signers, old, settings)
+        signers = await asyncio.to_thread(carry_signers, self._signers, self._settings(), settings)
         self._swap(settings, signers)
+
+    def _swap(self, settings: Settings, signers: dict[BucketConfig, CachedSigner]) -> None:
+        """Requests decided from now on see ``settings``; transfers in flight keep the signed
+        URL and the route they started with. While running, the buckets a reload brings get
+        their credentials checked, and those it removes leave the credentials gauge."""
+        limits.install(settings.limits)
+        old, old_signers = self.settings, self._signers
+        self.settings, self._signers = settings, signers
+        if self._cache is None or old is None:
+            return  # starting: running() checks every bucket
+        dfdaemon = settings.dfdaemon
+        self._cache.reconfigure(
+            extra_headers=settings.headers,
+            dfdaemon=dfdaemon_route(dfdaemon, self._links) if dfdaemon else None,
+        )
         gone = {(b.reverse_alias, b.provider) for b in old.buckets}
         gone -= {(b.reverse_alias, b.provider) for b in settings.buckets}
         for labels in gone:
@@ -200,18 +214,6 @@ class ShimAddon:
         self._start_credential_check(
             {b: s for b, s in signers.items() if old_signers.get(b) is not s}
         )
-
-    def _swap(self, settings: Settings, signers: dict[BucketConfig, CachedSigner]) -> None:
-        """Requests decided from now on see ``settings``; transfers in flight keep the signed
-        URL and the route they started with."""
-        limits.install(settings.limits)
-        self.settings, self._signers = settings, signers
-        if self._cache is not None:
-            dfdaemon = settings.dfdaemon
-            self._cache.reconfigure(
-                extra_headers=settings.headers,
-                dfdaemon=dfdaemon_route(dfdaemon, self._links) if dfdaemon else None,
-            )
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def running(self) -> None:
@@ -255,6 +257,8 @@ class ShimAddon:
             *(credential_problem_in_background(signers[b]) for b in buckets)
         )
         for bucket, reason in zip(buckets, reasons, strict=True):
+            if self._signers.get(bucket) is not signers[bucket]:
+                continue  # a reload has replaced or removed the bucket meanwhile
             self.metrics.bucket_credentials.labels(
                 bucket=bucket.reverse_alias, provider=bucket.provider
             ).set(reason is None)
@@ -382,18 +386,18 @@ class ShimAddon:
 
     async def request(self, flow: http.HTTPFlow) -> None:
         serve = flow.metadata.pop("shim_serve", None)
+        signer = flow.metadata.pop("shim_signer", None)
         if serve is None or flow.response or flow.error or not flow.live:
             return
         try:
-            await self._serve(flow, serve)
+            await self._serve(flow, serve, signer)
         except Exception:
             self._internal_error(flow)
 
-    async def _serve(self, flow: http.HTTPFlow, serve: Serve) -> None:
+    async def _serve(self, flow: http.HTTPFlow, serve: Serve, signer: CachedSigner) -> None:
         settings = self._settings()
         ref = serve.ref
         try:
-            signer: CachedSigner = flow.metadata.pop("shim_signer")
             method = flow.request.method
             signed = signer.cached(ref, method)
             if signed is None:

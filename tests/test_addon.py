@@ -767,8 +767,13 @@ def test_a_reload_checks_the_credentials_it_brings_and_forgets_removed_buckets(
     assert addon._signers[addon._settings().buckets[0]] is kept
     run(asyncio.gather(*addon._credential_checks))
     assert (gauge("models"), gauge("broken")) == (1, 0)
+    removed = addon._settings().buckets[1]
+    stale = addon._signers[removed]
     run(addon.reconfigure(reload_settings(tmp_path, buckets=buckets[:1])))
     assert (gauge("models"), gauge("broken")) == (1, None)
+    # A check that ends after a reload removed its bucket leaves the gauge alone.
+    run(addon._check_credentials({removed: stale}))
+    assert gauge("broken") is None
 
 
 # -- proxy credentials per connection, transparent TLS, and the paths that answer directly -------
