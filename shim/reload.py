@@ -209,8 +209,13 @@ class ConfigReload:
                 self._seen = file_state(self._file)  # what is read now; the watcher skips it
             try:
                 result = await self._reload(trigger)
-            except Exception:  # a bug: reported, and the watcher and the old config carry on
-                log.exception("config reload (%s) failed, the running config stays", trigger)
+            except Exception as error:  # a bug, or an SDK failing unforeseen: the old config
+                # and the watcher carry on. Its type only: an SDK's message may quote a secret.
+                log.error(
+                    "config reload (%s) failed (%s), the running config stays",
+                    trigger,
+                    type(error).__name__,
+                )
                 result = "refused"
         self._service.metrics.config_reloads.labels(result=result).inc()
         return result

@@ -364,3 +364,22 @@ def test_the_watcher_reloads_a_changed_file_once_and_a_broken_one_is_not_retried
         shim.run(asyncio.sleep(0.3))
         assert shim.reloads("applied") == 2
         assert shim.addon.settings is not None and shim.addon.settings.passthrough == "none"
+
+
+def test_an_unforeseen_failure_is_refused_by_its_type_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(*args: object) -> None:
+        raise RuntimeError(f"an SDK quoting {SECRET}")
+
+    with (
+        caplog.at_level(logging.INFO, logger="shim"),
+        running(tmp_path, {"reload_poll": 0}) as shim,
+    ):
+        monkeypatch.setattr("shim.addon.carry_signers", failing)
+        settings = shim.addon.settings
+        shim.rewrite(buckets=[bucket("added")])
+        assert shim.run(shim.reload.reload("SIGHUP")) == "refused"
+        assert shim.addon.settings is settings
+    assert "config reload (SIGHUP) failed (RuntimeError), the running config stays" in caplog.text
+    assert SECRET not in caplog.text
