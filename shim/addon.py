@@ -70,6 +70,7 @@ from shim.prefetch.warm import Warmed, refused, warm
 from shim.providers import BucketConfig
 from shim.recognize import ObjectRef, recognize
 from shim.redact import redact_url
+from shim.reload import carry_signers, needs_restart, restart_message
 from shim.requestlog import RecentRequests
 from shim.signing import CachedSigner, credential_problem_in_background, signers_for
 from shim.status_gather import StatusGatherer
@@ -147,7 +148,7 @@ class ShimAddon:
         self._cache: CacheServer | None = None
         self._admin: AdminServer | None = None
         self._prefetch: PrefetchJobs | None = None
-        self._credential_check: asyncio.Task[None] | None = None
+        self._credential_checks: set[asyncio.Task[None]] = set()
         # Per client connection: what its CONNECT (or transparent TLS) was allowed to become,
         # and whether it proved proxy credentials in its CONNECT.
         self._tunnels: weakref.WeakKeyDictionary[connection.Client, TunnelDecision] = (
@@ -179,25 +180,49 @@ class ShimAddon:
                 Path(ctx.options.shim_config) if ctx.options.shim_config else None,
                 env=os.environ,
             )
-        except ConfigError as error:
+            if self.settings is None:
+                link_dir = settings.dfdaemon.link_dir if settings.dfdaemon else None
+                self._links = LinkDir.prepare(link_dir) if link_dir is not None else None
+                signers = signers_for(settings.buckets, settings.presign_expires)
+            else:  # the option changed under mitmdump: a reload, by shim.reload's rules
+                restart = needs_restart(self.settings, settings)
+                if restart:
+                    raise ConfigError(restart_message(restart))
+                signers = carry_signers(self._signers, self.settings, settings)
+            self._swap(settings, signers)
+        except ShimError as error:  # broken, limits mitmproxy cannot hold, a bad link_dir
             raise exceptions.OptionsError(str(error)) from None  # type: ignore[no-untyped-call]
-        if self.settings is not None and (
-            settings.cache != self.settings.cache or settings.admin != self.settings.admin
-        ):
-            raise exceptions.OptionsError(  # type: ignore[no-untyped-call]
-                "cache and admin settings cannot change while shim runs; restart it"
-            )
-        try:
-            limits.install(settings.limits)
-            link_dir = settings.dfdaemon.link_dir if settings.dfdaemon else None
-            if link_dir is None:
-                self._links = None
-            elif self._links is None or self._links.path != link_dir:
-                self._links = LinkDir.prepare(link_dir)
-        except ShimError as error:  # limits mitmproxy cannot hold, an unusable link_dir
-            raise exceptions.OptionsError(str(error)) from None  # type: ignore[no-untyped-call]
-        self.settings = settings
-        self._signers = signers_for(settings.buckets, settings.presign_expires)
+
+    async def reconfigure(self, settings: Settings) -> None:
+        """Serve with ``settings`` from now on (``shim run``'s reload: shim.reload has checked
+        that none of them needs a restart). Signers of new and changed buckets are made off
+        the event loop, then everything is swapped at once, between two requests. Raises
+        ShimError, with nothing changed, when a signer cannot be made."""
+        signers = await asyncio.to_thread(carry_signers, self._signers, self._settings(), settings)
+        self._swap(settings, signers)
+
+    def _swap(self, settings: Settings, signers: dict[BucketConfig, CachedSigner]) -> None:
+        """Requests decided from now on see ``settings``; transfers in flight keep the signed
+        URL and the route they started with. While running, the buckets a reload brings get
+        their credentials checked, and those it removes leave the credentials gauge."""
+        limits.install(settings.limits)
+        old, old_signers = self.settings, self._signers
+        self.settings, self._signers = settings, signers
+        if self._cache is None or old is None:
+            return  # starting: running() checks every bucket
+        dfdaemon = settings.dfdaemon
+        self._cache.reconfigure(
+            extra_headers=settings.headers,
+            dfdaemon=dfdaemon_route(dfdaemon, self._links) if dfdaemon else None,
+        )
+        gone = {(b.reverse_alias, b.provider) for b in old.buckets}
+        gone -= {(b.reverse_alias, b.provider) for b in settings.buckets}
+        for labels in gone:
+            with contextlib.suppress(KeyError):  # never checked
+                self.metrics.bucket_credentials.remove(*labels)
+        self._start_credential_check(
+            {b: s for b, s in signers.items() if old_signers.get(b) is not s}
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def running(self) -> None:
@@ -234,16 +259,24 @@ class ShimAddon:
             len(store),
             settings.admin,
         )
-        self._credential_check = asyncio.create_task(self._check_credentials())
+        self._start_credential_check(self._signers)
 
-    async def _check_credentials(self) -> None:
-        """Report every bucket whose credentials cannot be loaded at start-up, with the reason,
-        rather than at its first download. Concurrent: a default chain may probe the network."""
-        buckets = list(self._signers)
+    def _start_credential_check(self, signers: Mapping[BucketConfig, CachedSigner]) -> None:
+        task = asyncio.create_task(self._check_credentials(signers))
+        self._credential_checks.add(task)
+        task.add_done_callback(self._credential_checks.discard)
+
+    async def _check_credentials(self, signers: Mapping[BucketConfig, CachedSigner]) -> None:
+        """Report every bucket whose credentials cannot be loaded at start-up (or when a reload
+        brings it), with the reason, rather than at its first download. Concurrent: a default
+        chain may probe the network."""
+        buckets = list(signers)
         reasons = await asyncio.gather(
-            *(credential_problem_in_background(self._signers[b]) for b in buckets)
+            *(credential_problem_in_background(signers[b]) for b in buckets)
         )
         for bucket, reason in zip(buckets, reasons, strict=True):
+            if self._signers.get(bucket) is not signers[bucket]:
+                continue  # a reload has replaced or removed the bucket meanwhile
             self.metrics.bucket_credentials.labels(
                 bucket=bucket.reverse_alias, provider=bucket.provider
             ).set(reason is None)
@@ -253,8 +286,8 @@ class ShimAddon:
 
     async def done(self) -> None:
         self.ready = False
-        if self._credential_check is not None:
-            self._credential_check.cancel()
+        for check in self._credential_checks:
+            check.cancel()
         if self._admin is not None:
             await self._admin.stop()
         if self._prefetch is not None:
@@ -369,18 +402,21 @@ class ShimAddon:
             flow.request.headers.pop("Proxy-Authorization", None)
         else:
             flow.metadata["shim_serve"] = decision
+            # Signed as decided, even if a reload replaces the bucket's signer meanwhile.
+            flow.metadata["shim_signer"] = self._signers[decision.ref.bucket]
 
     async def request(self, flow: http.HTTPFlow) -> None:
         serve = flow.metadata.pop("shim_serve", None)
+        signer = flow.metadata.pop("shim_signer", None)
         if serve is None or flow.response or flow.error or not flow.live:
             return
         try:
-            await self._serve(flow, serve)
+            await self._serve(flow, serve, signer)
         except Exception:
             self._internal_error(flow)
 
-    async def _serve(self, flow: http.HTTPFlow, serve: Serve) -> None:
-        ticket = await self._ticket(serve.ref, flow.request.method)
+    async def _serve(self, flow: http.HTTPFlow, serve: Serve, signer: CachedSigner) -> None:
+        ticket = await self._ticket(serve.ref, flow.request.method, signer)
         if isinstance(ticket, Refuse):
             self._reply(flow, ticket)
             return
@@ -396,10 +432,10 @@ class ShimAddon:
         conditions = Preconditions.of(flow.request.headers.get_all)
         await self._answer(flow, await self._cache.respond(ticket, conditions), client)
 
-    async def _ticket(self, ref: ObjectRef, method: str) -> Ticket | Refuse:
-        """``ref`` signed for ``method`` and identified: what the cache is asked for."""
+    async def _ticket(self, ref: ObjectRef, method: str, signer: CachedSigner) -> Ticket | Refuse:
+        """``ref`` signed for ``method`` by ``signer`` and identified: what the cache is asked
+        for."""
         try:
-            signer = self._signers[ref.bucket]
             signed = signer.cached(ref, method)
             if signed is None:
                 signed = await asyncio.to_thread(signer.sign, ref, method)
@@ -422,7 +458,7 @@ class ShimAddon:
             return Refuse(
                 403, "passthrough", "the URL names no object of a configured bucket; not fetched"
             )
-        return await self._ticket(ref, "GET")
+        return await self._ticket(ref, "GET", self._signers[ref.bucket])
 
     async def _warm(self, url: str, on_bytes: Callable[[int], None]) -> Warmed:
         """Warm ``url`` as a client's GET would (admin prefetch), logged as a request is."""

@@ -44,21 +44,24 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.DEBUG)
     for noisy in ("asyncio", "hpack", "aiohttp", "botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return asyncio.run(_serve(settings))
+    return asyncio.run(_serve(settings, args.config, overrides))
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, config: Path | None, overrides: dict[str, Any]) -> int:
     # Imported here: mitmproxy is heavy, and other subcommands do not need it.
     from mitmproxy import options
     from mitmproxy.tools.dump import DumpMaster
 
     from shim.addon import ShimAddon
     from shim.lifecycle import GracefulShutdown
+    from shim.reload import ConfigReload
 
     opts = options.Options()
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     shim = ShimAddon(settings)
-    master.addons.add(shim, GracefulShutdown(shim))  # type: ignore[no-untyped-call]
+    # Reloads what `settings` came from, with the same command-line flags on top.
+    reload = ConfigReload(shim, config, env=os.environ, overrides=overrides)
+    master.addons.add(shim, GracefulShutdown(shim), reload)  # type: ignore[no-untyped-call]
     # Addons declare most options, so they are set once the addons are in.
     opts.update(  # type: ignore[no-untyped-call]
         mode=settings.mitmproxy_modes(),
@@ -69,6 +72,7 @@ async def _serve(settings: Settings) -> int:
     # Until the proxy runs; from then on GracefulShutdown drains transfers in flight first.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, master.shutdown)
+    loop.add_signal_handler(signal.SIGHUP, reload.reload_soon, "SIGHUP")
     await master.run()
     return 0
 

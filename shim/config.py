@@ -261,6 +261,12 @@ class Settings(_Strict):
         description="seconds transfers in flight may take to finish after SIGTERM (Kubernetes "
         "gives 30 s by default)",
     )
+    reload_poll: float = Field(
+        default=2.0,
+        ge=0,
+        description="seconds between checks of `shim run`'s config file; a change reloads it, "
+        "as SIGHUP does. 0: reload on SIGHUP only",
+    )
     admin_token: SecretStr | None = Field(
         default=None,
         description="the bearer token the admin port's state-changing endpoints (prefetch, "

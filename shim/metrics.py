@@ -82,8 +82,16 @@ class Metrics:
         )
         self.bucket_credentials = Gauge(
             "shim_bucket_credentials",
-            "1 when a bucket's credentials loaded at start-up, 0 when they could not be (the "
-            "log says why), by bucket (its reverse alias) and provider.",
+            "1 when a bucket's credentials loaded at start-up (or when a reload brought the "
+            "bucket), 0 when they could not be (the log says why), by bucket (its reverse "
+            "alias) and provider.",
             ["bucket", "provider"],
+            registry=self.registry,
+        )
+        self.config_reloads = Counter(
+            "shim_config_reloads",
+            "Config reloads (SIGHUP or a change of the config file), by result (applied, "
+            "unchanged, refused: the previous config keeps running; the log says why).",
+            ["result"],
             registry=self.registry,
         )

@@ -92,12 +92,18 @@ class Upstream:
     ) -> None:
         self._session = session
         self._metrics = metrics
-        # Identity always: a compressed variant must never become the object.
-        self._headers = {**extra_headers, "Accept-Encoding": "identity"}
         self._read_timeout = read_timeout
-        self._dfdaemon = dfdaemon
+        self.reconfigure(extra_headers=extra_headers, dfdaemon=dfdaemon)
         # Off for good once the dfdaemon turned out unable to link into the directory.
         self._linking = dfdaemon is not None and dfdaemon.links is not None
+
+    def reconfigure(
+        self, *, extra_headers: Mapping[str, str], dfdaemon: DfdaemonRoute | None
+    ) -> None:
+        """For the requests sent from now on; those in flight carry on as they started."""
+        # Identity always: a compressed variant must never become the object.
+        self._headers = {**extra_headers, "Accept-Encoding": "identity"}
+        self._dfdaemon = dfdaemon
 
     async def open(
         self,
@@ -124,7 +130,7 @@ class Upstream:
                     "dfdaemon", lambda: self._via_dfdaemon(dfdaemon, signed_url, filtered)
                 )
             except UpstreamError as error:
-                if not self._dfdaemon.fallback:
+                if not dfdaemon.fallback:
                     self._metrics.dfdaemon_requests.labels(result="failed").inc()
                     raise UpstreamError(f"{error}; fallback to the origin is off") from None
                 self._metrics.dfdaemon_requests.labels(result="fallback").inc()

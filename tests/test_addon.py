@@ -31,7 +31,7 @@ from shim.cache.server import (
     TICKET_HEADER,
 )
 from shim.cache.store import EntryMeta
-from shim.config import settings_from_mapping
+from shim.config import Settings, settings_from_mapping
 from shim.decide import Intercept, Refuse, Tunnel
 from shim.dfdaemon import DragonflyOptions
 from shim.takeover import BufferBudget, ClientConnection
@@ -628,28 +628,24 @@ def test_a_dfdaemon_setting_becomes_the_cache_servers_route() -> None:
     assert (route.fallback, route.connect_timeout, route.links) == (False, 2.5, None)
 
 
-def test_a_link_dir_is_prepared_when_configured_and_refused_when_open_to_others(
+def test_a_link_dir_is_prepared_at_start_and_refused_when_open_to_others(
     addon: ShimAddon, tmp_path: Path
 ) -> None:
-    addon._given_settings = None  # from the shim_config option from now on
-
-    def reconfigure(link_dir: Path) -> None:
-        config = tmp_path / "shim.yaml"
+    def configured(link_dir: Path) -> ShimAddon:
         dfdaemon = {"url": "http://127.0.0.1:4001", "link_dir": str(link_dir)}
-        raw = {"cache": {"dir": str(tmp_path / "cache")}, "admin": "127.0.0.1:0"}
-        config.write_text(yaml.safe_dump({**raw, "dfdaemon": dfdaemon}))
-        with ctx.options.rollback({"shim_config"}, reraise=True):
-            ctx.options.update(shim_config=str(config))
+        raw = {"cache": {"dir": str(tmp_path / "cache")}, "dfdaemon": dfdaemon}
+        instance = ShimAddon(settings_from_mapping(raw, env={}))
+        instance.configure(set())  # in the fixture's mitmproxy context, a second proxy
+        return instance
 
     links, shared = tmp_path / "links", tmp_path / "shared"
-    reconfigure(links)
-    assert addon._links is not None and addon._links.path == links
+    started = configured(links)
+    assert started._links is not None and started._links.path == links
     assert links.stat().st_mode & 0o777 == 0o700
     shared.mkdir(mode=0o755)
     shared.chmod(0o755)
     with pytest.raises(exceptions.OptionsError, match="open to other users"):
-        reconfigure(shared)
-    assert addon._links.path == links
+        configured(shared)
 
 
 @pytest.mark.parametrize(
@@ -701,6 +697,85 @@ def test_the_proxy_connects_lazily_and_cache_settings_cannot_change_live(
     assert [b.bucket for b in addon._settings().buckets] == ["other"]
 
 
+# -- reloads while running (shim.reload decides what may change) -------------------------------
+
+
+def reload_settings(tmp_path: Path, **change: Any) -> Settings:
+    """Settings as the fixture's, with ``change``: the same cache and admin."""
+    raw = {"admin": "127.0.0.1:0", "cache": {"dir": str(tmp_path / "cache")}, **change}
+    return settings_from_mapping(raw, env={})
+
+
+def test_a_request_decided_before_a_reload_is_signed_as_decided(
+    addon: ShimAddon, tmp_path: Path
+) -> None:
+    decided = plain(flow_for(BUCKET_HOST, "/model.mar"))
+    addon.requestheaders(decided)
+    run(addon.reconfigure(reload_settings(tmp_path)))  # the bucket is gone
+    run(addon.request(decided))
+    assert routed_to_cache(addon, decided)
+    assert addon._cache is not None
+    ticket = addon._cache._tickets[decided.request.headers[TICKET_HEADER]]
+    assert not isinstance(ticket, Refuse) and "X-Amz-Signature=" in ticket.signed_url
+    # Decided from now on: refused.
+    after = plain(flow_for(BUCKET_HOST, "/model.mar"))
+    addon.requestheaders(after)
+    assert error_kind(after) == (403, "passthrough")
+
+
+@pytest.mark.parametrize("addon", [{"dfdaemon": "http://127.0.0.1:4001"}], indirect=True)
+def test_a_reload_gives_the_fetches_that_start_next_its_headers_and_dfdaemon_route(
+    addon: ShimAddon, tmp_path: Path
+) -> None:
+    dfdaemon = {"url": "http://127.0.0.1:4002", "fallback": False, "priority": 2}
+    run(addon.reconfigure(reload_settings(tmp_path, dfdaemon=dfdaemon, headers={"X-Team": "ml"})))
+    assert addon._cache is not None and addon._cache._upstream is not None
+    upstream = addon._cache._upstream
+    assert upstream._headers == {"X-Team": "ml", "Accept-Encoding": "identity"}
+    assert upstream._dfdaemon is not None
+    assert upstream._dfdaemon.address == ("127.0.0.1", 4002)
+    assert (upstream._dfdaemon.fallback, upstream._dfdaemon.options.priority) == (False, 2)
+
+
+@pytest.fixture
+def no_aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The AWS SDK's default chain, with nothing to find: no variables, files or IMDS."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("BOTO_CONFIG", str(tmp_path / "none"))
+
+
+@pytest.mark.usefixtures("no_aws_credentials")
+def test_a_reload_checks_the_credentials_it_brings_and_forgets_removed_buckets(
+    addon: ShimAddon, tmp_path: Path
+) -> None:
+    def gauge(alias: str) -> float | None:
+        labels = {"bucket": alias, "provider": "s3"}
+        return addon.metrics.registry.get_sample_value("shim_bucket_credentials", labels)
+
+    run(asyncio.gather(*addon._credential_checks))
+    assert gauge("models") == 1
+    kept = addon._signers[addon._settings().buckets[0]]
+    buckets = [
+        {"provider": "s3", "bucket": "models", "credentials": CREDENTIALS},
+        {"provider": "s3", "bucket": "broken", "credentials": {"source": "default"}},
+    ]
+    run(addon.reconfigure(reload_settings(tmp_path, buckets=buckets)))
+    assert addon._signers[addon._settings().buckets[0]] is kept
+    run(asyncio.gather(*addon._credential_checks))
+    assert (gauge("models"), gauge("broken")) == (1, 0)
+    removed = addon._settings().buckets[1]
+    stale = addon._signers[removed]
+    run(addon.reconfigure(reload_settings(tmp_path, buckets=buckets[:1])))
+    assert (gauge("models"), gauge("broken")) == (1, None)
+    # A check that ends after a reload removed its bucket leaves the gauge alone.
+    run(addon._check_credentials({removed: stale}))
+    assert gauge("broken") is None
+
+
 # -- proxy credentials per connection, transparent TLS, and the paths that answer directly -------
 
 AUTH = {"proxy_auth": {"username": "u", "password": "p"}}
@@ -738,6 +813,27 @@ def test_credentials_proved_in_a_connect_cover_its_tunnel_and_nothing_else(
     assert anonymous.response is not None and anonymous.response.status_code == 407
     assert anonymous.client_conn not in addon._tunnels
     assert metric(addon, "shim_errors_total", kind="auth") == 2
+
+
+@pytest.mark.parametrize("addon", [AUTH], indirect=True)
+def test_new_proxy_credentials_apply_to_new_requests_and_an_open_tunnel_keeps_its_admission(
+    addon: ShimAddon, tmp_path: Path
+) -> None:
+    tunnel = connect_flow(BUCKET_HOST, 443)
+    tunnel.request.headers["Proxy-Authorization"] = basic("u", "p")
+    run(addon.http_connect(tunnel))
+    buckets = [{"provider": "s3", "bucket": "models", "credentials": CREDENTIALS}]
+    rotated = {"username": "u", "password": "rotated"}
+    run(addon.reconfigure(reload_settings(tmp_path, buckets=buckets, proxy_auth=rotated)))
+
+    inside = flow_for(BUCKET_HOST, "/model.mar")
+    inside.client_conn = tunnel.client_conn
+    assert routed_to_cache(addon, serve_with(addon, inside, None))
+    old = serve_with(addon, flow_for(BUCKET_HOST, "/model.mar"), basic("u", "p"))
+    assert old.response is not None and old.response.status_code == 407
+    assert routed_to_cache(
+        addon, serve_with(addon, flow_for(BUCKET_HOST, "/model.mar"), basic("u", "rotated"))
+    )
 
 
 @pytest.mark.parametrize("addon", [{"clients": ["10.0.0.0/8"]}], indirect=True)
@@ -822,16 +918,8 @@ def test_a_refusal_answered_directly_keeps_its_headers(addon: ShimAddon) -> None
     [{"buckets": [{"provider": "s3", "bucket": "models", "credentials": {"source": "default"}}]}],
     indirect=True,
 )
-def test_a_bucket_without_credentials_answers_502_signing(
-    addon: ShimAddon, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    # The AWS SDK's default chain, with nothing to find: no variables, files or IMDS.
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("BOTO_CONFIG", str(tmp_path / "none"))
+@pytest.mark.usefixtures("no_aws_credentials")
+def test_a_bucket_without_credentials_answers_502_signing(addon: ShimAddon) -> None:
     flow = serve(addon, flow_for(BUCKET_HOST, "/model.mar"))
     assert error_kind(flow) == (502, "signing")
     assert flow.response is not None

@@ -298,6 +298,15 @@ class CacheServer:
         if self._session is not None:
             await self._session.close()
 
+    def reconfigure(
+        self, *, extra_headers: Mapping[str, str], dfdaemon: DfdaemonRoute | None
+    ) -> None:
+        """Origin headers and dfdaemon route for the fetches that start from now on (a config
+        reload; shim.reload refuses the dfdaemon changes that need a restart)."""
+        self._extra_headers, self._dfdaemon = extra_headers, dfdaemon
+        if self._upstream is not None:
+            self._upstream.reconfigure(extra_headers=extra_headers, dfdaemon=dfdaemon)
+
     def _update_gauges(self) -> None:
         self._metrics.cache_bytes.set(self.store.used)
         self._metrics.cache_entries.set(len(self.store))
