@@ -167,6 +167,15 @@ class Limits(_Strict):
         return value
 
 
+class MetricsSettings(_Strict):
+    top_objects: int = Field(
+        default=20,
+        ge=0,
+        le=200,
+        description="objects (and dfdaemon tasks) with series of their own: the hottest ones",
+    )
+
+
 # Hosts shim may forward unsigned requests to: none, all, or an allow-list of HOST[:PORT]
 # (``*.example.com`` matches subdomains). Loopback and link-local addresses are refused
 # unless named in the list.
@@ -254,6 +263,10 @@ class Settings(_Strict):
     )
     proxy_auth: ProxyAuth | None = None
     limits: Limits = Limits()
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per log line"
+    )
+    metrics: MetricsSettings = MetricsSettings()
     shutdown_grace: float = Field(
         default=25.0,
         ge=0,
