@@ -96,7 +96,7 @@ def test_the_request_line_in_text() -> None:
 
 def test_use_log_format_switches_the_terminal_log() -> None:
     out = io.StringIO()
-    with taddons.context() as tctx:
+    with taddons.context() as tctx:  # type: ignore[no-untyped-call]
         termlog = TermLog(out)
         tctx.master.addons.add(termlog)
         try:
