@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from shim._errors import ConfigError
+from shim.metrics import DEFAULT_TOP_OBJECTS
 from shim.providers import PROVIDERS, BucketConfig
 from shim.providers._base import Strict as _Strict
 
@@ -169,7 +170,7 @@ class Limits(_Strict):
 
 class MetricsSettings(_Strict):
     top_objects: int = Field(
-        default=20,
+        default=DEFAULT_TOP_OBJECTS,
         ge=0,
         le=200,
         description="objects (and dfdaemon tasks) with series of their own: the hottest ones",

@@ -11,6 +11,7 @@ caller passes the time.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -34,6 +35,11 @@ class HotKeys[K: Hashable, V]:
         self._new_value = new_value
         self._half_life = half_life
         self._slots: dict[K, _Slot[V]] = {}
+        # Scores as they were pushed, the coldest first: an entry whose score is no longer its
+        # key's is stale, skipped when met, and all of them dropped when they outnumber the
+        # slots. So finding the coldest key costs log(capacity), not a scan of every slot.
+        self._heap: list[tuple[float, int, K]] = []
+        self._order = itertools.count()  # ties broken without comparing keys
         self._landmark: float | None = None
 
     def __len__(self) -> int:
@@ -62,6 +68,9 @@ class HotKeys[K: Hashable, V]:
             floor = self._evict() if len(self._slots) >= self._capacity else 0.0
             slot = self._slots[key] = _Slot(floor, self._new_value())
         slot.score += weight
+        heapq.heappush(self._heap, (slot.score, next(self._order), key))
+        if len(self._heap) > 2 * len(self._slots) + 16:
+            self._rebuild_heap()
         return slot.value
 
     def get(self, key: K) -> V | None:
@@ -82,10 +91,19 @@ class HotKeys[K: Hashable, V]:
             scale = 2.0**-exponent
             for slot in self._slots.values():
                 slot.score *= scale
+            self._rebuild_heap()
             self._landmark, exponent = now, 0.0
         return float(2.0**exponent)
 
     def _evict(self) -> float:
-        """Drop the coldest key (a scan: ``capacity`` is small); returns its score."""
-        coldest = min(self._slots, key=lambda key: self._slots[key].score)
-        return self._slots.pop(coldest).score
+        """Drop the coldest key; returns its score."""
+        while True:
+            score, _, key = heapq.heappop(self._heap)
+            slot = self._slots.get(key)
+            if slot is not None and slot.score == score:  # scores only grow: the latest push
+                del self._slots[key]
+                return score
+
+    def _rebuild_heap(self) -> None:
+        self._heap = [(slot.score, next(self._order), key) for key, slot in self._slots.items()]
+        heapq.heapify(self._heap)
