@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import ipaddress
 import logging
 import os
@@ -64,6 +65,7 @@ from shim.decide import (
 from shim.dfdaemon import DragonflyOptions
 from shim.dfdaemon_links import LinkDir
 from shim.identity import filtered_params, identify
+from shim.logformat import REQUEST, use_log_format
 from shim.metrics import Metrics
 from shim.prefetch.jobs import PrefetchJobs
 from shim.prefetch.warm import Warmed, refused, warm
@@ -71,7 +73,7 @@ from shim.providers import BucketConfig
 from shim.recognize import ObjectRef, recognize
 from shim.redact import redact_url
 from shim.reload import carry_signers, needs_restart, restart_message
-from shim.requestlog import RecentRequests
+from shim.requestlog import RecentRequests, RequestRecord, text_line
 from shim.signing import CachedSigner, credential_problem_in_background, signers_for
 from shim.status_gather import StatusGatherer
 from shim.takeover import SPAN_SIZE, ClientConnection, ClientConnections, response_head
@@ -208,6 +210,8 @@ class ShimAddon:
         limits.install(settings.limits)
         old, old_signers = self.settings, self._signers
         self.settings, self._signers = settings, signers
+        self.metrics.show_top(settings.metrics.top_objects)
+        use_log_format(ctx.master, settings.log_format)
         if self._cache is None or old is None:
             return  # starting: running() checks every bucket
         dfdaemon = settings.dfdaemon
@@ -416,14 +420,21 @@ class ShimAddon:
             self._internal_error(flow)
 
     async def _serve(self, flow: http.HTTPFlow, serve: Serve, signer: CachedSigner) -> None:
-        ticket = await self._ticket(serve.ref, flow.request.method, signer)
+        ref = serve.ref
+        # What the request's log line and metrics need, until its answer's last byte.
+        shim = flow.metadata["shim"] = {
+            "url": redact_url(flow.request.pretty_url),
+            "bucket": ref.bucket.reverse_alias,
+            "key": ref.key,
+            "task_id": "-",
+            "sent": 0,
+        }
+        self.metrics.requested(shim["bucket"], ref.key)
+        ticket = await self._ticket(ref, flow.request.method, signer)
         if isinstance(ticket, Refuse):
             self._reply(flow, ticket)
             return
-        flow.metadata["shim"] = {
-            "url": redact_url(flow.request.pretty_url),
-            "task_id": ticket.identity.task_id,
-        }
+        shim["task_id"] = ticket.identity.task_id
         assert self._cache is not None
         client = self._client_connection(flow)
         if client is None:
@@ -501,13 +512,15 @@ class ShimAddon:
         assert self._cache is not None
         with contextlib.closing(stream):
             try:
-                return replace(reply, body=await stream.read_all(), stream=None)
+                body = await stream.read_all()
             except TransferAborted as error:
                 self._cache.count_aborted(error)
                 failed = error_reply(502, "origin", str(error))
                 cache = {k: v for k, v in reply.headers.items() if k.startswith("X-Shim-")}
                 failed.headers.update(cache)
                 return failed
+            self.metrics.response_bytes.inc(len(body))
+            return replace(reply, body=body, stream=None)
 
     async def _send_on_connection(
         self, flow: http.HTTPFlow, reply: Reply, client: ClientConnection
@@ -518,7 +531,7 @@ class ShimAddon:
         stream = reply.stream
         chunked = stream.length is None
         flow.metadata["shim_sent"] = True
-        self._log_answer(flow, reply.status, reply.headers)
+        self._answered(flow, reply.status, reply.headers)
         try:
             head = response_head(reply.status, _dated(reply.headers), chunked=chunked)
             await client.send(head)
@@ -534,6 +547,7 @@ class ShimAddon:
                     if chunked:
                         await client.send(b"\r\n")
                     self.metrics.response_bytes.inc(count)
+                    self._count_sent(flow, count)
             if chunked:
                 await client.send(b"0\r\n\r\n")
             await client.finish()
@@ -541,33 +555,70 @@ class ShimAddon:
             self._cache.count_aborted(error)  # the cut connection shows the client a short body
         except OSError:
             self.metrics.errors.labels(kind="client").inc()
+        self._ended(flow)
         flow.kill()  # type: ignore[no-untyped-call]
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
-        flow.response.stream = True
+        if "shim" not in flow.metadata:
+            flow.response.stream = True
+            return
+        self._answered(flow, flow.response.status_code, flow.response.headers)
+        # A relayed answer is counted as it streams; one the addon made is sent whole.
+        flow.response.stream = functools.partial(self._relayed, flow)
+
+    def _relayed(self, flow: http.HTTPFlow, chunk: bytes) -> bytes:
+        self._count_sent(flow, len(chunk))
+        return chunk
 
     def response(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
-        self._log_answer(flow, flow.response.status_code, flow.response.headers)
+        if "shim" in flow.metadata:
+            self._count_sent(flow, len(flow.response.raw_content or b""))
+            self._ended(flow)
 
-    def _log_answer(self, flow: http.HTTPFlow, status: int, headers: Mapping[str, str]) -> None:
-        shim = flow.metadata.get("shim")
-        if shim is None:
-            return
+    def _answered(self, flow: http.HTTPFlow, status: int, headers: Mapping[str, str]) -> None:
+        """The answer's status and headers are known (its body may follow): count it."""
+        shim = flow.metadata["shim"]
         state = headers.get(CACHE_STATUS_HEADER, "-")
         route = {"HIT": "hit", "MISS": "miss"}.get(state, "error")
         self.metrics.requests.labels(route=route).inc()
-        log.info(
-            "%s %s -> %d %s via %s task=%s",
-            flow.request.method,
-            shim["url"],
-            status,
-            state,
-            headers.get(ROUTE_HEADER, "-"),
+        self.metrics.answered(shim["bucket"], shim["key"], state)
+        shim.update(
+            status=status,
+            cache=state,
+            route=headers.get(ROUTE_HEADER, "-"),
             # The dfdaemon's own task ID when it reported one, else shim's computation.
-            headers.get(TASK_ID_HEADER, shim["task_id"]),
+            task_id=headers.get(TASK_ID_HEADER, shim["task_id"]),
         )
+
+    def _count_sent(self, flow: http.HTTPFlow, count: int) -> None:
+        shim = flow.metadata["shim"]
+        shim["sent"] += count
+        self.metrics.sent(shim["bucket"], shim["key"], count)
+
+    def _ended(self, flow: http.HTTPFlow) -> None:
+        """The answer's last byte went, or the request failed: its record, logged and kept.
+        A failure before any answer is the 502 mitmproxy then sends."""
+        shim = flow.metadata["shim"]
+        if shim.get("ended"):
+            return
+        shim["ended"] = True
+        now = time.time()
+        record = RequestRecord(
+            time=now,
+            method=flow.request.method,
+            url=shim["url"],
+            bucket=shim["bucket"],
+            status=shim.get("status", 502),
+            cache=shim.get("cache", "-"),
+            route=shim.get("route", "-"),
+            task_id=shim["task_id"],
+            bytes=shim["sent"],
+            duration=max(now - flow.request.timestamp_start, 0.0),
+        )
+        self.recent.add(record)
+        log.info("%s", text_line(record), extra={REQUEST: record})
 
     def error(self, flow: http.HTTPFlow) -> None:
         shim = flow.metadata.get("shim")
@@ -576,6 +627,7 @@ class ShimAddon:
         if shim is not None and flow.error is not None:
             self.metrics.errors.labels(kind="transfer").inc()
             log.warning("%s %s failed: %s", flow.request.method, shim["url"], flow.error.msg)
+            self._ended(flow)
 
     # -- helpers ------------------------------------------------------------------------------
     def _authorized(self, flow: http.HTTPFlow) -> bool:

@@ -44,6 +44,8 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.DEBUG)
     for noisy in ("asyncio", "hpack", "aiohttp", "botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Python's warnings from here on as log lines too (JSON ones under log_format: json).
+    logging.captureWarnings(True)
     return asyncio.run(_serve(settings, args.config, overrides))
 
 

@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from shim._errors import ConfigError
+from shim.metrics import DEFAULT_TOP_OBJECTS
 from shim.providers import PROVIDERS, BucketConfig
 from shim.providers._base import Strict as _Strict
 
@@ -168,6 +169,15 @@ class Limits(_Strict):
         return value
 
 
+class MetricsSettings(_Strict):
+    top_objects: int = Field(
+        default=DEFAULT_TOP_OBJECTS,
+        ge=0,
+        le=200,
+        description="objects (and dfdaemon tasks) with series of their own: the hottest ones",
+    )
+
+
 # Hosts shim may forward unsigned requests to: none, all, or an allow-list of HOST[:PORT]
 # (``*.example.com`` matches subdomains). Loopback and link-local addresses are refused
 # unless named in the list.
@@ -255,6 +265,10 @@ class Settings(_Strict):
     )
     proxy_auth: ProxyAuth | None = None
     limits: Limits = Limits()
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per log line"
+    )
+    metrics: MetricsSettings = MetricsSettings()
     shutdown_grace: float = Field(
         default=25.0,
         ge=0,

@@ -37,3 +37,12 @@ class RecentRequests:
 
     def snapshot(self) -> list[RequestRecord]:
         return list(self._records)
+
+
+def text_line(record: RequestRecord) -> str:
+    """The record as one readable log line."""
+    return (
+        f"{record.method} {record.url} -> {record.status} {record.cache} via {record.route} "
+        f"task={record.task_id} bucket={record.bucket} bytes={record.bytes} "
+        f"duration={record.duration:.3f}s"
+    )

@@ -195,7 +195,7 @@ class Upstream:
         task_id = task_id_from(reply.headers)
         self._metrics.dfdaemon_requests.labels(result="ok" if body_file is None else "linked").inc()
         if task_id:
-            self._metrics.dfdaemon_tasks.labels(task_id=task_id).inc()
+            self._metrics.dfdaemon_task(task_id)
         return UpstreamReply(
             status=reply.status,
             headers=headers_ci,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import socket
 import threading
@@ -27,6 +28,7 @@ from shim.addon import ShimAddon, dfdaemon_route
 from shim.cache.server import (
     CACHE_STATUS_HEADER,
     REFUSAL_PATH,
+    ROUTE_HEADER,
     TASK_ID_HEADER,
     TICKET_HEADER,
 )
@@ -34,6 +36,7 @@ from shim.cache.store import EntryMeta
 from shim.config import Settings, settings_from_mapping
 from shim.decide import Intercept, Refuse, Tunnel
 from shim.dfdaemon import DragonflyOptions
+from shim.requestlog import RequestRecord, text_line
 from shim.takeover import BufferBudget, ClientConnection
 
 BUCKET_HOST = "models.s3.us-east-1.amazonaws.com"
@@ -81,6 +84,7 @@ def flow_for(
     request = tutils.treq(
         host=host, port=80, method=method.encode(), path=path.encode(), headers=headers
     )
+    request.timestamp_start = time.time()  # as mitmproxy sets it when the head arrives
     flow = tflow.tflow(req=request)
     flow.client_conn.proxy_mode = mode_specs.ProxyMode.parse(mode)
     return flow
@@ -578,7 +582,7 @@ def test_each_served_response_is_counted_by_its_route(
     headers = {CACHE_STATUS_HEADER: cache_status} if cache_status else {}
     flow.response = http.Response.make(200, b"", headers)
     addon.responseheaders(flow)
-    assert flow.response.stream is True
+    assert callable(flow.response.stream)  # streamed, its bytes counted on the way
     addon.response(flow)
     assert metric(addon, "shim_requests_total", route=route) == 1
     assert (
@@ -602,6 +606,106 @@ def test_a_failed_transfer_of_a_served_object_is_counted(addon: ShimAddon) -> No
     other.error = tflow.terr()
     addon.error(other)
     assert metric(addon, "shim_errors_total", kind="transfer") == 1
+
+
+# -- each served request's record (log line, recent requests) and its bucket and object metrics --
+
+
+def answered_by_mitmproxy(addon: ShimAddon, flow: http.HTTPFlow) -> None:
+    """What mitmproxy does with a response an addon set: its header hook, then its end."""
+    addon.responseheaders(flow)
+    addon.response(flow)
+
+
+def only_record(addon: ShimAddon) -> RequestRecord:
+    records = addon.recent.snapshot()
+    assert len(records) == 1, records
+    return records[0]
+
+
+def test_a_small_hit_is_recorded_and_counted_by_bucket_and_object(
+    addon: ShimAddon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = cache_entry(addon, BODY)
+    connected(addon, monkeypatch)
+    flow = serve(addon, plain(flow_for(BUCKET_HOST, "/model.mar")))
+    assert addon.recent.snapshot() == []  # not before mitmproxy sends it
+    with caplog.at_level(logging.INFO, logger="shim"):
+        answered_by_mitmproxy(addon, flow)
+    record = only_record(addon)
+    assert (record.method, record.url, record.bucket, record.status) == (
+        "GET",
+        f"http://{BUCKET_HOST}/model.mar",
+        "models",
+        200,
+    )
+    assert (record.cache, record.route, record.task_id, record.bytes) == (
+        "HIT",
+        "cache",
+        key,
+        len(BODY),
+    )
+    assert 0 <= record.duration < 60
+    assert [r.getMessage() for r in caplog.records if r.name == "shim"] == [text_line(record)]
+    object_labels = {"bucket": "models", "object": "model.mar"}
+    assert metric(addon, "shim_bucket_hits_total", bucket="models") == 1
+    assert metric(addon, "shim_bucket_misses_total", bucket="models") == 0
+    assert metric(addon, "shim_bucket_response_bytes_total", bucket="models") == len(BODY)
+    assert metric(addon, "shim_response_bytes_total") == len(BODY)
+    # cache_entry's request (which found out the key) and this one.
+    assert metric(addon, "shim_object_requests_total", **object_labels) == 2
+    assert metric(addon, "shim_object_hits_total", **object_labels) == 1
+    assert metric(addon, "shim_object_response_bytes_total", **object_labels) == len(BODY)
+
+
+def test_an_answer_on_the_connection_is_recorded_after_its_last_byte(
+    addon: ShimAddon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache_entry(addon, LARGE)
+    client_end = connected(addon, monkeypatch)
+    flow = plain(flow_for(BUCKET_HOST, "/model.mar"))
+    received(client_end, lambda: serve(addon, flow))
+    addon.error(flow)  # mitmproxy's end of the killed flow: no second record
+    record = only_record(addon)
+    assert (record.status, record.cache, record.bytes) == (200, "HIT", len(LARGE))
+    assert metric(addon, "shim_bucket_response_bytes_total", bucket="models") == len(LARGE)
+
+
+def test_a_relayed_answer_counts_its_bytes_as_they_stream(addon: ShimAddon) -> None:
+    flow = serve(addon, plain(flow_for(BUCKET_HOST, "/model.mar")))
+    assert routed_to_cache(addon, flow)
+    flow.response = http.Response.make(
+        200, b"", {CACHE_STATUS_HEADER: "MISS", ROUTE_HEADER: "direct", TASK_ID_HEADER: "t1"}
+    )
+    addon.responseheaders(flow)
+    stream = flow.response.stream
+    assert callable(stream)
+    assert [stream(chunk) for chunk in (b"abc", b"de", b"")] == [b"abc", b"de", b""]
+    assert metric(addon, "shim_bucket_response_bytes_total", bucket="models") == 5  # so far
+    flow.response.content = None  # a streamed body is not kept
+    addon.response(flow)
+    record = only_record(addon)
+    assert (record.cache, record.route, record.task_id, record.bytes) == ("MISS", "direct", "t1", 5)
+    assert metric(addon, "shim_bucket_misses_total", bucket="models") == 1
+
+
+def test_a_failure_before_any_answer_is_recorded_once_as_a_502(addon: ShimAddon) -> None:
+    flow = serve(addon, plain(flow_for(BUCKET_HOST, "/model.mar")))
+    flow.error = tflow.terr()
+    addon.error(flow)
+    addon.error(flow)
+    record = only_record(addon)
+    assert (record.status, record.cache, record.route, record.bytes) == (502, "-", "-", 0)
+    assert record.task_id == ticket_key(addon, flow)
+
+
+@pytest.mark.parametrize("addon", [{"metrics": {"top_objects": 1}}], indirect=True)
+def test_only_the_hottest_objects_have_series(addon: ShimAddon) -> None:
+    for path in ("/hot.mar", "/hot.mar", "/cold.mar"):
+        serve(addon, plain(flow_for(BUCKET_HOST, path)))
+    assert metric(addon, "shim_object_requests_total", bucket="models", object="hot.mar") == 2
+    sample = addon.metrics.registry.get_sample_value
+    assert sample("shim_object_requests_total", {"bucket": "models", "object": "cold.mar"}) is None
 
 
 # -- the settings the addon runs with -------------------------------------------------------------

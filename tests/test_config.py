@@ -551,3 +551,12 @@ def test_a_dfdaemon_link_dir_and_keep_copy_exclude_each_other() -> None:
     dfdaemon = {"url": "http://127.0.0.1:4001", "link_dir": "/l", "keep_copy": True}
     with pytest.raises(ConfigError, match="choose one"):
         settings_from_mapping({"dfdaemon": dfdaemon}, env={})
+
+
+def test_log_format_and_top_objects_default_and_are_checked() -> None:
+    settings = settings_from_mapping({}, env={})
+    assert (settings.log_format, settings.metrics.top_objects) == ("text", 20)
+    assert settings_from_mapping({"log_format": "json"}, env={}).log_format == "json"
+    assert "log_format: Input should be 'text' or 'json'" in _config_error({"log_format": "xml"})
+    too_many = _config_error({"metrics": {"top_objects": 1000}})
+    assert "metrics.top_objects: Input should be less than or equal to 200" in too_many

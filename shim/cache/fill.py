@@ -443,6 +443,7 @@ class FillRunner:
 
     async def _run(self, fill: Fill, signed_url: str, filtered: Sequence[str]) -> None:
         self._metrics.origin_fetches.inc()
+        started = time.monotonic()
         try:
             await self._fetch(fill, signed_url, filtered)
         except ShimError as error:
@@ -462,6 +463,9 @@ class FillRunner:
             if not fill.finished:
                 fill.path.unlink(missing_ok=True)
             fill.close_when_done()
+            if fill.finished:
+                duration = time.monotonic() - started
+                self._metrics.fill_duration.labels(route=fill.route).observe(duration)
             if isinstance(fill.error, ReadersGone):
                 log.info("fetch of %s stopped: %s", fill.identity_url, fill.error)
             elif fill.error is not None:
@@ -559,6 +563,7 @@ class FillRunner:
         pending: asyncio.Future[None] | None = None
         reservation = fill.reservation
         fd = None if reservation is None else self._store.create_temp(fill.path)
+        received = self._metrics.received(fill.route)
         try:
             if fd is not None:
                 fill.open_for_readers()
@@ -569,7 +574,7 @@ class FillRunner:
                     assert reservation is not None
                     self._write(fd, chunk, reservation)
                 fill.advance(len(chunk))
-                self._metrics.origin_bytes.inc(len(chunk))
+                received.inc(len(chunk))
                 if verifier.checking:
                     if pending is not None:
                         await pending
@@ -592,12 +597,13 @@ class FillRunner:
         still held until all of it is (readers send it from the file)."""
         loop = asyncio.get_running_loop()
         size = os.fstat(fd).st_size
+        received = self._metrics.received(fill.route)
         for offset in range(0, size, _FILE_CHECK_STEP):
             count = min(_FILE_CHECK_STEP, size - offset)
             if verifier.checking:
                 await loop.run_in_executor(self._hasher, _check_span, verifier, fd, offset, count)
             fill.advance(count)
-            self._metrics.origin_bytes.inc(count)
+            received.inc(count)
 
     def _write(self, fd: int, chunk: bytes | memoryview, reservation: Reservation) -> None:
         """Write all of ``chunk``. When the disk is full, evict entries to make room for the

@@ -46,6 +46,7 @@ def test_two_nodes_share_one_origin_fetch_and_one_task(cluster: Cluster) -> None
     put_object(s3_client(cluster.origin), BUCKET, "model v1.mar", body)
     url = cluster.url("model%20v1.mar")
     cluster.relay.reset_counters()
+    before = cluster.b.shim.metrics()
     first = via_proxy(cluster.a.shim.proxy_port, url)
     assert (first.status, first.headers["X-Shim-Route"]) == (200, "dfdaemon")
     assert first.body == body
@@ -69,6 +70,13 @@ def test_two_nodes_share_one_origin_fetch_and_one_task(cluster: Cluster) -> None
         assert list((node.shim.cache_dir / "tmp").iterdir()) == []
     task = first.headers["X-Shim-Task-Id"]
     assert cluster.a.shim.metrics()[f'shim_dfdaemon_tasks_total{{task_id="{task}"}}'] == 1
+    # Node B's bytes came through its dfdaemon (P2P), none from the origin directly.
+    after = cluster.b.shim.metrics()
+    received = {
+        name: after[name] - before[name]
+        for name in ("shim_dfdaemon_bytes_total", "shim_origin_bytes_total")
+    }
+    assert received == {"shim_dfdaemon_bytes_total": len(body), "shim_origin_bytes_total": 0}
 
 
 def test_the_same_node_twice_is_a_local_hit(cluster: Cluster) -> None:

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import http.client
 import ipaddress
+import json
 import os
 import re
 import ssl
@@ -785,14 +786,22 @@ def test_no_secret_or_signature_in_output_metrics_bodies_or_files(
         replies: list[Reply] = []
         for route, extra in (
             ("direct", {}),
-            # A dfdaemon at a closed port: every fetch is a fallback.
-            ("fallback", {"dfdaemon": {"url": f"http://127.0.0.1:{free_port()}"}}),
+            # A dfdaemon at a closed port: every fetch is a fallback. Its log is JSON lines.
+            (
+                "fallback",
+                {"dfdaemon": {"url": f"http://127.0.0.1:{free_port()}"}, "log_format": "json"},
+            ),
         ):
             with start_shim(tmp_path / route, {**extra, "buckets": buckets}) as shim:
                 replies += sign_every_way(shim, relay.endpoint, stale, body, route)
                 with direct_opener.open(f"{shim.admin}/metrics", timeout=5) as response:
                     scanned.append(response.read().decode())
                 scanned.append(shim.output())
+            if "log_format" in extra:
+                # Each line one object; its values decoded, where an escape could hide a secret.
+                lines = [json.loads(line) for line in scanned[-1].splitlines()]
+                assert {200, 403, 404} <= {line.get("status") for line in lines}
+                scanned += [json.dumps(line, ensure_ascii=False) for line in lines]
             assert_private(shim.cache_dir)
             for key_file in ("mitmproxy-ca.pem", "mitmproxy-ca.p12"):
                 assert_private(shim.workdir / "conf" / key_file)
