@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shim._errors import ConfigError, RequestError, SigningError
+from shim.cache.cli import add_cache_commands
 from shim.config import Settings, load_settings, split_host_port
 from shim.identity import filtered_params, identify
 from shim.providers import PROVIDERS
@@ -260,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the signature too (it grants access to the object until it expires)",
     )
     sign.set_defaults(handler=_sign)
+    add_cache_commands(commands)
     return parser
 
 

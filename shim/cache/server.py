@@ -44,6 +44,7 @@ from shim.cache.fill import (
 )
 from shim.cache.revalidate import Revalidator
 from shim.cache.store import CacheStore, EntryMeta
+from shim.cache.upkeep import Upkeep
 from shim.decide import Refuse
 from shim.freshness import DEFAULT_POLICY, FreshnessPolicy
 from shim.identity import TaskIdentity
@@ -249,6 +250,7 @@ class CacheServer:
         self._revalidator: Revalidator | None = None
         self._upstream: Upstream | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._upkeep = Upkeep(store, self._update_gauges)
         self.address: tuple[str, int] = ("127.0.0.1", 0)
 
     async def start(self) -> None:
@@ -286,8 +288,10 @@ class CacheServer:
         assert isinstance(server, asyncio.Server)
         self.address = server.sockets[0].getsockname()[:2]
         self._update_gauges()
+        self._upkeep.start()
 
     async def stop(self) -> None:
+        await self._upkeep.stop()
         if self._revalidator is not None:
             await self._revalidator.close()
         if self._fills is not None:
@@ -341,6 +345,7 @@ class CacheServer:
                 self.store.remove(key)
             else:
                 self._metrics.cache_hits.inc()
+                self.store.record_hit(key)
                 return reply
         if ticket.method == "HEAD":
             return await self._head_origin(conditions, ticket)
