@@ -59,7 +59,8 @@ class FreeToKeep:
 def free_to_keep(disk_size: int, min_free: int, marks: Watermarks | None) -> FreeToKeep:
     if marks is None:
         return FreeToKeep(min_free, min_free)
+    # What may be in use, rounded down: what is kept free is never less than the mark says.
     return FreeToKeep(
-        floor=max(min_free, math.ceil((1 - marks.high) * disk_size)),
-        target=max(min_free, math.ceil((1 - marks.low) * disk_size)),
+        floor=max(min_free, disk_size - math.floor(marks.high * disk_size)),
+        target=max(min_free, disk_size - math.floor(marks.low * disk_size)),
     )

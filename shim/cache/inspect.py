@@ -46,7 +46,7 @@ class NoSuchEntry(ShimError):
 class CacheEntry:
     meta: EntryMeta
     hits: int
-    last_used: float | None  # None: not served since it was stored, as far as shim recorded
+    last_used: float | None  # stored or last served; None: shim has not recorded it yet
     bucket: str | None  # the configured bucket it belongs to, if any
     object: str  # its key in that bucket, else its URL's path
 
