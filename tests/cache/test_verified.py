@@ -33,7 +33,7 @@ def test_a_fingerprint_is_the_body_s_blake3_whatever_the_offer() -> None:
     """Asked for, it is the body's BLAKE3 (what a kept entry stores), computed once when the
     offer is a BLAKE3 record; not asked for, there is none."""
     body = b"hello"
-    offers = [
+    offers: list[Checksum | Unchecked] = [
         Checksum(Kind.BLAKE3, blake3.blake3(body).digest(), "record"),
         Checksum(Kind.MD5, b"\0" * 16, "ETag"),
         Unchecked("none", "the origin sent no checksum"),
