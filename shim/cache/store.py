@@ -33,7 +33,7 @@ from pathlib import Path
 
 from shim._errors import ShimError
 from shim.cache.disk import DiskSpace, FreeToKeep, Watermarks, disk_space, free_to_keep
-from shim.cache.usage import USAGE_FILE, UsageLog, read_usage, write_usage
+from shim.cache.usage import USAGE_FILE, Usage, UsageLog, encode, read_usage, write_usage
 
 log = logging.getLogger("shim.cache")
 
@@ -229,15 +229,15 @@ class CacheStore:
 
     def save_usage(self) -> None:
         """Write the hits and recency of the entries when they changed (see shim.cache.usage)."""
-        data = self.usage.snapshot()
-        if data is not None:
-            self.write_usage(data)
+        records = self.usage.snapshot()
+        if records is not None:
+            self.write_usage(records)
 
-    def write_usage(self, data: bytes) -> None:
-        """Write a snapshot of the usage; file I/O only, safe from another thread."""
+    def write_usage(self, records: dict[str, Usage]) -> None:
+        """Write a snapshot of the usage; safe from another thread."""
         temp = self._tmp / f"{USAGE_FILE}.{os.getpid()}.{time.monotonic_ns()}"
         try:
-            write_usage(self.root / USAGE_FILE, temp, data)
+            write_usage(self.root / USAGE_FILE, temp, encode(records))
         except OSError as error:
             self.usage.unsaved()
             log.warning("could not record the cache's usage: %s", error)

@@ -55,7 +55,7 @@ class Upkeep:
         damaged = await asyncio.to_thread(store.check_files, store.entries())
         store.drop_damaged(damaged)
         store.sweep()
-        usage = store.usage.snapshot()  # here: the loop changes the records
+        usage = store.usage.snapshot()  # on the loop, which changes the records
         if usage is not None:
             await asyncio.to_thread(store.write_usage, usage)
         self._on_change()

@@ -48,17 +48,23 @@ class UsageLog:
         for key in self._records.keys() - keys:
             del self._records[key]
 
-    def snapshot(self) -> bytes | None:
-        """The file's new content, if anything changed since the last snapshot."""
+    def snapshot(self) -> dict[str, Usage] | None:
+        """The records, if anything changed since the last snapshot: a copy, cheap enough for
+        the event loop (the records themselves never change); ``encode`` it anywhere."""
         if not self._dirty:
             return None
         self._dirty = False
-        entries = {key: [u.hits, u.last_used] for key, u in self._records.items()}
-        return json.dumps({"format": _FORMAT, "entries": entries}).encode()
+        return dict(self._records)
 
     def unsaved(self) -> None:
         """A snapshot could not be written: the next one is due anyway."""
         self._dirty = True
+
+
+def encode(records: dict[str, Usage]) -> bytes:
+    """The file's content (50 ms for 10,000 entries here: off the event loop)."""
+    entries = {key: [usage.hits, usage.last_used] for key, usage in records.items()}
+    return json.dumps({"format": _FORMAT, "entries": entries}).encode()
 
 
 def write_usage(path: Path, temp: Path, data: bytes) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from shim.cache.store import CacheStore
-from shim.cache.usage import USAGE_FILE, Usage, UsageLog, read_usage, write_usage
+from shim.cache.usage import USAGE_FILE, Usage, UsageLog, encode, read_usage, write_usage
 from tests.cache.entries import commit_entry
 
 KEY_A = "a" * 64
@@ -31,9 +31,9 @@ def test_a_snapshot_is_taken_only_when_something_changed() -> None:
     log.stored(KEY_A, 10.0)
     log.hit(KEY_A, 20.0)
     log.hit(KEY_A, 30.0)
-    data = log.snapshot()
-    assert data is not None
-    assert json.loads(data)["entries"] == {KEY_A: [2, 30.0]}
+    records = log.snapshot()
+    assert records is not None and records == {KEY_A: Usage(2, 30.0)}
+    assert json.loads(encode(records))["entries"] == {KEY_A: [2, 30.0]}
     assert log.snapshot() is None  # nothing new since
     log.forget(KEY_A)
     assert log.get(KEY_A) is None and log.snapshot() is not None
@@ -42,9 +42,9 @@ def test_a_snapshot_is_taken_only_when_something_changed() -> None:
 def test_the_file_is_replaced_whole_and_owner_only(tmp_path: Path) -> None:
     log = UsageLog({KEY_A: Usage(3, 5.0)})
     log.hit(KEY_B, 6.0)
-    data = log.snapshot()
-    assert data is not None
-    write_usage(tmp_path / USAGE_FILE, tmp_path / "temp", data)
+    records = log.snapshot()
+    assert records is not None
+    write_usage(tmp_path / USAGE_FILE, tmp_path / "temp", encode(records))
     assert read_usage(tmp_path / USAGE_FILE) == {KEY_A: Usage(3, 5.0), KEY_B: Usage(1, 6.0)}
     assert stat.S_IMODE((tmp_path / USAGE_FILE).stat().st_mode) == 0o600
     assert os.listdir(tmp_path) == [USAGE_FILE]  # no temporary file left
