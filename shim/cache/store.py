@@ -214,7 +214,18 @@ class CacheStore:
     def check_files(self, entries: Iterable[EntryMeta]) -> list[EntryMeta]:
         """Those of ``entries`` whose file went or changed size behind shim's back. Reads the
         disk only: safe from another thread."""
-        return [meta for meta in entries if not self._intact(meta)]
+        objects = str(self._objects)
+        damaged = []
+        for meta in entries:
+            # A string: building a Path costs ten times the stat (4 us here).
+            path = f"{objects}/{meta.key[:2]}/{meta.key}"
+            try:
+                intact = os.stat(path).st_size == meta.size  # noqa: PTH116
+            except OSError:
+                intact = False
+            if not intact:
+                damaged.append(meta)
+        return damaged
 
     def drop_damaged(self, damaged: Iterable[EntryMeta]) -> int:
         """Drop the entries ``check_files`` found damaged that are still indexed as they were
