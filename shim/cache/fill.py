@@ -458,10 +458,11 @@ class FillRunner:
             offer = offered(reply.headers) if whole else Unchecked("part", "a part (partNumber)")
             etag = reply.headers.get("ETag")
             version = None if etag is None or size is None else (fill.identity_url, etag, size)
-            recordable = isinstance(offer, Checksum) and version is not None
-            if recordable and version is not None:
+            recordable = False
+            if isinstance(offer, Checksum) and version is not None:
                 # A version verified before is checked against shim's own digest of it.
                 offer = self._verified.offer(version) or offer
+                recordable = True
             # A body that is kept keeps its BLAKE3 too, for `shim cache verify`.
             kept_body = fill.reservation is not None
             verifier = Verifier(offer, fingerprint=recordable or kept_body)
