@@ -291,7 +291,6 @@ class CacheServer:
         self._upkeep.start()
 
     async def stop(self) -> None:
-        await self._upkeep.stop()
         if self._revalidator is not None:
             await self._revalidator.close()
         if self._fills is not None:
@@ -300,6 +299,7 @@ class CacheServer:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+        await self._upkeep.stop()  # last: it writes the usage of everything served
 
     def _update_gauges(self) -> None:
         self._metrics.cache_bytes.set(self.store.used)
