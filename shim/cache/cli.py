@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,24 +52,40 @@ def add_cache_commands(commands: Any) -> None:
         default="used",
         help="key ascending, else largest, newest, most recently used (default) or most hit first",
     )
-    ls.set_defaults(handler=_ls)
+    ls.set_defaults(handler=_reporting_os_errors(_ls))
     rm = subcommand("rm", "remove a cached object; shim fetches it again when next asked")
     rm.add_argument(
         "entry",
         metavar="KEY|URL",
         help="its key (or a unique prefix of 8 characters or more), or its URL",
     )
-    rm.set_defaults(handler=_rm)
+    rm.set_defaults(handler=_reporting_os_errors(_rm))
     stats = subcommand("stats", "print the cache's totals and its disk's use")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
-    stats.set_defaults(handler=_stats)
+    stats.set_defaults(handler=_reporting_os_errors(_stats))
     verify = subcommand(
         "verify",
         "check every object against the BLAKE3 digest stored with it; bad ones are removed "
         "and named (exit 1)",
     )
     verify.add_argument("--dry-run", action="store_true", help="name bad objects, remove nothing")
-    verify.set_defaults(handler=_verify)
+    verify.set_defaults(handler=_reporting_os_errors(_verify))
+
+
+def _reporting_os_errors(
+    handler: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """``handler``, saying in one line why the cache directory could not be read (exit 2)."""
+
+    def handle(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except OSError as error:
+            where = error.filename or "the cache directory"
+            print(f"shim: cannot read {where}: {error.strerror or error}", file=sys.stderr)
+            return 2
+
+    return handle
 
 
 def _settings(args: argparse.Namespace) -> Settings | None:

@@ -60,7 +60,17 @@ def _objects(root: Path) -> Path:
 
 
 def _metadata_files(root: Path) -> list[Path]:
-    return sorted(_objects(root).glob("*/*.json"))
+    """The metadata files in the cache at ``root``; none when it has none yet. OSError when it
+    cannot be read (another user's, not a directory): never an empty cache instead."""
+    try:
+        shards = [Path(entry.path) for entry in os.scandir(_objects(root)) if entry.is_dir()]
+    except FileNotFoundError:
+        return []
+    found: list[Path] = []
+    for shard in shards:
+        with os.scandir(shard) as names:
+            found.extend(Path(e.path) for e in names if e.name.endswith(".json"))
+    return sorted(found)
 
 
 def _describe(url: str, buckets: Iterable[BucketConfig]) -> tuple[str | None, str]:

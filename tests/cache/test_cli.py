@@ -118,3 +118,15 @@ def test_a_broken_config_is_one_message(tmp_path: Path, capsys: pytest.CaptureFi
     code, out, err = _run(capsys, "cache", "ls", "--config", str(path))
     assert (code, out) == (2, "")
     assert err.startswith("shim: ") and "low_watermark < high_watermark" in err
+
+
+def test_a_cache_that_cannot_be_read_is_an_error_not_an_empty_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "cache").write_text("a file where the cache should be")
+    path = tmp_path / "shim.yaml"
+    path.write_text(yaml.safe_dump({"cache": {"dir": str(tmp_path / "cache")}}))
+    for command in ("ls", "verify", "stats"):
+        code, out, err = _run(capsys, "cache", command, "--config", str(path))
+        assert (code, out) == (2, "")
+        assert err == f"shim: cannot read {tmp_path / 'cache' / 'objects'}: Not a directory\n"
