@@ -232,7 +232,10 @@ class ShimAddon:
     async def running(self) -> None:
         settings = self._settings()
         store = CacheStore(
-            settings.cache.dir, settings.cache.max_size, min_free=settings.cache.min_free
+            settings.cache.dir,
+            settings.cache.max_size,
+            min_free=settings.cache.min_free,
+            watermarks=settings.cache.watermarks,
         )
         dfdaemon = settings.dfdaemon
         self._cache = CacheServer(

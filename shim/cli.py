@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shim._errors import ConfigError, RequestError, SigningError
+from shim.cache.cli import add_cache_commands
 from shim.config import Settings, load_settings, split_host_port
 from shim.identity import filtered_params, identify
 from shim.prefetch import command as prefetch_command
@@ -274,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prefetch_command.add_arguments(prefetch)
     prefetch.set_defaults(handler=prefetch_command.prefetch)
+    add_cache_commands(commands)
     return parser
 
 

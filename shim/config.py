@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from shim._errors import ConfigError
+from shim.cache.disk import Watermarks
 from shim.metrics import DEFAULT_TOP_OBJECTS
 from shim.providers import PROVIDERS, BucketConfig
 from shim.providers._base import Strict as _Strict
@@ -63,6 +64,15 @@ class CacheSettings(_Strict):
         description="free disk space the cache always leaves; an object that does not fit "
         "streams through without being kept",
     )
+    # Kubelet's image garbage collection defaults (85%, 80%): below its eviction at 90%.
+    high_watermark: float | None = Field(
+        default=0.85,
+        description="share of the disk in use (0.85 or '85%') past which the cache evicts "
+        "least recently used entries, and which no fill takes it past; null: min_free alone",
+    )
+    low_watermark: float | None = Field(
+        default=0.80, description="share of the disk in use the eviction brings it back to"
+    )
 
     @field_validator("max_size")
     @classmethod
@@ -70,6 +80,35 @@ class CacheSettings(_Strict):
         if value <= 0:
             raise ValueError("must be a positive size such as 20GiB")
         return value
+
+    @field_validator("high_watermark", "low_watermark", mode="before")
+    @classmethod
+    def _fraction(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                return float(value.strip()[:-1]) / 100
+            except ValueError:
+                raise ValueError(
+                    "expected a fraction such as 0.85 or a percent such as 85%"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _marks_in_order(self) -> Self:
+        high, low = self.high_watermark, self.low_watermark
+        if (high is None) != (low is None):
+            raise ValueError("set both high_watermark and low_watermark, or neither (null)")
+        if high is not None and low is not None and not 0 < low < high <= 1:
+            raise ValueError(
+                f"watermarks need 0 < low_watermark < high_watermark <= 1 (100%), got "
+                f"low {low} and high {high}"
+            )
+        return self
+
+    @property
+    def watermarks(self) -> Watermarks | None:
+        high, low = self.high_watermark, self.low_watermark
+        return None if high is None or low is None else Watermarks(high, low)
 
 
 class DfdaemonSettings(_Strict):

@@ -53,6 +53,8 @@ RESTART_ONLY: Final = (
     "cache.dir",
     "cache.max_size",
     "cache.min_free",
+    "cache.high_watermark",
+    "cache.low_watermark",
     "origin_timeout",
     "dfdaemon",
     "dfdaemon.tag",

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from shim._errors import ConfigError
+from shim.cache.disk import Watermarks
 from shim.config import (
     DEFAULT_ADMIN,
     DEFAULT_LISTEN,
@@ -145,6 +146,29 @@ def test_max_size_parses_human_sizes(text: str | int, expected: int) -> None:
 @pytest.mark.parametrize("value", [0, "0B", -1])
 def test_max_size_must_be_positive(value: str | int) -> None:
     assert "cache.max_size" in _config_error({"cache": {"max_size": value}})
+
+
+def test_watermarks_default_to_kubelet_s_image_gc_marks_and_take_percents() -> None:
+    assert settings_from_mapping({}, env={}).cache.watermarks == Watermarks(0.85, 0.80)
+    marks = {"high_watermark": "90%", "low_watermark": 0.7}
+    assert settings_from_mapping({"cache": marks}, env={}).cache.watermarks == Watermarks(0.9, 0.7)
+    off = {"high_watermark": None, "low_watermark": None}
+    assert settings_from_mapping({"cache": off}, env={}).cache.watermarks is None
+
+
+@pytest.mark.parametrize(
+    ("marks", "problem"),
+    [
+        ({"high_watermark": 0.8, "low_watermark": 0.8}, "low_watermark < high_watermark"),
+        ({"high_watermark": "120%"}, "low_watermark < high_watermark <= 1"),
+        ({"low_watermark": 0}, "0 < low_watermark"),
+        ({"high_watermark": None}, "set both high_watermark and low_watermark, or neither"),
+        ({"high_watermark": "ninety%"}, "cache.high_watermark: Value error, expected a fraction"),
+    ],
+)
+def test_watermarks_out_of_order_are_a_config_error(marks: dict[str, Any], problem: str) -> None:
+    message = _config_error({"cache": marks})
+    assert message.startswith("config: cache") and problem in message
 
 
 # -- dragonfly-endpoint config.json ---------------------------------------------------------

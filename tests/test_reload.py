@@ -63,6 +63,8 @@ RESTART_CHANGES = {
     "cache.dir": {"cache": {"dir": "/elsewhere"}},
     "cache.max_size": {"cache": {"max_size": "1GiB"}},
     "cache.min_free": {"cache": {"min_free": "1MiB"}},
+    "cache.high_watermark": {"cache": {"high_watermark": 0.95}},
+    "cache.low_watermark": {"cache": {"low_watermark": 0.5}},
     "origin_timeout": {"origin_timeout": 5},
     "dfdaemon": {"dfdaemon": None},
     "dfdaemon.tag": {"dfdaemon": {"url": "http://127.0.0.1:4001", "tag": "other"}},
@@ -92,6 +94,9 @@ def test_everything_else_applies_live() -> None:
         "limits": {"request_head_timeout": 5},
         "shutdown_grace": 3,
         "reload_poll": 0,
+        "log_format": "json",
+        "metrics": {"top_objects": 5},
+        "admin_token": "a-new-admin-token-0123",
         "cache": {"zero_copy_hits": False},
         "dfdaemon": {
             "url": "http://127.0.0.1:65001",

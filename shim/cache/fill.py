@@ -32,7 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shim._errors import ShimError, UpstreamError
-from shim.cache.integrity import Checksum, Mismatch, Outcome, Unchecked, Verifier, offered
+from shim.cache.integrity import (
+    Checksum,
+    Mismatch,
+    Outcome,
+    Unchecked,
+    Verified,
+    Verifier,
+    offered,
+)
 from shim.cache.store import CacheStore, DiskFull, EntryMeta, Reservation
 from shim.cache.verified import VerifiedBodies
 from shim.freshness import FreshnessPolicy, storable
@@ -497,19 +505,23 @@ class FillRunner:
             offer = offered(reply.headers) if whole else Unchecked("part", "a part (partNumber)")
             etag = reply.headers.get("ETag")
             version = None if etag is None or size is None else (fill.identity_url, etag, size)
+            recordable = False
             if isinstance(offer, Checksum) and version is not None:
                 # A version verified before is checked against shim's own digest of it.
-                verifier = Verifier(self._verified.offer(version) or offer, fingerprint=True)
-            else:
-                verifier = Verifier(offer)
+                offer = self._verified.offer(version) or offer
+                recordable = True
+            # A body that is kept keeps its BLAKE3 too, for `shim cache verify`.
+            kept_body = fill.reservation is not None
+            verifier = Verifier(offer, fingerprint=recordable or kept_body)
             await self._copy_body(fill, reply, verifier)
         finally:
             reply.close()
         if size is not None and fill.written != size:
             raise UpstreamError(f"{reply.route} sent {fill.written} of {size} bytes")
-        self._check(fill, reply.route, verifier.outcome())
+        outcome = verifier.outcome()
+        self._check(fill, reply.route, outcome)
         fingerprint = verifier.fingerprint()
-        if fingerprint is not None and version is not None:
+        if isinstance(outcome, Verified) and fingerprint is not None and version is not None:
             self._verified.record(version, fingerprint)
         if fill.reservation is not None:
             meta = EntryMeta(
@@ -522,6 +534,7 @@ class FillRunner:
                 last_modified=kept.get("Last-Modified"),
                 stored_at=time.time(),
                 headers=kept,
+                blake3=None if fingerprint is None else fingerprint.hex(),
             )
             self._store.commit(meta, fill.path, fill.reservation)
         fill.finish()
@@ -575,7 +588,7 @@ class FillRunner:
                     self._write(fd, chunk, reservation)
                 fill.advance(len(chunk))
                 received.inc(len(chunk))
-                if verifier.checking:
+                if verifier.hashing:
                     if pending is not None:
                         await pending
                     pending = loop.run_in_executor(self._hasher, verifier.update, chunk)
@@ -600,7 +613,7 @@ class FillRunner:
         received = self._metrics.received(fill.route)
         for offset in range(0, size, _FILE_CHECK_STEP):
             count = min(_FILE_CHECK_STEP, size - offset)
-            if verifier.checking:
+            if verifier.hashing:
                 await loop.run_in_executor(self._hasher, _check_span, verifier, fd, offset, count)
             fill.advance(count)
             received.inc(count)

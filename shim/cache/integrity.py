@@ -137,9 +137,9 @@ class _Crc:
 
 class Verifier:
     """Computes ``offer``'s algorithm over the body as it streams (nothing when the offer is
-    Unchecked), and with ``fingerprint`` also the body's BLAKE3, for shim's record of it.
-    ``update`` releases the GIL for large chunks (hashlib, blake3) or takes microseconds per
-    MiB (the CRCs); feed it every chunk, in order."""
+    Unchecked), and with ``fingerprint`` also the body's BLAKE3 (shim's record of a verified
+    body, and the digest a cache entry keeps). ``update`` releases the GIL for large chunks
+    (hashlib, blake3) or takes microseconds per MiB (the CRCs); feed it every chunk, in order."""
 
     def __init__(self, offer: Checksum | Unchecked, *, fingerprint: bool = False) -> None:
         self.offer = offer
@@ -148,21 +148,24 @@ class Verifier:
         if isinstance(offer, Checksum):
             kind = offer.kind
             self._running = _DIGESTS[kind]() if kind in _DIGESTS else _Crc(kind)
-            if fingerprint and kind is not Kind.BLAKE3:
-                self._fingerprint = _DIGESTS[Kind.BLAKE3]()
+        if fingerprint:
+            # A BLAKE3 offer's running digest is the fingerprint already.
+            blake3_offer = isinstance(offer, Checksum) and offer.kind is Kind.BLAKE3
+            self._fingerprint = self._running if blake3_offer else _DIGESTS[Kind.BLAKE3]()
 
     @property
-    def checking(self) -> bool:
-        return self._running is not None
+    def hashing(self) -> bool:
+        """Whether ``update`` needs the body."""
+        return self._running is not None or self._fingerprint is not None
 
     def update(self, chunk: bytes | memoryview) -> None:
         if self._running is not None:
             self._running.update(chunk)
-        if self._fingerprint is not None:
+        if self._fingerprint is not None and self._fingerprint is not self._running:
             self._fingerprint.update(chunk)
 
     def fingerprint(self) -> bytes | None:
-        """The body's BLAKE3, when asked for and computed."""
+        """The body's BLAKE3, when asked for."""
         return None if self._fingerprint is None else self._fingerprint.digest()
 
     def outcome(self) -> Outcome:

@@ -45,6 +45,7 @@ from shim.cache.fill import (
 )
 from shim.cache.revalidate import Revalidator
 from shim.cache.store import CacheStore, EntryMeta
+from shim.cache.upkeep import Upkeep
 from shim.decide import Refuse
 from shim.freshness import DEFAULT_POLICY, FreshnessPolicy
 from shim.identity import TaskIdentity
@@ -250,6 +251,7 @@ class CacheServer:
         self._revalidator: Revalidator | None = None
         self._upstream: Upstream | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._upkeep = Upkeep(store, self._update_gauges)
         self.address: tuple[str, int] = ("127.0.0.1", 0)
 
     async def start(self) -> None:
@@ -287,6 +289,7 @@ class CacheServer:
         assert isinstance(server, asyncio.Server)
         self.address = server.sockets[0].getsockname()[:2]
         self._update_gauges()
+        self._upkeep.start()
 
     async def stop(self) -> None:
         if self._revalidator is not None:
@@ -297,6 +300,7 @@ class CacheServer:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+        await self._upkeep.stop()  # last: it writes the usage of everything served
 
     def reconfigure(
         self, *, extra_headers: Mapping[str, str], dfdaemon: DfdaemonRoute | None
@@ -361,6 +365,7 @@ class CacheServer:
                 self.store.remove(key)
             else:
                 self._metrics.cache_hits.inc()
+                self.store.record_hit(key)
                 return reply
         if ticket.method == "HEAD":
             return await self._head_origin(conditions, ticket)

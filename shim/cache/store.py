@@ -6,9 +6,15 @@ temporary file, which ``open`` removes. Files never change in place after commit
 what makes memory-mapping them for zero-copy hits safe.
 
 Space is held for every fill in flight (``Reservation``): against ``max_size`` for a fill that
-will become an entry, and against the disk's free space, of which ``min_free`` is always left,
-for every temporary file. The cache holds private-bucket objects: files are 0600 and
-directories 0700, whatever the umask.
+will become an entry, and against the disk's free space, of which ``min_free`` and what the
+high watermark asks are always left, for every temporary file (``shim.cache.disk``). The
+cache holds private-bucket objects: files are 0600 and directories 0700, whatever the umask.
+
+Others may change the directory while shim runs (``shim cache rm`` and ``verify``, an
+operator): an entry whose file went is dropped from the index, and its bytes from ``used``,
+when a request finds it gone and by ``check_files`` / ``drop_damaged`` every few seconds
+(``shim.cache.upkeep``). Nothing outside shim writes an entry, so no file ever holds bytes
+other than its metadata describes.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from shim._errors import ShimError
+from shim.cache.disk import DiskSpace, FreeToKeep, Watermarks, disk_space, free_to_keep
+from shim.cache.usage import USAGE_FILE, Usage, UsageLog, encode, read_usage, write_usage
 
 log = logging.getLogger("shim.cache")
 
@@ -59,6 +67,26 @@ class EntryMeta:
     # Every header kept with the object, as served (the fields above are its validators);
     # empty in entries stored before headers were kept, which serve those fields alone.
     headers: dict[str, str] = field(default_factory=dict)
+    # The BLAKE3 (hex) of the body as stored, for `shim cache verify`; None in entries
+    # stored before shim kept one.
+    blake3: str | None = None
+
+
+def load_meta(path: Path) -> EntryMeta | None:
+    """The entry metadata in ``path``, if it is whole, valid and named by its key."""
+    try:
+        meta = EntryMeta(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+    valid = (
+        isinstance(meta.key, str)
+        and isinstance(meta.size, int)
+        and meta.size >= 0
+        and isinstance(meta.headers, dict)
+        and all(isinstance(v, str) for item in meta.headers.items() for v in item)
+        and (meta.blake3 is None or isinstance(meta.blake3, str))
+    )
+    return meta if valid and _KEY.fullmatch(meta.key) and path.stem == meta.key else None
 
 
 @dataclass(eq=False, slots=True)
@@ -76,15 +104,24 @@ class Reservation:
 class CacheStore:
     """Index and files of the embedded cache. Not thread-safe: used from the event loop."""
 
-    def __init__(self, root: Path, max_size: int, *, min_free: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        max_size: int,
+        *,
+        min_free: int = 0,
+        watermarks: Watermarks | None = None,
+    ) -> None:
         self.root = root
         self.max_size = max_size
         self.min_free = min_free
+        self.watermarks = watermarks
         self._objects = root / "objects"
         self._tmp = root / "tmp"
         self._entries: OrderedDict[str, EntryMeta] = OrderedDict()  # LRU first
         self._pins: dict[str, int] = {}
         self._reservations: set[Reservation] = set()
+        self.usage = UsageLog()
         self.used = 0
 
     # -- start-up ---------------------------------------------------------------------------
@@ -101,8 +138,9 @@ class CacheStore:
             if shard.is_dir():
                 shard.chmod(DIR_MODE)  # caches made before files were private
         found: list[tuple[float, EntryMeta]] = []
+        usage = read_usage(self.root / USAGE_FILE)
         for meta_path in self._objects.glob("*/*.json"):
-            meta = self._load_meta(meta_path)
+            meta = load_meta(meta_path)
             data_path = meta_path.with_suffix("")
             try:
                 stat = data_path.stat()
@@ -114,45 +152,36 @@ class CacheStore:
                 continue
             meta_path.chmod(FILE_MODE)
             data_path.chmod(FILE_MODE)
-            found.append((stat.st_atime, meta))
+            # Recency as shim recorded it, else as the file's access time tells.
+            used = usage.get(meta.key)
+            found.append((used.last_used if used else stat.st_atime, meta))
         for data_path in self._objects.glob("*/*"):
             if data_path.suffix != ".json" and not data_path.with_suffix(".json").exists():
                 data_path.unlink(missing_ok=True)
         for _, meta in sorted(found, key=lambda item: item[0]):
             self._entries[meta.key] = meta
             self.used += meta.size
+        self.usage = UsageLog({k: v for k, v in usage.items() if k in self._entries})
         self._evict_until(lambda: self._over_cap(0))
+        self.sweep()
         self._warn_if_the_disk_is_smaller()
 
     def _warn_if_the_disk_is_smaller(self) -> None:
         free = self.disk_free()
-        holdable = self.used + free - self.min_free
+        keep = self.free_to_keep().floor
+        holdable = self.used + free - keep
         if self.max_size > holdable:
             log.warning(
-                "cache.max_size (%s) is more than %s can hold (%s cached + %s free - min_free "
-                "%s = %s): objects that do not fit stream through without being kept",
+                "cache.max_size (%s) is more than %s can hold (%s cached + %s free - %s kept "
+                "free by min_free and the high watermark = %s): objects that do not fit stream "
+                "through without being kept",
                 _size(self.max_size),
                 self.root,
                 _size(self.used),
                 _size(free),
-                _size(self.min_free),
+                _size(keep),
                 _size(max(holdable, 0)),
             )
-
-    @staticmethod
-    def _load_meta(path: Path) -> EntryMeta | None:
-        try:
-            meta = EntryMeta(**json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError):
-            return None
-        valid = (
-            isinstance(meta.key, str)
-            and isinstance(meta.size, int)
-            and meta.size >= 0
-            and isinstance(meta.headers, dict)
-            and all(isinstance(v, str) for item in meta.headers.items() for v in item)
-        )
-        return meta if valid and _KEY.fullmatch(meta.key) and path.stem == meta.key else None
 
     # -- lookup -----------------------------------------------------------------------------
     def data_path(self, key: str) -> Path:
@@ -166,15 +195,68 @@ class CacheStore:
         meta = self._entries.get(key)
         if meta is None:
             return None
-        try:
-            intact = self.data_path(key).stat().st_size == meta.size
-        except OSError:
-            intact = False
-        if not intact:
+        if not self._intact(meta):
             self._drop(key)
             return None
         self._entries.move_to_end(key)
         return meta
+
+    def _intact(self, meta: EntryMeta) -> bool:
+        try:
+            return self.data_path(meta.key).stat().st_size == meta.size
+        except OSError:
+            return False
+
+    def record_hit(self, key: str) -> None:
+        """Entry ``key`` answered a request: counted for `shim cache ls`."""
+        if key in self._entries:
+            self.usage.hit(key, time.time())
+
+    def entries(self) -> list[EntryMeta]:
+        """The index as it stands, least recently used first."""
+        return list(self._entries.values())
+
+    def check_files(self, entries: Iterable[EntryMeta]) -> list[EntryMeta]:
+        """Those of ``entries`` whose file went or changed size behind shim's back. Reads the
+        disk only: safe from another thread."""
+        objects = str(self._objects)
+        damaged = []
+        for meta in entries:
+            # A string: building a Path costs ten times the stat (4 us here).
+            path = f"{objects}/{meta.key[:2]}/{meta.key}"
+            try:
+                intact = os.stat(path).st_size == meta.size  # noqa: PTH116
+            except OSError:
+                intact = False
+            if not intact:
+                damaged.append(meta)
+        return damaged
+
+    def drop_damaged(self, damaged: Iterable[EntryMeta]) -> int:
+        """Drop the entries ``check_files`` found damaged that are still indexed as they were
+        then (a new entry for the key since is another one); how many were dropped."""
+        dropped = 0
+        for meta in damaged:
+            if self._entries.get(meta.key) is meta:
+                log.warning("cache entry %s lost its file: dropped", meta.url)
+                self._drop(meta.key)
+                dropped += 1
+        return dropped
+
+    def save_usage(self) -> None:
+        """Write the hits and recency of the entries when they changed (see shim.cache.usage)."""
+        records = self.usage.snapshot()
+        if records is not None:
+            self.write_usage(records)
+
+    def write_usage(self, records: dict[str, Usage]) -> None:
+        """Write a snapshot of the usage; safe from another thread."""
+        temp = self._tmp / f"{USAGE_FILE}.{os.getpid()}.{time.monotonic_ns()}"
+        try:
+            write_usage(self.root / USAGE_FILE, temp, encode(records))
+        except OSError as error:
+            self.usage.unsaved()
+            log.warning("could not record the cache's usage: %s", error)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -196,30 +278,41 @@ class CacheStore:
         """Bytes held under max_size for fills in flight that will become entries."""
         return sum(r.size for r in self._reservations)
 
+    def disk(self) -> DiskSpace:
+        """The cache's filesystem now (for an unprivileged writer)."""
+        return disk_space(self._tmp if self._tmp.exists() else self.root)
+
     def disk_free(self) -> int:
-        """Bytes free on the cache's filesystem now (for an unprivileged writer)."""
-        stats = os.statvfs(self._tmp if self._tmp.exists() else self.root)
-        return stats.f_bavail * stats.f_frsize
+        return self.disk().free
+
+    def free_to_keep(self) -> FreeToKeep:
+        return free_to_keep(self.disk().size, self.min_free, self.watermarks)
 
     def _over_cap(self, incoming: int) -> int:
         return self.used + self.reserved + incoming - self.max_size
 
-    def _short_of_disk(self, incoming: int) -> int:
-        """How far ``incoming`` more bytes on disk would eat into min_free, counting what fills
-        in flight are still to write."""
+    def _short_of_disk(self, incoming: int, keep: int) -> int:
+        """How far ``incoming`` more bytes on disk would eat into ``keep`` free bytes, counting
+        what fills in flight are still to write."""
         unwritten = sum(r.unwritten for r in self._reservations)
-        return incoming + unwritten + self.min_free - self.disk_free()
+        return incoming + unwritten + keep - self.disk_free()
 
     # -- fills ------------------------------------------------------------------------------
     def reserve(self, size: int) -> Reservation | None:
         """Room for a fill of ``size`` bytes that becomes an entry: under max_size and on disk,
-        leaving min_free, after evicting unpinned entries as needed. None if impossible."""
+        leaving min_free and below the high watermark, after evicting unpinned entries as
+        needed (down to the low watermark once past the high one). None if impossible."""
+        needed = size + _ENTRY_OVERHEAD
+        keep = self.free_to_keep()
+        past_the_mark = self._short_of_disk(needed, keep.floor) > 0
 
         def missing() -> int:
-            return max(self._over_cap(size), self._short_of_disk(size + _ENTRY_OVERHEAD))
+            return max(self._over_cap(size), self._short_of_disk(needed, keep.floor))
 
         if not self._evict_until(missing):
             return None
+        if past_the_mark:
+            self._evict_while(lambda: self._short_of_disk(needed, keep.target) > 0)
         reservation = Reservation(size)
         self._reservations.add(reservation)
         return reservation
@@ -254,6 +347,8 @@ class CacheStore:
         self.release(reservation)
         self._entries[meta.key] = meta
         self.used += meta.size
+        self.usage.stored(meta.key, time.time())
+        self.sweep()
 
     def _meta_temp(self, meta: EntryMeta, path: Path) -> Path:
         """Write ``meta`` to the new temporary file ``path``, to be moved in place."""
@@ -294,11 +389,29 @@ class CacheStore:
         return present
 
     # -- eviction ---------------------------------------------------------------------------
+    def sweep(self) -> int:
+        """Past the high watermark (or into min_free), evict least recently used, unpinned
+        entries until below the low one, as far as they go; how many were evicted."""
+        keep = self.free_to_keep()
+        if self._short_of_disk(0, keep.floor) <= 0:
+            return 0
+        evicted = self._evict_while(lambda: self._short_of_disk(0, keep.target) > 0)
+        if evicted:
+            log.warning(
+                "the cache's disk is %.0f%% full: evicted %d entries (%s free, %s wanted)",
+                100 * self.disk().used_fraction,
+                evicted,
+                _size(self.disk_free()),
+                _size(keep.target),
+            )
+        return evicted
+
     def _drop(self, key: str) -> None:
         meta = self._entries.pop(key, None)
         if meta is None:
             return
         self.used -= meta.size
+        self.usage.forget(key)
         data_path = self.data_path(key)
         data_path.with_suffix(".json").unlink(missing_ok=True)
         data_path.unlink(missing_ok=True)
@@ -309,11 +422,18 @@ class CacheStore:
         evictable = [key for key in self._entries if key not in self._pins]
         if missing() > sum(self._entries[key].size for key in evictable):
             return False
-        for key in evictable:
-            if missing() <= 0:
+        self._evict_while(lambda: missing() > 0)
+        return missing() <= 0
+
+    def _evict_while(self, wanted: Callable[[], bool]) -> int:
+        """Evict least recently used, unpinned entries while ``wanted()``; how many."""
+        evicted = 0
+        for key in [key for key in self._entries if key not in self._pins]:
+            if not wanted():
                 break
             self._drop(key)
-        return missing() <= 0
+            evicted += 1
+        return evicted
 
 
 def _private_dir(path: Path) -> None:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import blake3
 import pytest
 
 from shim.cache.fill import (
@@ -118,6 +119,20 @@ def test_the_last_byte_waits_until_the_body_is_verified(origin: Origin, tmp_path
             assert first + await read(reader, len(first)) == body
         assert fill.finished
         assert store.lookup(fill.key) is not None
+
+    run(store, scenario)
+
+
+def test_a_kept_body_keeps_its_blake3_for_cache_verify(origin: Origin, tmp_path: Path) -> None:
+    body = os.urandom(MiB)
+    origin.put(KEY, body)
+    store = CacheStore(tmp_path, 100 * MiB)
+
+    async def scenario(runner: FillRunner, metrics: Metrics) -> None:
+        fill = start(runner, origin.ticket(KEY))
+        await fill.wait_ended()
+        meta = store.lookup(fill.key)
+        assert meta is not None and meta.blake3 == blake3.blake3(body).hexdigest()
 
     run(store, scenario)
 

@@ -18,6 +18,7 @@ import pytest
 
 from shim.cache.server import CACHE_STATUS_HEADER, CacheServer, Ticket
 from shim.cache.store import CacheStore
+from shim.cache.usage import USAGE_FILE, read_usage
 from shim.dfdaemon import DragonflyOptions
 from shim.identity import identify
 from shim.metrics import Metrics
@@ -90,6 +91,27 @@ def test_concurrent_requests_share_one_origin_fetch(origin: Origin, tmp_path: Pa
         assert origin.gets() == 1
 
     run_with_cache_server(CacheStore(tmp_path, 100 * MiB), scenario)
+
+
+def test_hits_are_counted_per_entry_and_written_when_the_server_stops(
+    origin: Origin, tmp_path: Path
+) -> None:
+    body = os.urandom(MiB)
+    origin.put(KEY, body)
+    store = CacheStore(tmp_path, 100 * MiB)
+    key = origin.ticket(KEY).identity.task_id
+
+    async def scenario(
+        server: CacheServer, metrics: Metrics, session: aiohttp.ClientSession
+    ) -> None:
+        assert await fetch(session, server, origin.ticket(KEY)) == (200, "MISS", body)
+        for _ in range(2):
+            assert await fetch(session, server, origin.ticket(KEY)) == (200, "HIT", body)
+        usage = store.usage.get(key)
+        assert usage is not None and usage.hits == 2
+
+    run_with_cache_server(store, scenario)
+    assert read_usage(tmp_path / USAGE_FILE)[key].hits == 2
 
 
 def test_an_entry_whose_file_is_gone_is_fetched_again(origin: Origin, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """CacheStore: commit/lookup, crash leftovers, reopening, LRU eviction, pins, key safety,
-owner-only files, and the disk's free space (on a small tmpfs of the test's own)."""
+owner-only files, and the disk's free space and watermarks (on a small tmpfs of the test's
+own)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from shim.cache.disk import Watermarks
 from shim.cache.store import CacheStore, DiskFull, EntryMeta
 from tests.cache.conftest import SMALL_DISK
+from tests.cache.entries import commit_entry
 
 KEY_A = "a" * 64
 KEY_B = "b" * 64
@@ -34,16 +37,8 @@ def _meta(key: str, size: int) -> EntryMeta:
 
 
 def _fill(store: CacheStore, key: str, size: int, *, content: bytes | None = None) -> EntryMeta:
-    """Reserve, write and commit an entry the way a fill does."""
     body = content if content is not None else bytes([ord(key[0])]) * size
-    reservation = store.reserve(size)
-    assert reservation is not None
-    temp = store.temp_path(key)
-    _write_temp(store, temp, body)
-    reservation.written = size
-    meta = _meta(key, size)
-    store.commit(meta, temp, reservation)
-    return meta
+    return commit_entry(store, key, body)
 
 
 def _write_temp(store: CacheStore, temp: Path, body: bytes) -> None:
@@ -108,10 +103,10 @@ def test_data_path_is_sharded_by_key_prefix(tmp_path: Path) -> None:
 def test_recommit_replaces_the_entry_without_double_counting(tmp_path: Path) -> None:
     store = _open(tmp_path)
     _fill(store, KEY_A, 10)
-    _fill(store, KEY_A, 4, content=b"new!")
+    meta = _fill(store, KEY_A, 4, content=b"new!")
     assert store.used == 4
     assert len(store) == 1
-    assert store.lookup(KEY_A) == _meta(KEY_A, 4)
+    assert store.lookup(KEY_A) == meta
     assert store.data_path(KEY_A).read_bytes() == b"new!"
 
 
@@ -579,10 +574,10 @@ def test_a_commit_that_cannot_write_its_metadata_leaves_nothing_behind(small_dis
 
 def test_an_empty_object_is_an_entry_that_survives_reopening(tmp_path: Path) -> None:
     store = _open(tmp_path)
-    _fill(store, KEY_A, 0)
-    assert store.lookup(KEY_A) == _meta(KEY_A, 0)
+    meta = _fill(store, KEY_A, 0)
+    assert store.lookup(KEY_A) == meta and meta.size == 0
     reopened = _open(tmp_path)
-    assert reopened.lookup(KEY_A) == _meta(KEY_A, 0)
+    assert reopened.lookup(KEY_A) == meta
 
 
 def test_an_entry_whose_files_both_went_is_dropped_without_an_error(tmp_path: Path) -> None:
@@ -616,3 +611,66 @@ def test_a_metadata_write_failing_for_another_reason_than_room_is_not_disk_full(
     with pytest.raises(FileExistsError):
         store.commit(_meta(KEY_A, 5), temp, reservation)
     assert store.lookup(KEY_A) is None
+
+
+# -- watermarks -------------------------------------------------------------------------------
+
+
+def _with_marks(root: Path, high: float, low: float) -> CacheStore:
+    store = CacheStore(root, 1024 * MiB, watermarks=Watermarks(high, low))
+    store.open()
+    return store
+
+
+def test_a_fill_that_would_pass_the_high_mark_evicts_down_to_the_low_one(small_disk: Path) -> None:
+    # 8 MiB: the high mark leaves 4 MiB free, the low one 5.6 MiB once the new body is in.
+    store = _with_marks(small_disk, 0.5, 0.3)
+    for key in (KEY_A, KEY_B, KEY_C):
+        _fill(store, key, MiB)
+    _fill(store, KEY_D, MiB)  # 4 MiB in use would pass 50%
+    # A alone would have kept the disk under the high mark; B went too, down to the low mark.
+    assert _keys(store) == {KEY_C, KEY_D}
+    assert store.used == 2 * MiB
+    assert store.disk().used_fraction <= 0.3
+
+
+def test_without_watermarks_min_free_alone_bounds_the_disk(small_disk: Path) -> None:
+    store = _open(small_disk, max_size=1024 * MiB, min_free=MiB)
+    for key in (KEY_A, KEY_B, KEY_C, KEY_D):
+        _fill(store, key, MiB)
+    assert _keys(store) == {KEY_A, KEY_B, KEY_C, KEY_D}
+
+
+def test_another_writer_past_the_high_mark_makes_the_sweep_evict_unpinned_entries(
+    small_disk: Path,
+) -> None:
+    store = _with_marks(small_disk, 0.5, 0.3)
+    for key in (KEY_A, KEY_B, KEY_C):
+        _fill(store, key, MiB)
+    assert store.sweep() == 0  # 3 of 8 MiB: under the high mark
+    store.pin(KEY_A)  # the least recently used, but being read
+    (small_disk / "ballast").write_bytes(b"\0" * (3 * MiB // 2))  # 56% in use
+    assert store.sweep() == 2  # B and C; A would be needed for the low mark, but is pinned
+    assert _keys(store) == {KEY_A}
+    assert store.used == MiB
+    assert not store.data_path(KEY_B).exists()
+    assert store.sweep() == 0  # nothing left it may evict
+
+
+def test_a_fill_is_not_kept_when_pinned_entries_hold_the_disk_past_the_high_mark(
+    small_disk: Path,
+) -> None:
+    store = _with_marks(small_disk, 0.5, 0.3)
+    for key in (KEY_A, KEY_B, KEY_C):
+        _fill(store, key, MiB)
+        store.pin(key)
+    assert store.reserve(3 * MiB // 2) is None
+    assert _keys(store) == {KEY_A, KEY_B, KEY_C}  # nothing evicted for nothing
+
+
+def test_open_sweeps_a_disk_found_past_the_high_mark(small_disk: Path) -> None:
+    store = _open(small_disk / "cache", max_size=1024 * MiB)
+    for key in (KEY_A, KEY_B, KEY_C, KEY_D):
+        _fill(store, key, MiB)
+    reopened = _with_marks(small_disk / "cache", 0.4, 0.2)  # 4 of 8 MiB: past 40%
+    assert len(reopened) == 1 and reopened.disk().used_fraction <= 0.2

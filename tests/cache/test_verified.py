@@ -3,7 +3,9 @@ and bounded."""
 
 from __future__ import annotations
 
-from shim.cache.integrity import Checksum, Kind, Verified, Verifier
+import blake3
+
+from shim.cache.integrity import Checksum, Kind, Unchecked, Verified, Verifier
 from shim.cache.verified import VerifiedBodies
 
 VERSION = ("http://bucket.example/models/a.mar", '"0123456789abcdef0123456789abcdef"', 5)
@@ -27,9 +29,22 @@ def test_a_recorded_version_is_offered_as_a_blake3_checksum() -> None:
     assert bodies.offer((VERSION[0], VERSION[1], 6)) is None
 
 
-def test_only_a_checked_body_gets_a_fingerprint() -> None:
-    assert Verifier(Checksum(Kind.BLAKE3, b"", "record"), fingerprint=True).fingerprint() is None
+def test_a_fingerprint_is_the_body_s_blake3_whatever_the_offer() -> None:
+    """Asked for, it is the body's BLAKE3 (what a kept entry stores), computed once when the
+    offer is a BLAKE3 record; not asked for, there is none."""
+    body = b"hello"
+    offers: list[Checksum | Unchecked] = [
+        Checksum(Kind.BLAKE3, blake3.blake3(body).digest(), "record"),
+        Checksum(Kind.MD5, b"\0" * 16, "ETag"),
+        Unchecked("none", "the origin sent no checksum"),
+    ]
+    for offer in offers:
+        verifier = Verifier(offer, fingerprint=True)
+        assert verifier.hashing
+        verifier.update(body)
+        assert verifier.fingerprint() == blake3.blake3(body).digest()
     assert Verifier(Checksum(Kind.MD5, b"", "ETag")).fingerprint() is None
+    assert not Verifier(Unchecked("none", "no checksum")).hashing
 
 
 def test_the_record_is_bounded() -> None:
