@@ -27,7 +27,7 @@ SHIM_PROXY_AUTH_PASSWORD
 {{- end }}
 
 {{/* shim.yaml of the attachment. The keys written here are refused in extraConfig
-     (shim.lib.validate); merge only adds what extraConfig has beyond them. */}}
+     (shim.validate); merge only adds what extraConfig has beyond them. */}}
 {{- define "shim.config" -}}
 {{- $v := .values }}
 {{- $cfg := dict

@@ -1,6 +1,6 @@
-{{/* Refusals of what the attachment's values cannot do: include "shim.lib.validate" once from
+{{/* Refusals of what the attachment's values cannot do: include "shim.validate" once from
      a template of the including chart. Each message names the value to change. */}}
-{{- define "shim.lib.validate" -}}
+{{- define "shim.validate" -}}
 {{- $v := .values }}
 {{- if not (has $v.shape (list "sidecar" "transparent" "standalone")) }}
 {{- fail (printf "shape must be sidecar, transparent or standalone, not %q" $v.shape) }}

@@ -1,10 +1,10 @@
 {{/* What the values schema cannot say: combinations that cannot work or would expose shim.
      Included once, from workload.yaml; each refusal names the value to change. The refusals of
-     the shim settings themselves are shim-lib's (shim.lib.validate). */}}
+     the shim settings themselves are shim-lib's (shim.validate). */}}
 {{- define "shim.chart.validate" -}}
 {{- $a := dict }}
 {{- include "shim.attachment" (list $a .) }}
-{{- include "shim.lib.validate" $a }}
+{{- include "shim.validate" $a }}
 {{- $v := .Values }}
 {{- if and (eq $v.shape "transparent") $v.torchserve.enabled (eq (int $v.torchserve.securityContext.runAsUser) (int $v.uid)) }}
 {{- fail "torchserve.securityContext.runAsUser must differ from uid: the transparent redirect exempts that UID" }}
