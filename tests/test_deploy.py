@@ -407,36 +407,44 @@ def test_probes_use_healthz_on_the_admin_listener(rendered: Path) -> None:
         assert shim["resources"]["requests"] and shim["resources"]["limits"]
 
 
-def test_loopback_probe_command_asks_a_real_healthz(tmp_path: Path) -> None:
-    """The exec probe's Python line, run as the kubelet runs it: exit 0 while /healthz answers
-    200, non-zero once nothing listens."""
+def test_loopback_probe_command_asks_a_real_healthz(rendered: Path) -> None:
+    """The rendered exec probe, run as the kubelet runs it (its port moved to a free one):
+    exit 0 while /healthz answers 200, non-zero on a 503 and once nothing listens."""
+    probe = container(pod_spec(objects(rendered, "default")), "shim")["readinessProbe"]
+    status = {"healthz": 200}
 
     class Healthz(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(200 if self.path == "/healthz" else 404)
+            self.send_response(status["healthz"] if self.path == "/healthz" else 404)
             self.end_headers()
 
         def log_message(self, *args: object) -> None:
             pass
 
     server = http.server.HTTPServer(("127.0.0.1", 0), Healthz)
-    port = server.server_address[1]
+    command = [
+        part.replace(f"127.0.0.1:{ADMIN_PORT}", f"127.0.0.1:{server.server_address[1]}")
+        for part in probe["exec"]["command"]
+    ]
+    assert command != probe["exec"]["command"]
+    # The image's `python`; here the tests' own.
+    assert command[0] == "python"
+    command[0] = sys.executable
+
+    def run() -> int:
+        timeout = probe["timeoutSeconds"] + 30
+        return subprocess.run(command, capture_output=True, timeout=timeout).returncode
+
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        command = (
-            "import urllib.request; "
-            f"urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=3)"
-        )
-        ok = subprocess.run([sys.executable, "-c", command], capture_output=True, timeout=30)
-        assert ok.returncode == 0, ok.stderr
-        broken = command.replace("/healthz", "/nothing")
-        assert subprocess.run([sys.executable, "-c", broken], capture_output=True).returncode != 0
+        assert run() == 0
+        status["healthz"] = 503
+        assert run() != 0
     finally:
         server.shutdown()
         server.server_close()
-    gone = subprocess.run([sys.executable, "-c", command], capture_output=True, timeout=30)
-    assert gone.returncode != 0
+    assert run() != 0
 
 
 def test_dfdaemon_address_only_when_enabled(rendered: Path) -> None:
