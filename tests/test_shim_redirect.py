@@ -22,6 +22,8 @@ import pytest
 from tests.support.netns import require_netns
 from tests.support.procs import terminate
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "deploy" / "netinit" / "shim-redirect"
 SHIM_UID = 10001
