@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= $(shell scripts/find-python)
 
-.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-cluster bench-load bench-faults bench-signing bench-revalidate bench-integrity bench-paths mutate fuzz clean
+.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-cluster bench-load bench-faults bench-signing bench-revalidate bench-integrity bench-paths mutate fuzz lock clean
 
 run: $(VENV)/.installed
 	$(BIN)/shim run $(ARGS)
@@ -78,6 +78,13 @@ MUTATE_CHILDREN ?= 2
 mutate: $(VENV)/.mutate-installed
 	$(BIN)/mutmut run --max-children $(MUTATE_CHILDREN) $(ARGS)
 	$(BIN)/mutmut results
+
+# The container image's dependency locks (deploy/*.lock, with hashes) from pyproject.toml: run
+# after changing a dependency, and commit them (tests/test_deploy.py fails while they disagree).
+LOCK := $(BIN)/uv pip compile --quiet --universal --python-version 3.12 --generate-hashes --custom-compile-command "make lock"
+lock: $(VENV)/.dev-installed
+	$(LOCK) pyproject.toml -o deploy/requirements.lock
+	$(LOCK) deploy/build-requirements.in -o deploy/build-requirements.lock
 
 # Coverage-guided fuzzing of request recognition and decision (atheris), outside CI.
 FUZZ_RUNS ?= 200000

@@ -1,23 +1,29 @@
 """Deployment artefacts (deploy/): scripts/validate-deploy lints the Dockerfile, renders the Helm
-chart for every shape and validates each object against the Kubernetes schema. These tests run
-it once, then check in the rendered manifests what each shape promises, run the same helm on
-the values the chart must refuse, load every rendered shim.yaml with shim's own loader, and
-start a real TorchServe with the example's rendered config.properties.
+chart for every shape (and the example chart that includes shim-lib) and validates each object
+against the Kubernetes schema. These tests run it once, then check in the rendered manifests
+what each shape promises, run the same helm on the values the chart must refuse, load every
+rendered shim.yaml with shim's own loader, start a real TorchServe with the example's rendered
+config.properties, and check that the image's dependency lock covers pyproject.toml.
 
 The first run builds helm from the Go module proxy (a few minutes); later runs take seconds.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
+import http.server
 import json
 import math
 import os
+import re
 import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +31,20 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from shim._errors import ConfigError
 from shim.config import load_settings
 from tests.support.procs import free_port
 from tests.support.torchserve import TorchServe, require_torchserve, torchserve_venv
+from tests.test_shim_redirect import RENDERED_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "validate-deploy"
 CHART = ROOT / "deploy" / "helm" / "shim"
+LIB = ROOT / "deploy" / "helm" / "shim-lib"
+EXAMPLE = ROOT / "deploy" / "helm" / "examples" / "my-torchserve"
 UID = 10001
 # dragonfly-endpoint's config file, which shim reads when no config is given.
 CONFIG_ENV_JSON = "DRAGONFLY_ENDPOINT_CONFIG"
@@ -57,7 +68,14 @@ CASES = (
     "standalone-nodeport",
     "standalone-pvc",
     "standalone-no-networkpolicy",
+    "sidecar-ops",
+    "transparent-exclusions",
+    "standalone-persistent",
 )
+# The example chart of a user's own that includes shim-lib (rendered as EXAMPLE_CASE.yaml).
+EXAMPLE_CASE = "example-my-torchserve"
+# Where the admin token file is mounted (shim.yaml admin_token_file).
+ADMIN_TOKEN_DIR = "/var/run/secrets/shim-admin"
 STANDALONE = tuple(case for case in CASES if case.startswith("standalone"))
 # The cases with the chart's example TorchServe container.
 WITH_TORCHSERVE = (
@@ -67,6 +85,8 @@ WITH_TORCHSERVE = (
     "transparent",
     "transparent-dfdaemon",
     "transparent-http-only",
+    "sidecar-ops",
+    "transparent-exclusions",
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -137,8 +157,14 @@ def one(objs: list[Obj], kind: str) -> Obj:
     return found[0]
 
 
+def workload(objs: list[Obj]) -> Obj:
+    found = [o for o in objs if o["kind"] in ("Deployment", "StatefulSet")]
+    assert len(found) == 1, f"expected one workload, found {len(found)}"
+    return found[0]
+
+
 def pod_spec(objs: list[Obj]) -> Obj:
-    spec: Obj = one(objs, "Deployment")["spec"]["template"]["spec"]
+    spec: Obj = workload(objs)["spec"]["template"]["spec"]
     return spec
 
 
@@ -146,6 +172,12 @@ def containers(spec: Obj) -> Iterator[tuple[str, Obj]]:
     for kind in ("initContainers", "containers"):
         for container in spec.get(kind) or []:
             yield kind, container
+
+
+def by_name(objs: list[Obj], kind: str, name: str) -> Obj:
+    found = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name!r}, found {len(found)}"
+    return found[0]
 
 
 def container(spec: Obj, name: str) -> Obj:
@@ -170,13 +202,20 @@ def added_capabilities(c: Obj) -> set[str]:
 
 
 def test_validate_deploy_renders_every_case(rendered: Path) -> None:
-    assert {path.stem for path in rendered.glob("*.yaml")} == set(CASES)
+    assert {path.stem for path in rendered.glob("*.yaml")} == {*CASES, EXAMPLE_CASE}
     for case in CASES:
         objs = objects(rendered, case)
-        assert {o["kind"] for o in objs} >= {"ConfigMap", "Deployment", "ServiceAccount"}, case
+        assert {o["kind"] for o in objs} >= {"ConfigMap", "ServiceAccount"}, case
+        assert workload(objs)["kind"] == (
+            "StatefulSet" if case.endswith("persistent") else "Deployment"
+        )
         assert (rendered / f"{case}.NOTES.txt").read_text(encoding="utf-8").strip(), case
-        # Credentials come from an existing Secret or workload identity, never from the chart.
-        assert all(o["kind"] != "Secret" for o in objs), case
+        # Credentials come from an existing Secret or workload identity, never from the chart:
+        # the one Secret it may make is the random admin token (admin.token.create).
+        secrets = [o for o in objs if o["kind"] == "Secret"]
+        assert [s["metadata"]["name"] for s in secrets] == (
+            ["shim-admin-token"] if case == "sidecar-ops" else []
+        ), case
 
 
 def test_net_admin_only_in_the_transparent_init_container(rendered: Path) -> None:
@@ -199,29 +238,39 @@ def test_net_admin_only_in_the_transparent_init_container(rendered: Path) -> Non
         assert spec["initContainers"][0]["name"] == "iptables"
 
 
+def redirect_env(spec: Obj) -> dict[str, str]:
+    init = container(spec, "iptables")
+    assert init["command"] == ["shim-redirect"]
+    return {e["name"]: e["value"] for e in init["env"]}
+
+
 def test_transparent_redirect_exempts_shim_uid(rendered: Path) -> None:
     for case, ports in (
-        ("transparent", {80, 443, 9000}),
-        ("transparent-dfdaemon", {80, 443, 9000}),
-        ("transparent-http-only", {80, 9000}),
+        ("transparent", "80,443,9000"),
+        ("transparent-dfdaemon", "80,443,9000"),
+        ("transparent-http-only", "80,9000"),
+        ("transparent-exclusions", "80,443,9000,8000:8100"),
     ):
         objs = objects(rendered, case)
-        script = "\n".join(container(pod_spec(objs), "iptables")["args"])
-        assert f"! --uid-owner {UID} -j REDIRECT --to-ports {TRANSPARENT_PORT}" in script
-        assert "-t nat -A OUTPUT" in script
-        redirected = {
-            int(line.split()[1])
-            for line in script.splitlines()
-            if line.strip().startswith("redirect ")
-        }
-        assert redirected == ports, case
+        env = redirect_env(pod_spec(objs))
+        assert env["SHIM_REDIRECT_EXEMPT_UID"] == str(UID), case
+        assert env["SHIM_REDIRECT_TO_PORT"] == str(TRANSPARENT_PORT), case
+        assert env["SHIM_REDIRECT_PORTS"] == ports, case
+        backend = "iptables-legacy" if case == "transparent-http-only" else "iptables"
+        assert env["SHIM_REDIRECT_IPTABLES"] == backend, case
         assert shim_config(objs)["transparent"] == f"127.0.0.1:{TRANSPARENT_PORT}"
         # No proxy settings for TorchServe, only the truststore when https is intercepted.
         options = java_tool_options(pod_spec(objs))
         assert "proxyHost" not in options
-        assert ("javax.net.ssl.trustStore=" in options) == (443 in ports)
+        assert ("javax.net.ssl.trustStore=" in options) == ("443" in ports.split(","))
         torchserve = container(pod_spec(objs), "torchserve")
         assert torchserve["securityContext"]["runAsUser"] != UID
+    # The exclusions as given: what tests/test_shim_redirect.py runs in a network namespace.
+    env = redirect_env(pod_spec(objects(rendered, "transparent-exclusions")))
+    assert {k: v for k, v in env.items() if k != "SHIM_REDIRECT_IPTABLES"} == RENDERED_ENV
+    env = redirect_env(pod_spec(objects(rendered, "transparent")))
+    assert (env["SHIM_REDIRECT_EXCLUDE_CIDRS"], env["SHIM_REDIRECT_EXCLUDE_PORTS"]) == ("", "")
+    assert env["SHIM_REDIRECT_IPV6"] == "auto"
 
 
 def test_every_shim_container_runs_as_uid_10001_locked_down(rendered: Path) -> None:
@@ -239,10 +288,15 @@ def test_every_shim_container_runs_as_uid_10001_locked_down(rendered: Path) -> N
             assert sc["readOnlyRootFilesystem"] is True
             assert sc["allowPrivilegeEscalation"] is False
             assert sc["capabilities"] == {"drop": ["ALL"]}
-        # Read-only root: everything shim writes is a volume.
+        # Read-only root: everything shim writes is a volume; the rest is mounted read-only.
         mounts = {m["mountPath"]: m for m in container(spec, "shim")["volumeMounts"]}
-        assert set(mounts) == {"/etc/shim", "/var/lib/shim", "/var/cache/shim", "/tmp"}, case
+        writable = {path for path, m in mounts.items() if not m.get("readOnly")}
+        assert writable == {"/var/lib/shim", "/var/cache/shim", "/tmp"}, case
         assert mounts["/etc/shim"].get("readOnly") is True
+        # Volumes written on the node's disk are owned by shim's GID without a recursive chown
+        # at every start (a persistent cache holds many files).
+        assert spec["securityContext"]["fsGroup"] == UID
+        assert spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
         config = shim_config(objects(rendered, case))
         assert config["confdir"] == "/var/lib/shim"
         assert config["cache"]["dir"] == "/var/cache/shim"
@@ -314,8 +368,8 @@ def test_sidecar_java_tool_options_are_what_shim_env_prints(rendered: Path) -> N
 def test_standalone_service_targets_the_reverse_port(rendered: Path) -> None:
     for case in STANDALONE:
         objs = objects(rendered, case)
-        service = one(objs, "Service")
-        deployment = one(objs, "Deployment")
+        service = by_name(objs, "Service", "shim")
+        deployment = workload(objs)
         spec = pod_spec(objs)
         (port,) = service["spec"]["ports"]
         assert port["port"] == REVERSE_PORT
@@ -336,10 +390,61 @@ def test_probes_use_healthz_on_the_admin_listener(rendered: Path) -> None:
         shim = container(pod_spec(objs), "shim")
         named = {p["name"]: p["containerPort"] for p in shim["ports"]}
         assert named["admin"] == ADMIN_PORT
-        assert shim_config(objs)["admin"] == f"0.0.0.0:{ADMIN_PORT}"
+        admin = shim_config(objs)["admin"]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert shim[probe]["httpGet"] == {"path": "/healthz", "port": "admin"}, (case, probe)
+            if case == "sidecar-ops":
+                # Opened for the scrapers (admin.address=0.0.0.0): the kubelet asks it too.
+                assert admin == f"0.0.0.0:{ADMIN_PORT}"
+                assert shim[probe]["httpGet"] == {"path": "/healthz", "port": "admin"}
+                continue
+            # On the pod's loopback by default, out of the kubelet's reach: the probe asks
+            # from inside the container, with the image's Python (the slim image has no curl).
+            assert admin == f"127.0.0.1:{ADMIN_PORT}", case
+            command = shim[probe]["exec"]["command"]
+            assert command[:2] == ["python", "-c"], (case, probe)
+            assert f"urlopen('http://127.0.0.1:{ADMIN_PORT}/healthz'" in command[2], (case, probe)
+            assert f"timeout={shim[probe]['timeoutSeconds']})" in command[2]
         assert shim["resources"]["requests"] and shim["resources"]["limits"]
+
+
+def test_loopback_probe_command_asks_a_real_healthz(rendered: Path) -> None:
+    """The rendered exec probe, run as the kubelet runs it (its port moved to a free one):
+    exit 0 while /healthz answers 200, non-zero on a 503 and once nothing listens."""
+    probe = container(pod_spec(objects(rendered, "default")), "shim")["readinessProbe"]
+    status = {"healthz": 200}
+
+    class Healthz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status["healthz"] if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Healthz)
+    command = [
+        part.replace(f"127.0.0.1:{ADMIN_PORT}", f"127.0.0.1:{server.server_address[1]}")
+        for part in probe["exec"]["command"]
+    ]
+    assert command != probe["exec"]["command"]
+    # The image's `python`; here the tests' own.
+    assert command[0] == "python"
+    command[0] = sys.executable
+
+    def run() -> int:
+        timeout = probe["timeoutSeconds"] + 30
+        return subprocess.run(command, capture_output=True, timeout=timeout).returncode
+
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert run() == 0
+        status["healthz"] = 503
+        assert run() != 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert run() != 0
 
 
 def test_dfdaemon_address_only_when_enabled(rendered: Path) -> None:
@@ -571,16 +676,20 @@ def expected_ingress(case: str) -> list[Obj]:
         # probes); networkPolicy.extraIngress opens the own TorchServe's port.
         return [{"ports": [{"port": 8080, "protocol": "TCP"}]}]
     if case.startswith("standalone"):
-        return [
-            {"from": [TORCHSERVE_PODS], "ports": [tcp("reverse")]},
-            {"from": [PROMETHEUS], "ports": [tcp("admin")]},
-        ]
-    if case in WITH_TORCHSERVE:
+        return [{"from": [TORCHSERVE_PODS], "ports": [tcp("reverse")]}]
+    if case == "sidecar-ops":
+        # admin.address=0.0.0.0 for the metrics Service: the scrapers reach shim's admin port.
         return [
             {"from": [PROMETHEUS], "ports": [tcp("admin"), tcp("ts-metrics")]},
             {"from": [ANY_POD], "ports": [tcp("inference")]},
         ]
-    return [{"from": [PROMETHEUS], "ports": [tcp("admin")]}]
+    if case in WITH_TORCHSERVE:
+        # shim's admin port is on the pod's loopback: only TorchServe's metrics port is open.
+        return [
+            {"from": [PROMETHEUS], "ports": [tcp("ts-metrics")]},
+            {"from": [ANY_POD], "ports": [tcp("inference")]},
+        ]
+    return []
 
 
 def test_network_policy_isolates_every_shape(rendered: Path) -> None:
@@ -590,7 +699,7 @@ def test_network_policy_isolates_every_shape(rendered: Path) -> None:
             assert all(o["kind"] != "NetworkPolicy" for o in objs)
             continue
         policy = one(objs, "NetworkPolicy")
-        labels = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+        labels = workload(objs)["spec"]["template"]["metadata"]["labels"]
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items(), case
         assert policy["spec"]["policyTypes"] == ["Ingress"], case
         assert ingress_rules(objs) == expected_ingress(case), case
@@ -616,7 +725,7 @@ def test_standalone_names_its_clients_and_exposes_them_their_own_address(rendere
     for case in STANDALONE:
         objs = objects(rendered, case)
         assert shim_config(objs)["clients"] == ["10.244.0.0/16"], case
-        service = one(objs, "Service")["spec"]
+        service = by_name(objs, "Service", "shim")["spec"]
         if case == "standalone-loadbalancer":
             assert service["type"] == "LoadBalancer"
             assert service["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
@@ -633,17 +742,46 @@ def test_standalone_names_its_clients_and_exposes_them_their_own_address(rendere
     assert "WARNING: networkPolicy is off" in notes
 
 
-def test_a_pvc_cache_runs_one_replica_replaced_by_recreate(rendered: Path) -> None:
+def test_update_strategy_fits_the_cache_volume(rendered: Path) -> None:
     for case in CASES:
-        deployment = one(objects(rendered, case), "Deployment")
-        volumes = {v["name"]: v for v in pod_spec(objects(rendered, case))["volumes"]}
+        objs = objects(rendered, case)
+        deployment = workload(objs)
+        volumes = {v["name"]: v for v in pod_spec(objs)["volumes"]}
         if case == "standalone-pvc":
+            # One claim for the Deployment: the old pod lets go of it before the new one starts.
             assert volumes["cache"]["persistentVolumeClaim"] == {"claimName": "shim-cache"}
             assert deployment["spec"]["replicas"] == 1
             assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+        elif case == "standalone-persistent":
+            # A claim per replica, kept across updates: a StatefulSet replaces one pod at a time
+            # and reattaches its claim; no cache volume in the pod, the template holds it.
+            spec = deployment["spec"]
+            assert deployment["kind"] == "StatefulSet"
+            assert "cache" not in volumes
+            (claim,) = spec["volumeClaimTemplates"]
+            assert claim["metadata"]["name"] == "cache"
+            assert claim["spec"]["resources"]["requests"]["storage"] == "100Gi"
+            assert claim["spec"]["storageClassName"] == "fast-ssd"
+            assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+            assert spec["updateStrategy"] == {"type": "RollingUpdate"}
+            assert spec["podManagementPolicy"] == "Parallel"
+            mounts = {
+                m["name"]: m["mountPath"] for m in container(pod_spec(objs), "shim")["volumeMounts"]
+            }
+            assert mounts["cache"] == "/var/cache/shim"
+            headless = by_name(objs, "Service", spec["serviceName"])
+            assert headless["spec"]["clusterIP"] == "None"
+            assert (
+                headless["spec"]["selector"].items()
+                <= spec["template"]["metadata"]["labels"].items()
+            )
         else:
+            # Each pod has its own cache: the new pod starts beside the old, which serves on.
             assert "persistentVolumeClaim" not in volumes["cache"], case
-            assert "strategy" not in deployment["spec"], case
+            assert deployment["spec"]["strategy"] == {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            }, case
 
 
 # --- shim.yaml: the chart's values, shim's own loader ------------------------------------------
@@ -670,13 +808,22 @@ def test_shim_options_map_onto_shim_yaml_keys(rendered: Path) -> None:
     }
 
 
-def test_termination_grace_is_shim_grace_plus_five_seconds(rendered: Path) -> None:
+def test_termination_grace_covers_the_pre_stop_delay_and_shim_grace(rendered: Path) -> None:
     for case in CASES:
         objs = objects(rendered, case)
         grace = shim_config(objs)["shutdown_grace"]
-        period = pod_spec(objs)["terminationGracePeriodSeconds"]
-        assert period == math.ceil(grace) + 5, case
-    assert pod_spec(objects(rendered, "default"))["terminationGracePeriodSeconds"] == 30
+        spec = pod_spec(objs)
+        shim = container(spec, "shim")
+        delay = 10 if case == "standalone-persistent" else 5
+        assert spec["terminationGracePeriodSeconds"] == delay + math.ceil(grace) + 5, case
+        pre_stop = (shim.get("lifecycle") or {}).get("preStop")
+        if shim.get("restartPolicy") == "Always":
+            # A native sidecar is stopped after the pod's other containers: nothing to wait for.
+            assert pre_stop is None, case
+        else:
+            # The endpoints stop sending new connections, then SIGTERM and shim drains.
+            assert pre_stop == {"exec": {"command": ["sleep", str(delay)]}}, case
+    assert pod_spec(objects(rendered, "default"))["terminationGracePeriodSeconds"] == 35
 
 
 def test_rendered_config_loads_with_shim(rendered: Path, tmp_path: Path) -> None:
@@ -689,8 +836,12 @@ def test_rendered_config_loads_with_shim(rendered: Path, tmp_path: Path) -> None
     }
     for case in CASES:
         data = one(objects(rendered, case), "ConfigMap")["data"]
+        config = yaml.safe_load(data["shim.yaml"].replace("${HOST_IP}", "10.0.0.7"))
+        # admin_token_file is the admin-token branch's key (issue 11), not yet in this branch's
+        # shim.config; test_admin_token_comes_from_a_secret checks where it points.
+        config.pop("admin_token_file", None)
         path = tmp_path / f"{case}.shim.yaml"
-        path.write_text(data["shim.yaml"].replace("${HOST_IP}", "10.0.0.7"), encoding="utf-8")
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
         settings = load_settings(path, env=env)
         assert settings.cache.max_size > settings.cache.min_free, case
         if case.startswith("standalone"):
@@ -823,6 +974,84 @@ REFUSALS = {
         "--kube-version 1.28.0 --set torchserve.enabled=true",
         "sidecar.native needs Kubernetes 1.29",
     ),
+    # Images.
+    "a digest that is no sha256": ("--set image.digest=latest", "at '/image/digest'"),
+    "a registry with a scheme": (
+        "--set global.imageRegistry=https://registry.example.com",
+        "at '/global/imageRegistry'",
+    ),
+    # The persistent standalone cache.
+    "persistence with a cache volume too": (
+        f"--values {STANDALONE_VALUES} --set standalone.persistence.enabled=true",
+        "standalone.persistence.enabled gives each replica its own cache claim: "
+        "leave cache.volume empty",
+    ),
+    "persistence outside the standalone shape": (
+        "--set standalone.persistence.enabled=true",
+        "standalone.persistence is for the standalone shape",
+    ),
+    "maxSize above the persistent claim": (
+        "--values ci/standalone-persistent-values.yaml --set cache.maxSize=101GiB",
+        "cache.maxSize (101GiB) is above the cache volume's size (100Gi)",
+    ),
+    # Metrics and the admin port.
+    "metrics with the admin port on loopback": (
+        "--set metrics.enabled=true",
+        "metrics.enabled needs the admin listener on the pod's address: set admin.address=0.0.0.0",
+    ),
+    "a ServiceMonitor without the metrics Service": (
+        "--set metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.enabled needs metrics.enabled",
+    ),
+    "a ServiceMonitor without its CRD": (
+        "--set admin.address=0.0.0.0 --set metrics.enabled=true"
+        " --set metrics.serviceMonitor.enabled=true",
+        "the cluster has no monitoring.coreos.com/v1 ServiceMonitor",
+    ),
+    "an admin address that is no address": (
+        "--set admin.address=0.0.0.0:8791",
+        "at '/admin/address'",
+    ),
+    "the admin token both made and given": (
+        "--set admin.token.create=true --set admin.token.existingSecret=mine",
+        "admin.token: set existingSecret or create, not both",
+    ),
+    "admin_token_file in extraConfig": (
+        "--set extraConfig.admin_token_file=/tmp/token",
+        "extraConfig.admin_token_file is written by the chart: set admin.token instead",
+    ),
+    "admin_token in extraConfig": (
+        "--set extraConfig.admin_token=secret",
+        "extraConfig.admin_token is written by the chart: set admin.token instead",
+    ),
+    # Disruption budget, spread, extras.
+    "a disruption budget with both bounds": (
+        "--set podDisruptionBudget.minAvailable=1",
+        "podDisruptionBudget: set minAvailable or maxUnavailable, not both",
+    ),
+    "a spread constraint without a topology key": (
+        "--set-json 'topologySpreadConstraints=["
+        '{"maxSkew":1,"whenUnsatisfiable":"DoNotSchedule"}]\'',
+        "at '/topologySpreadConstraints/0'",
+    ),
+    "an extra mount without a path": (
+        '--set-json \'extraVolumeMounts=[{"name":"x"}]\'',
+        "at '/extraVolumeMounts/0'",
+    ),
+    "a negative preStop delay": ("--set preStopDelay=-1", "at '/preStopDelay'"),
+    # The transparent redirect's values become iptables arguments.
+    "an excluded CIDR that is no CIDR": (
+        "--set shape=transparent --set-json 'transparent.excludeCIDRs=[\"10.0.0.0\"]'",
+        "at '/transparent/excludeCIDRs/0'",
+    ),
+    "an excluded port range with a rule in it": (
+        "--set shape=transparent --set-json 'transparent.excludePorts=[\"80 -j ACCEPT\"]'",
+        "at '/transparent/excludePorts/0'",
+    ),
+    "an IPv6 setting that is none": (
+        "--set shape=transparent --set transparent.ipv6=maybe",
+        "at '/transparent/ipv6'",
+    ),
 }
 
 
@@ -887,3 +1116,307 @@ def test_chart_refuses_a_max_size_one_step_above_the_volume(
         f"cache.maxSize ({max_size}) is above the cache volume's size ({size_limit})"
         in result.stderr
     )
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+def images(spec: Obj) -> dict[str, str]:
+    return {c["name"]: c["image"] for _, c in containers(spec)}
+
+
+def test_images_by_registry_repository_tag_and_digest(rendered: Path) -> None:
+    app_version = yaml.safe_load((LIB / "Chart.yaml").read_text(encoding="utf-8"))["appVersion"]
+    assert app_version == yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    default = images(pod_spec(objects(rendered, "sidecar")))
+    assert default == {
+        "shim-ca": f"shim-ca:{app_version}",
+        "shim": f"shim:{app_version}",
+        "torchserve": "pytorch/torchserve:0.12.0-cpu",
+    }
+    assert images(pod_spec(objects(rendered, "transparent")))["iptables"] == (
+        f"shim-netinit:{app_version}"
+    )
+    digest = "sha256:" + "0123456789abcdef" * 4
+    ops = images(pod_spec(objects(rendered, "sidecar-ops")))
+    assert ops == {
+        # global.imageRegistry for every image without a registry of its own; the digest pins
+        # the content, the tag stays to say which version it is.
+        "shim": f"registry.example.com/mirror/shim:{app_version}@{digest}",
+        "shim-ca": "ghcr.io/example/shim-ca:0.1.0-jre17",
+        "torchserve": "registry.example.com/mirror/pytorch/torchserve:0.12.0-cpu",
+    }
+
+
+# --- shim-lib: the chart's pod pieces, shared with charts of your own --------------------------
+
+
+def test_library_defaults_are_the_charts_values() -> None:
+    """A chart that includes shim-lib and names only what it changes gets the shim chart's
+    defaults: shim-lib's `shim.lib.defaults` and the chart's values.yaml say the same."""
+    text = (LIB / "templates" / "_values.tpl").read_text(encoding="utf-8")
+    block = text.split('{{- define "shim.lib.defaults" -}}\n', 1)[1].split("{{- end }}", 1)[0]
+    defaults = yaml.safe_load(block)
+    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    assert set(defaults) <= set(values)
+    for key, value in defaults.items():
+        assert values[key] == value, key
+    # Every value the library templates read is among its defaults.
+    read = {
+        key
+        for path in (LIB / "templates").glob("*.tpl")
+        for key in re.findall(r"(?:\$v|\.values)\.([A-Za-z]+)", path.read_text(encoding="utf-8"))
+    }
+    assert read <= set(defaults), read - set(defaults)
+
+
+def test_example_chart_attaches_the_same_shim_as_the_chart(
+    rendered: Path, helm: Helm, tmp_path: Path
+) -> None:
+    """The example chart of your own (deploy/helm/examples/my-torchserve) and the shim chart
+    given the same shim settings render the same shim containers, init containers, volumes and
+    shim.yaml: both are shim-lib's templates, not two copies."""
+    example = {o["kind"]: o for o in objects(rendered, EXAMPLE_CASE)}
+    settings = yaml.safe_load((EXAMPLE / "values.yaml").read_text(encoding="utf-8"))["shim"]
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    # The example's release is "shim" and it names its shim objects RELEASE-shim.
+    result = helm.template(
+        "--values", str(values), "--set", "fullnameOverride=shim-shim",
+        "--set", "torchserve.enabled=true", "--set", "networkPolicy.enabled=false",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    chart = {o["kind"]: o for o in yaml.safe_load_all(result.stdout) if o}
+    ours, theirs = pod_spec(list(chart.values())), pod_spec(list(example.values()))
+    assert ours["initContainers"] == theirs["initContainers"]
+    assert [c["name"] for c in theirs["initContainers"]] == ["iptables", "shim-ca", "shim"]
+    assert [c["name"] for c in theirs["containers"]] == ["torchserve"]
+    for key in ("securityContext", "terminationGracePeriodSeconds"):
+        assert ours[key] == theirs[key], key
+    assert [v for v in ours["volumes"] if v["name"] != "torchserve-config"] == theirs["volumes"]
+    assert chart["ConfigMap"]["data"]["shim.yaml"] == example["ConfigMap"]["data"]["shim.yaml"]
+    assert chart["ConfigMap"]["data"]["ca.yaml"] == example["ConfigMap"]["data"]["ca.yaml"]
+    assert java_tool_options(ours) == java_tool_options(theirs)
+    (mount,) = container(theirs, "torchserve")["volumeMounts"]
+    assert mount == {"name": "trust", "mountPath": "/etc/shim-trust", "readOnly": True}
+    # The example's own admin token Secret, mounted only into shim.
+    assert example["Secret"]["metadata"]["name"] == "shim-shim-admin-token"
+    config = yaml.safe_load(example["ConfigMap"]["data"]["shim.yaml"])
+    assert config["admin_token_file"] == f"{ADMIN_TOKEN_DIR}/token"
+    env = redirect_env(theirs)
+    assert env["SHIM_REDIRECT_EXCLUDE_CIDRS"] == "10.96.0.0/12"
+    # No template of the shim chart defines a pod piece of its own: they all come from shim-lib.
+    for path in (CHART / "templates").glob("*"):
+        body = path.read_text(encoding="utf-8")
+        for piece in ("name: shim-ca", "name: iptables", "name: render-config", "- name: shim\n"):
+            assert piece not in body, (path.name, piece)
+
+
+# --- resources, disruption, spread -------------------------------------------------------------
+
+
+def mebibytes(quantity: str) -> int:
+    assert quantity.endswith("Mi"), quantity
+    return int(quantity.removesuffix("Mi"))
+
+
+def test_ephemeral_storage_request_matches_the_cache(rendered: Path) -> None:
+    # /tmp (256Mi) and confdir (16Mi) always; the cache when it is an emptyDir on the node.
+    small = 256 + 16
+    for case in CASES:
+        spec = pod_spec(objects(rendered, case))
+        requests = container(spec, "shim")["resources"]["requests"]
+        cache = {v["name"]: v for v in spec["volumes"]}.get("cache", {})
+        if "emptyDir" in cache:
+            size = cache["emptyDir"]["sizeLimit"]
+            assert size == "20Gi", case
+            assert mebibytes(requests["ephemeral-storage"]) == 20 * 1024 + small, case
+        else:
+            # A claim (ephemeral, PVC or the StatefulSet's) is not the node's ephemeral storage.
+            assert mebibytes(requests["ephemeral-storage"]) == small, case
+
+
+def test_disruption_budget_and_topology_spread(rendered: Path) -> None:
+    for case in CASES:
+        objs = objects(rendered, case)
+        pdb = one(objs, "PodDisruptionBudget")["spec"]
+        labels = workload(objs)["spec"]["template"]["metadata"]["labels"]
+        assert pdb["selector"]["matchLabels"].items() <= labels.items(), case
+        if case == "sidecar-ops":
+            assert pdb == {"minAvailable": 2, "selector": pdb["selector"]}
+        else:
+            assert pdb == {"maxUnavailable": 1, "selector": pdb["selector"]}, case
+    spec = pod_spec(objects(rendered, "sidecar-ops"))
+    host, zone = spec["topologySpreadConstraints"]
+    # A constraint without a selector gets the release's pod labels; one with its own keeps it.
+    assert host["labelSelector"] == {
+        "matchLabels": {"app.kubernetes.io/name": "shim", "app.kubernetes.io/instance": "shim"}
+    }
+    assert host["topologyKey"] == "kubernetes.io/hostname"
+    assert zone["labelSelector"] == {"matchLabels": {"app.kubernetes.io/name": "shim"}}
+    assert "topologySpreadConstraints" not in pod_spec(objects(rendered, "default"))
+
+
+# --- metrics, admin token, extras --------------------------------------------------------------
+
+
+def test_metrics_service_and_service_monitor_select_the_admin_port(rendered: Path) -> None:
+    objs = objects(rendered, "sidecar-ops")
+    service = by_name(objs, "Service", "shim-metrics")
+    (port,) = service["spec"]["ports"]
+    assert (port["name"], port["targetPort"], port["port"]) == ("metrics", "admin", ADMIN_PORT)
+    labels = workload(objs)["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    monitor = one(objs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["shim-test"]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    # Only the metrics Service matches: not the standalone Service nor a headless one.
+    for case in CASES:
+        others = [
+            o
+            for o in objects(rendered, case)
+            if o["kind"] == "Service" and o["metadata"]["name"] != "shim-metrics"
+        ]
+        for other in others:
+            assert (
+                not monitor["spec"]["selector"]["matchLabels"].items()
+                <= other["metadata"]["labels"].items()
+            ), (case, other["metadata"]["name"])
+        if case != "sidecar-ops":
+            kinds = {o["kind"] for o in objects(rendered, case)}
+            assert "ServiceMonitor" not in kinds, case
+            names = {o["metadata"]["name"] for o in objects(rendered, case)}
+            assert "shim-metrics" not in names, case
+
+
+def test_admin_token_comes_from_a_secret(rendered: Path) -> None:
+    for case, secret, key in (
+        ("sidecar-ops", "shim-admin-token", "token"),
+        ("standalone-persistent", "shim-admin", "admin-token"),
+    ):
+        objs = objects(rendered, case)
+        spec = pod_spec(objs)
+        volume = {v["name"]: v for v in spec["volumes"]}["admin-token"]
+        assert volume["secret"] == {
+            "secretName": secret,
+            "defaultMode": 0o440,
+            "items": [{"key": key, "path": key}],
+        }, case
+        mounts = {m["name"]: m for m in container(spec, "shim")["volumeMounts"]}
+        assert mounts["admin-token"] == {
+            "name": "admin-token",
+            "mountPath": ADMIN_TOKEN_DIR,
+            "readOnly": True,
+        }
+        assert shim_config(objs)["admin_token_file"] == f"{ADMIN_TOKEN_DIR}/{key}"
+        # Only shim mounts it; the token never travels in shim.yaml or the environment.
+        for _, c in containers(spec):
+            if c["name"] != "shim":
+                assert "admin-token" not in {m["name"] for m in c.get("volumeMounts", [])}
+        assert "admin_token" not in shim_config(objs)
+    made = one(objects(rendered, "sidecar-ops"), "Secret")
+    assert made["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    token = base64.b64decode(made["data"]["token"])
+    assert len(token) == 48 and token.isalnum()
+    for case in CASES:
+        if case not in ("sidecar-ops", "standalone-persistent"):
+            assert "admin_token_file" not in shim_config(objects(rendered, case)), case
+    notes = (rendered / "default.NOTES.txt").read_text(encoding="utf-8")
+    assert "State-changing admin calls (prefetch, cache rm) are refused" in notes
+
+
+def test_extra_env_mounts_and_lifecycle_reach_the_shim_container(rendered: Path) -> None:
+    spec = pod_spec(objects(rendered, "sidecar-ops"))
+    shim = container(spec, "shim")
+    env = {e["name"]: e for e in shim["env"]}
+    assert env["HTTPS_PROXY"] == {"name": "HTTPS_PROXY", "value": "http://egress.example.com:3128"}
+    mounts = {m["name"]: m for m in shim["volumeMounts"]}
+    assert mounts["extra-ca"] == {
+        "name": "extra-ca",
+        "mountPath": "/etc/ssl/corporate",
+        "readOnly": True,
+    }
+    assert {"name": "extra-ca", "configMap": {"name": "corporate-ca"}} in spec["volumes"]
+    persistent = container(pod_spec(objects(rendered, "standalone-persistent")), "shim")
+    assert persistent["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "10"]}}}
+
+
+# --- the image's dependencies -------------------------------------------------------------------
+
+
+def locked_versions(path: Path) -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            requirement = Requirement(line.rstrip(" \\"))
+            (spec,) = requirement.specifier
+            assert spec.operator == "==", line
+            pins[canonicalize_name(requirement.name)] = spec.version
+    return pins
+
+
+def lock_hashes(path: Path) -> dict[str, int]:
+    """How many --hash lines each pin of a lock file has."""
+    counts: dict[str, int] = {}
+    name = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            name = canonicalize_name(line.split("==", 1)[0])
+            counts[name] = 0
+        elif line.strip().startswith("--hash=sha256:"):
+            counts[name] += 1
+    return counts
+
+
+def test_lock_covers_pyproject_runtime_dependencies() -> None:
+    """deploy/requirements.lock pins a version, with hashes, of every runtime dependency
+    pyproject.toml names, within its range (`make lock` regenerates it after a change)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    runtime = ROOT / "deploy" / "requirements.lock"
+    build = ROOT / "deploy" / "build-requirements.lock"
+    pins = locked_versions(runtime)
+    for text in project["project"]["dependencies"]:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not in {runtime.name}: run `make lock`"
+        assert requirement.specifier.contains(pins[name]), (
+            f"{name}=={pins[name]} in {runtime.name} is outside {requirement.specifier}: "
+            "run `make lock`"
+        )
+    build_pins = locked_versions(build)
+    for text in project["build-system"]["requires"]:
+        requirement = Requirement(text)
+        assert requirement.specifier.contains(build_pins[canonicalize_name(requirement.name)])
+    for path in (runtime, build):
+        counts = lock_hashes(path)
+        assert counts and all(n > 0 for n in counts.values()), path.name
+
+
+def test_dockerfile_installs_the_locks_with_hashes_before_the_source() -> None:
+    lines = [
+        line.strip()
+        for line in (ROOT / "deploy" / "Dockerfile").read_text(encoding="utf-8").splitlines()
+    ]
+    copy_locks = lines.index(
+        "COPY deploy/build-requirements.lock deploy/requirements.lock ./deploy/"
+    )
+    copy_source = lines.index("COPY shim ./shim")
+    install = "\n".join(lines[copy_locks:copy_source])
+    assert install.count("--require-hashes --no-deps") == 2
+    assert "-r deploy/build-requirements.lock" in install
+    assert "--no-build-isolation -r deploy/requirements.lock" in install
+    # shim itself: nothing more resolved or fetched.
+    assert "--no-deps --no-build-isolation /src \\" in "\n".join(lines[copy_source:])
+    ignore = (ROOT / "deploy" / "Dockerfile.dockerignore").read_text(encoding="utf-8")
+    for path in (
+        "deploy/requirements.lock",
+        "deploy/build-requirements.lock",
+        "deploy/netinit/shim-redirect",
+    ):
+        assert f"!{path}\n" in ignore
