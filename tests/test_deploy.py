@@ -837,9 +837,13 @@ def test_rendered_config_loads_with_shim(rendered: Path, tmp_path: Path) -> None
     for case in CASES:
         data = one(objects(rendered, case), "ConfigMap")["data"]
         config = yaml.safe_load(data["shim.yaml"].replace("${HOST_IP}", "10.0.0.7"))
-        # admin_token_file is the admin-token branch's key (issue 11), not yet in this branch's
-        # shim.config; test_admin_token_comes_from_a_secret checks where it points.
-        config.pop("admin_token_file", None)
+        # The token file is the Secret's mount in the pod (test_admin_token_comes_from_a_secret
+        # checks where it points); here a file of the same kind stands in its place.
+        if "admin_token_file" in config:
+            token = tmp_path / f"{case}.token"
+            token.write_text("a-token-from-the-chart-secret\n", encoding="utf-8")
+            token.chmod(0o440)
+            config["admin_token_file"] = str(token)
         path = tmp_path / f"{case}.shim.yaml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
         settings = load_settings(path, env=env)
