@@ -8,7 +8,8 @@ download IDs that differ are users' most common preheat complaint). So a job car
 what shim sends the node's dfdaemon: a freshly signed URL (the peers fetch from a private
 bucket; its signature parameters are in the filter list), the same filter list (joined with
 ``&`` here, with ``,`` in the proxy header), the tag naming the object's current ETag (see
-shim.freshness) and the application. One job per tag: objects of different versions.
+shim.freshness) and the application. One job per filter list and tag (objects of other
+stores, other versions).
 
 How manager v2.5.1 runs it: one machinery task per scheduler cluster, queued in Redis for one
 of its schedulers (``scheduler_CLUSTER_HOSTNAME_IP``). The scheduler's job worker has the scope's
@@ -241,14 +242,14 @@ class ManagerClient:
         self._timeout = timeout
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
-    def create_job(self, body: Mapping[str, Any], *, sleep: Callable[[float], None]) -> Any:
+    def create_job(self, body: Mapping[str, Any]) -> Any:
         """Create a job; sent again while the manager answers 429 (its job rate limit)."""
         for attempt in range(CREATE_ATTEMPTS):
             try:
                 return self._send("POST", JOBS_PATH, body)
             except _RateLimited:
                 if attempt + 1 < CREATE_ATTEMPTS:
-                    sleep(FIRST_BACKOFF * 2**attempt)
+                    time.sleep(FIRST_BACKOFF * 2**attempt)
         raise ManagerError(
             f"the manager at {self.url} answered 429 (rate limit exceeded) {CREATE_ATTEMPTS} "
             "times; it answers so too for a scheduler cluster ID it does not know"
@@ -277,6 +278,8 @@ class ManagerClient:
                 message = _message(_read_bounded(error, where))
             if error.code == 429:
                 raise _RateLimited from None
+            if 300 <= error.code < 400:
+                message = f"a redirect to {error.headers.get('Location')}, not followed"
             hint = _HINTS.get(error.code, "")
             raise ManagerError(f"{where}: {error.code} {message}{hint}") from None
         except urllib.error.URLError as error:
@@ -322,12 +325,10 @@ def follow(
     wait: float,
     interval: float,
     on_change: Callable[[JobReport], None],
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[int, JobReport]:
     """Poll the jobs every ``interval`` s until all ended or ``wait`` s passed; ``on_change`` is
     called with each job's report when its state changes. Returns the last reports."""
-    deadline = clock() + wait
+    deadline = time.monotonic() + wait
     reports: dict[int, JobReport] = {}
     while True:
         for job_id in job_ids:
@@ -337,9 +338,9 @@ def follow(
             if job_id not in reports or reports[job_id].state != report.state:
                 on_change(report)
             reports[job_id] = report
-        if all(report.ended for report in reports.values()) or clock() >= deadline:
+        if all(report.ended for report in reports.values()) or time.monotonic() >= deadline:
             return reports
-        sleep(interval)
+        time.sleep(interval)
 
 
 def run(
@@ -349,8 +350,6 @@ def run(
     *,
     interval: float,
     say: Callable[[str], None],
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> list[str]:
     """Create the jobs that preheat ``targets``, follow them to their end, and return what
     went wrong (nothing: every object is on its hosts). ``say`` gets each line to show.
@@ -358,7 +357,7 @@ def run(
     try:
         plans: dict[int, Plan] = {}
         for plan in plan_jobs(targets):
-            job = read_job(client.create_job(job_request(plan, options), sleep=sleep))
+            job = read_job(client.create_job(job_request(plan, options)))
             plans[job.id] = plan
             say(
                 f"job {job.id} ({job.group}) at {client.url}: preheat {len(plan.targets)} "
@@ -367,17 +366,15 @@ def run(
             )
             for target in plan.targets:
                 say(f"  {redact_url(target.url)}  task {target.task_id}")
-        started = clock()
+        started = time.monotonic()
         reports = follow(
             client,
             list(plans),
             wait=options.timeout + MANAGER_POLL_LIMIT,
             interval=interval,
             on_change=lambda report: say(
-                f"job {report.id}: {report.state} after {clock() - started:.0f} s"
+                f"job {report.id}: {report.state} after {time.monotonic() - started:.0f} s"
             ),
-            clock=clock,
-            sleep=sleep,
         )
     except ManagerError as error:
         raise ManagerError(redact(str(error), targets)) from None

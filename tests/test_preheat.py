@@ -7,6 +7,7 @@ not produce included.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from shim.preheat import (
     read_job,
 )
 from shim.providers import PROVIDERS
+from tests.support.nginx import start_nginx
 
 SIGNATURE = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 SIGNED = (
@@ -117,9 +119,7 @@ def test_a_job_every_peer_completed_names_its_hosts() -> None:
 def test_a_pending_job_has_not_ended() -> None:
     report = read_job(_job("PENDING"))
     assert not report.ended
-    assert judge(report, Plan(S3_FILTER, "", (_target(),))).problems == (
-        "has not ended: PENDING",
-    )
+    assert judge(report, Plan(S3_FILTER, "", (_target(),))).problems == ("has not ended: PENDING",)
 
 
 def test_success_without_a_host_for_a_url_is_a_failure() -> None:
@@ -166,6 +166,20 @@ def test_a_job_the_manager_gave_up_on_says_so() -> None:
 def test_an_answer_that_is_no_job_is_a_manager_error(answer: Any) -> None:
     with pytest.raises(ManagerError, match="not a job"):
         read_job(answer)
+
+
+@pytest.mark.origin
+def test_a_redirect_is_not_followed_so_the_token_goes_nowhere_else(tmp_path: Path) -> None:
+    """nginx answers 301 for a directory named without its final slash."""
+    root = tmp_path / "root"
+    (root / "oapi" / "v1" / "jobs" / "1").mkdir(parents=True)
+    with start_nginx(root, tmp_path / "nginx") as nginx:
+        client = ManagerClient(nginx.endpoint, SecretStr("pat-secret"))
+        with pytest.raises(ManagerError) as info:
+            client.job(1)
+        requests = (nginx.prefix / "access.log").read_text().splitlines()
+    assert f"301 a redirect to {nginx.endpoint}/oapi/v1/jobs/1/, not followed" in str(info.value)
+    assert len(requests) == 1 and '"GET /oapi/v1/jobs/1 HTTP/1.1" 301' in requests[0]
 
 
 def test_the_client_never_shows_its_token() -> None:
