@@ -130,6 +130,9 @@ def test_preheat_puts_the_object_on_every_node_for_the_task_shim_downloads(
     for name in NODES:
         assert f"{name} (127.0.0.1)" in line
     assert "SUCCESS" in done.stdout
+    # Each node's dfdaemon stores the task under the ID shim computed, before anyone asked.
+    for daemon in cluster.dfdaemons:
+        assert any(daemon.storage_dir.rglob(task)), f"{daemon.name} holds no task {task}"
     cluster.relay.reset_counters()
     for shim in cluster.shims:
         reply = via_proxy(shim.proxy_port, url)
