@@ -1,7 +1,7 @@
 """`shim preheat` through a real Dragonfly manager (v2.5.1, on a private MariaDB and Redis), a
-scheduler that takes its jobs, and two Rust dfdaemons ("nodes"), each with its own shim. The
-origin is a strict s3rver (a private bucket: unsigned requests get 403) behind a relay that
-counts what it serves.
+scheduler that takes its jobs, and two Rust dfdaemons ("nodes"), each with its own shim; the
+last test adds a seed peer (a third dfdaemon). The origin is a strict s3rver (a private bucket:
+unsigned requests get 403) behind a relay that counts what it serves.
 
 The dfdaemons are given no proxy rule, as in test_dragonfly.py: only shim's headers put a
 request on the P2P network, so a node's download hits the preheated task only if preheat asked
@@ -14,6 +14,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,14 @@ import pytest
 import yaml
 
 from shim.taskid import rust_task_id
-from tests.support.dragonfly import Dfdaemon, require_dragonfly, start_dfdaemons, start_scheduler
+from tests.support.dragonfly import (
+    Dfdaemon,
+    Scheduler,
+    require_dragonfly,
+    start_dfdaemon,
+    start_dfdaemons,
+    start_scheduler,
+)
 from tests.support.http import via_proxy
 from tests.support.manager import (
     Manager,
@@ -44,6 +52,9 @@ require_manager()
 
 BUCKET = "preheat"
 NODES = ("node-a", "node-b")
+# How often the scheduler (v2.5.1) re-reads which announced seed peers are healthy
+# (scheduler/resource/standard SeedPeerRefreshInterval): only then can it pick one.
+SEED_PEER_REFRESH = 30.0
 
 
 @dataclass
@@ -51,6 +62,8 @@ class Cluster:
     origin: S3Server
     relay: Relay
     manager: Manager
+    scheduler: Scheduler
+    scheduler_started: float  # time.monotonic() once it served, after its refresh ticker began
     dfdaemons: list[Dfdaemon]
     shims: list[ShimProcess]
     workdir: Path
@@ -83,6 +96,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         scheduler = stack.enter_context(
             start_scheduler(tmp / "scheduler", config=scheduler_config(manager))
         )
+        scheduler_started = time.monotonic()
         daemons = start_dfdaemons(tmp, NODES, scheduler=scheduler, proxy_rules=[])
         for daemon in daemons:
             stack.enter_context(daemon)
@@ -100,7 +114,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             for daemon in daemons
         ]
         wait_announced(scheduler, daemons)
-        yield Cluster(origin, relay, manager, daemons, shims, tmp)
+        yield Cluster(origin, relay, manager, scheduler, scheduler_started, daemons, shims, tmp)
 
 
 def _shim_preheat(*args: str) -> subprocess.CompletedProcess[str]:
@@ -153,8 +167,8 @@ def test_preheat_puts_the_object_on_every_node_for_the_task_shim_downloads(
 
 
 def test_a_failed_job_exits_non_zero_with_the_reason(cluster: Cluster) -> None:
-    """Dragonfly's default scope needs a seed peer, and this cluster has none: the scheduler
-    fails the job, and shim says why."""
+    """Dragonfly's default scope needs a seed peer, and this cluster has none yet: the
+    scheduler fails the job, and shim says why."""
     put_object(s3_client(cluster.origin), BUCKET, "seeded.mar", b"x" * 1024)
     config = cluster.preheat_config(scope="single_seed_peer")
     failed = _shim_preheat("--config", str(config), cluster.url("seeded.mar"))
@@ -183,3 +197,39 @@ def test_an_object_the_origin_does_not_have_creates_no_job(cluster: Cluster) -> 
     assert absent.returncode == 1
     assert "absent.mar: the origin answered with no ETag" in absent.stderr
     assert "job" not in absent.stdout
+
+
+def test_a_seed_peer_preheat_lets_every_node_download_from_it(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Dragonfly's default scope: one seed peer fetches the object; the nodes then download it
+    from that peer, not from the origin. (Runs last: the seed peer stays known to the
+    scheduler.)"""
+    body = os.urandom(5 * 1024 * 1024)
+    put_object(s3_client(cluster.origin), BUCKET, "seeded/v2.mar", body)
+    url = cluster.url("seeded/v2.mar")
+    seed_config = {"seedPeer": {"enable": True, "type": "super"}}
+    with start_dfdaemon(
+        tmp_path / "seed", name="seed-1", scheduler=cluster.scheduler, config=seed_config
+    ) as seed:
+        wait_announced(cluster.scheduler, [seed])
+        # Until the scheduler's next refresh after the announcement, it knows no seed peer.
+        since_start = time.monotonic() - cluster.scheduler_started
+        time.sleep(SEED_PEER_REFRESH - since_start % SEED_PEER_REFRESH + 2)
+        config = cluster.preheat_config(scope="single_seed_peer")
+        cluster.relay.reset_counters()
+        done = _shim_preheat("--config", str(config), url)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert cluster.relay.bytes_down >= len(body)
+        (line,) = [line for line in done.stdout.splitlines() if line.startswith(f"{url}  task ")]
+        task = line.split()[2]
+        assert line.endswith("on seed-1 (127.0.0.1)")
+        assert any(seed.storage_dir.rglob(task))
+        cluster.relay.reset_counters()
+        for shim in cluster.shims:
+            reply = via_proxy(shim.proxy_port, url)
+            assert (reply.status, reply.body) == (200, body)
+            assert reply.headers["X-Shim-Task-Id"] == task
+        heads = cluster.relay.request_heads
+        assert heads and all(b"range: bytes=0-0" in head.lower() for head in heads)
+        assert cluster.relay.bytes_down < 8192

@@ -336,13 +336,17 @@ def scheduler_config(manager: Manager) -> dict[str, Any]:
 
 
 def wait_announced(scheduler: Scheduler, daemons: Sequence[Dfdaemon], timeout: float = 30) -> None:
-    """Wait until every dfdaemon announced its host to `scheduler`: only then does a preheat
-    of all peers include it."""
+    """Wait until every dfdaemon announced its host to `scheduler` (a seed peer's host ID ends
+    in "-seed"): only then does a preheat include it."""
 
     def announced() -> bool:
         lines = [line for line in scheduler.output().splitlines() if "announce new host" in line]
         return all(
-            any(f'"hostID": "{HOST}-{daemon.hostname}"' in line for line in lines)
+            any(
+                f'"hostID": "{HOST}-{daemon.hostname}{suffix}"' in line
+                for line in lines
+                for suffix in ("", "-seed")
+            )
             for daemon in daemons
         )
 
