@@ -11,12 +11,18 @@ import sys
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shim._errors import ConfigError, RequestError, SigningError
 from shim.cache.cli import add_cache_commands
-from shim.config import Settings, load_settings, split_host_port
-from shim.identity import filtered_params, identify
+from shim.config import (
+    Settings,
+    load_settings,
+    preheat_manager,
+    split_host_port,
+)
+from shim.freshness import names_version, versioned_tag
+from shim.identity import TaskIdentity, filtered_params, identify
 from shim.prefetch import command as prefetch_command
 from shim.providers import PROVIDERS
 from shim.taskid import go_task_id, rust_task_id
@@ -28,6 +34,9 @@ from shim.trust import (
     export_trust,
     render_env,
 )
+
+if TYPE_CHECKING:
+    from shim.recognize import ObjectRef
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -139,26 +148,40 @@ def _task_id(args: argparse.Namespace) -> int:
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _sign(args: argparse.Namespace) -> int:
+def _signed(settings: Settings, url: str, method: str) -> tuple[ObjectRef, str, TaskIdentity]:
+    """``url`` signed for ``method`` as shim signs it, and its task identity. RequestError
+    when it names no object of a configured bucket."""
     # Imported here: the stores' SDKs are heavy, and other subcommands do not need them.
-    from shim.freshness import names_version, versioned_tag
     from shim.recognize import recognize
-    from shim.redact import redact_url
     from shim.signing import signers_for
+
+    ref = recognize(url, settings.buckets)
+    if ref is None:
+        raise RequestError(
+            "the URL names no object of a configured bucket: shim would pass it "
+            "through unsigned (if 'passthrough' allows its host) or refuse it"
+        )
+    signer = signers_for([ref.bucket], settings.presign_expires)[ref.bucket]
+    signed = signer.sign(ref, method)
+    return ref, signed, identify(signed, filtered_params(ref.bucket.provider, settings.filter))
+
+
+def _task_tag(tag: str, identity: TaskIdentity, signed_get_url: str | None) -> str | None:
+    """The tag of the dfdaemon task shim asks for: the configured ``tag``, with the object's
+    current ETag (fetched with ``signed_get_url``) unless the URL names a version (see
+    freshness.py); None when that ETag is unknown."""
+    if names_version(identity.url):
+        return tag
+    etag = _current_etag(signed_get_url) if signed_get_url else None
+    return None if etag is None else versioned_tag(tag, etag)
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from shim.redact import redact_url
 
     try:
         settings = load_settings(args.config, env=os.environ)
-        ref = recognize(args.url, settings.buckets)
-        if ref is None:
-            print(
-                "shim: the URL names no object of a configured bucket: shim would pass it "
-                "through unsigned (if 'passthrough' allows its host) or refuse it",
-                file=sys.stderr,
-            )
-            return 1
-        signer = signers_for([ref.bucket], settings.presign_expires)[ref.bucket]
-        signed = signer.sign(ref, args.method)
-        identity = identify(signed, filtered_params(ref.bucket.provider, settings.filter))
+        ref, signed, identity = _signed(settings, args.url, args.method)
     except (ConfigError, RequestError, SigningError) as error:
         print(f"shim: {error}", file=sys.stderr)
         return 1 if isinstance(error, SigningError | RequestError) else 2
@@ -170,14 +193,10 @@ def _sign(args: argparse.Namespace) -> int:
     print(f"cache key:  {identity.task_id}")
     dfdaemon = settings.dfdaemon
     if dfdaemon is not None:
-        tag = dfdaemon.tag
-        if not names_version(identity.url):
-            # The task's tag names the object's current version (see freshness.py).
-            etag = _current_etag(signed) if args.method == "GET" else None
-            if etag is None:
-                print("dfdaemon task ID: unknown (the origin answered with no ETag: is it there?)")
-                return 0
-            tag = versioned_tag(tag, etag)
+        tag = _task_tag(dfdaemon.tag, identity, signed if args.method == "GET" else None)
+        if tag is None:
+            print("dfdaemon task ID: unknown (the origin answered with no ETag: is it there?)")
+            return 0
         task = rust_task_id(identity.url, tag=tag, application=dfdaemon.application)
         print(f"dfdaemon task ID (tag {tag!r}, application {dfdaemon.application!r}): {task}")
     return 0
@@ -193,6 +212,57 @@ def _current_etag(signed_url: str) -> str | None:
             return etag
     except (OSError, ValueError):
         return None
+
+
+def _preheat(args: argparse.Namespace) -> int:
+    from shim.preheat import JobOptions, ManagerClient, ManagerError, Target, run
+    from shim.redact import redact_url
+
+    try:
+        settings = load_settings(args.config, env=os.environ)
+        manager = preheat_manager(
+            settings, url=args.manager, token_file=args.token_file, scope=args.scope
+        )
+    except ConfigError as error:
+        print(f"shim: {error}", file=sys.stderr)
+        return 2
+    # The task's tag and application are the nodes': preheat with their config.
+    dfdaemon = settings.dfdaemon
+    tag, application = (dfdaemon.tag, dfdaemon.application) if dfdaemon else ("", "")
+    targets = []
+    for url in args.urls:
+        try:
+            ref, signed, identity = _signed(settings, url, "GET")
+        except (RequestError, SigningError) as error:
+            print(f"shim: {redact_url(url)}: {error}", file=sys.stderr)
+            return 1
+        task_tag = _task_tag(tag, identity, signed)
+        if task_tag is None:
+            print(
+                f"shim: {redact_url(url)}: the origin answered with no ETag (is the object "
+                "there, and may the bucket's credentials read it?)",
+                file=sys.stderr,
+            )
+            return 1
+        task = rust_task_id(identity.url, tag=task_tag, application=application)
+        filtered = filtered_params(ref.bucket.provider, settings.filter)
+        targets.append(Target(url, signed, filtered, task_tag, task))
+    assert manager.token is not None
+    options = JobOptions(application, manager.scope, manager.scheduler_cluster_ids, manager.timeout)
+    try:
+        problems = run(
+            ManagerClient(manager.url, manager.token),
+            targets,
+            options,
+            interval=args.poll_interval,
+            say=lambda line: print(line, flush=True),
+        )
+    except ManagerError as error:
+        print(f"shim: {error}", file=sys.stderr)
+        return 1
+    for problem in problems:
+        print(f"shim: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,6 +346,33 @@ def build_parser() -> argparse.ArgumentParser:
     prefetch_command.add_arguments(prefetch)
     prefetch.set_defaults(handler=prefetch_command.prefetch)
     add_cache_commands(commands)
+    preheat = commands.add_parser(
+        "preheat",
+        help="have Dragonfly's manager put objects on the cluster's peers (a preheat job with "
+        "the task IDs shim's downloads use) and follow the job to its end",
+    )
+    preheat.add_argument("urls", nargs="+", metavar="URL", help="a URL clients request")
+    preheat.add_argument("--config", type=Path, help="YAML config (default: $SHIM_CONFIG)")
+    preheat.add_argument("--manager", metavar="URL", help="the manager's REST API (manager.url)")
+    preheat.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="a file holding the manager's personal access token (manager.token_file)",
+    )
+    preheat.add_argument(
+        "--scope",
+        choices=("all_peers", "all_seed_peers", "single_seed_peer"),
+        help="which peers download each object (manager.scope; default all_peers)",
+    )
+    preheat.add_argument(
+        "--poll-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how often to ask the manager about the job (default 5)",
+    )
+    preheat.set_defaults(handler=_preheat)
     return parser
 
 

@@ -11,13 +11,15 @@ import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import platformdirs
 import yaml
 from pydantic import (
+    BeforeValidator,
     ByteSize,
     Field,
+    PositiveInt,
     SecretStr,
     ValidationError,
     field_validator,
@@ -27,6 +29,7 @@ from pydantic_core import ErrorDetails
 
 from shim._errors import ConfigError
 from shim.cache.disk import Watermarks
+from shim.freshness import parse_duration
 from shim.metrics import DEFAULT_TOP_OBJECTS
 from shim.providers import PROVIDERS, BucketConfig
 from shim.providers._base import Strict as _Strict
@@ -190,6 +193,60 @@ class ProxyAuth(_Strict):
         return self
 
 
+# Which peers a manager preheat job has download each object (Dragonfly's scopes).
+PreheatScope = Literal["single_seed_peer", "all_seed_peers", "all_peers"]
+# A personal access token goes into an Authorization header: visible ASCII, no spaces.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+
+class ManagerSettings(_Strict):
+    """Dragonfly's manager, which ``shim preheat`` asks to warm objects on the cluster's peers:
+    its REST API and a personal access token with the ``job`` scope."""
+
+    url: str = Field(description="its REST API, e.g. http://dragonfly-manager:8080")
+    token: SecretStr | None = None
+    token_env: str | None = Field(
+        default=None, description="an environment variable holding the token, read at start"
+    )
+    token_file: Path | None = Field(
+        default=None, description="a file holding the token (a mounted Secret), read at start"
+    )
+    scope: PreheatScope = Field(
+        default="all_peers",
+        description="all_peers puts each object on every node; Dragonfly's own default, "
+        "single_seed_peer, on one seed peer that the nodes then fetch from",
+    )
+    scheduler_cluster_ids: tuple[PositiveInt, ...] = Field(
+        default=(), description="the scheduler clusters to preheat in (default: all of them)"
+    )
+    timeout: Annotated[float, BeforeValidator(parse_duration)] = Field(
+        default=3600.0, gt=0, description="how long the peers may take (60s, 30m, 1h)"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        host = rest.split("/", 1)[0]
+        if not sep or scheme not in ("http", "https") or not host or "@" in host:
+            raise ValueError(f"expected http://HOST[:PORT] or https://HOST[:PORT], got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("token")
+    @classmethod
+    def _header_safe(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _TOKEN.fullmatch(value.get_secret_value()):
+            raise ValueError("a token is printable ASCII without spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> Self:
+        given = [self.token, self.token_env, self.token_file]
+        if sum(source is not None for source in given) > 1:
+            raise ValueError("give at most one of token, token_env and token_file")
+        return self
+
+
 class Limits(_Strict):
     """Bounds on what one client request may make shim hold or wait for."""
 
@@ -303,6 +360,7 @@ class Settings(_Strict):
         default=(), description="client networks (CIDR) allowed to use the proxy listeners"
     )
     proxy_auth: ProxyAuth | None = None
+    manager: ManagerSettings | None = None
     limits: Limits = Limits()
     log_format: Literal["text", "json"] = Field(
         default="text", description="json: one JSON object per log line"
@@ -439,10 +497,11 @@ def check_admin_token(token: str) -> None:
         )
 
 
-def read_admin_token_file(path: Path) -> str:
-    """The token in ``path`` (one line; the trailing newline dropped). Refused when other
-    users may read it: it grants prefetch and cache removal on the admin port."""
-    where = f"admin_token_file {path}"
+def read_secret_file(path: Path, where: str) -> str:
+    """The secret held in the file at ``path``, surrounding whitespace dropped (a mounted Secret
+    may end in a newline). Refused when every user may read it; ``where`` names the setting in
+    errors, which never quote the file."""
+    where = f"{where} {path}"
     try:
         mode = path.stat().st_mode
         if stat.S_ISREG(mode) and mode & stat.S_IROTH:
@@ -451,16 +510,14 @@ def read_admin_token_file(path: Path) -> str:
                 "chmod o-rwx it (a Kubernetes Secret volume: defaultMode 0400, or 0440 with "
                 "fsGroup)"
             )
-        token = path.read_text(encoding="utf-8").rstrip("\r\n")
+        secret = path.read_text(encoding="utf-8").strip()
     except OSError as error:
         raise ConfigError(f"{where}: cannot read it: {error.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{where}: not UTF-8 text") from None
-    try:
-        check_admin_token(token)
-    except ValueError as error:
-        raise ConfigError(f"{where}: the token {error}") from None
-    return token
+    if not secret:
+        raise ConfigError(f"{where} is empty")
+    return secret
 
 
 def _resolve_admin_token_file(raw: Mapping[str, Any]) -> Any:
@@ -468,7 +525,11 @@ def _resolve_admin_token_file(raw: Mapping[str, Any]) -> Any:
     path = raw.get("admin_token_file")
     if path is None or "admin_token" in raw:
         return raw  # validation says what is wrong, if anything
-    token = read_admin_token_file(Path(str(path)))
+    token = read_secret_file(Path(str(path)), "admin_token_file")
+    try:
+        check_admin_token(token)
+    except ValueError as error:
+        raise ConfigError(f"admin_token_file {path}: the token {error}") from None
     resolved = {k: v for k, v in raw.items() if k != "admin_token_file"}
     return {**resolved, "admin_token": token}
 
@@ -528,6 +589,54 @@ def _resolve_proxy_auth_env(raw: Mapping[str, Any], env: Mapping[str, str]) -> A
     return {**raw, "proxy_auth": {**resolved, "password": env[name]}}
 
 
+def _resolve_manager_token(raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    """Turn ``manager.token_env`` or ``manager.token_file`` into the token itself."""
+    manager = raw.get("manager")
+    if not isinstance(manager, dict) or "token" in manager:
+        return raw
+    rest = {k: v for k, v in manager.items() if k not in ("token_env", "token_file")}
+    if isinstance(name := manager.get("token_env"), str) and "token_file" not in manager:
+        if not env.get(name):
+            raise ConfigError(f"manager.token_env: environment variable {name!r} is not set")
+        return {**raw, "manager": {**rest, "token": env[name]}}
+    if isinstance(path := manager.get("token_file"), str) and "token_env" not in manager:
+        token = read_secret_file(Path(path), "manager.token_file")
+        return {**raw, "manager": {**rest, "token": token}}
+    return raw  # validation names what is wrong with it
+
+
+def preheat_manager(
+    settings: Settings,
+    *,
+    url: str | None = None,
+    token_file: Path | None = None,
+    scope: str | None = None,
+) -> ManagerSettings:
+    """The manager ``shim preheat`` talks to: the config's ``manager`` with the command line's
+    ``--manager``, ``--token-file`` and ``--scope`` over it, token included."""
+    fields: dict[str, Any] = dict(settings.manager) if settings.manager else {}
+    if url is not None:
+        fields["url"] = url
+    if token_file is not None:
+        fields["token"] = read_secret_file(token_file, "--token-file")
+        fields.pop("token_env", None)
+        fields.pop("token_file", None)
+    if scope is not None:
+        fields["scope"] = scope
+    if "url" not in fields:
+        raise ConfigError("no Dragonfly manager: set manager.url in the config or give --manager")
+    try:
+        manager = ManagerSettings.model_validate(fields)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, "manager")) from None
+    if manager.token is None:
+        raise ConfigError(
+            "no token for the Dragonfly manager: set manager.token_file or manager.token_env "
+            "(a personal access token with the job scope), or give --token-file"
+        )
+    return manager
+
+
 def settings_from_mapping(
     raw: Any, *, env: Mapping[str, str], source: str = "config", credentials: bool = True
 ) -> Settings:
@@ -539,6 +648,7 @@ def settings_from_mapping(
         resolved = _resolve_env_credentials(raw, env) if credentials else raw
         resolved = _resolve_proxy_auth_env(resolved, env) if credentials else resolved
         resolved = _resolve_admin_token_file(resolved) if credentials else resolved
+        resolved = _resolve_manager_token(resolved, env) if credentials else resolved
         return Settings.model_validate(resolved)
     except ValidationError as error:
         raise ConfigError(_describe(error, source)) from None

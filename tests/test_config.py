@@ -16,6 +16,7 @@ from shim.config import (
     Settings,
     dragonfly_endpoint_to_mapping,
     load_settings,
+    preheat_manager,
     settings_from_mapping,
 )
 
@@ -26,6 +27,7 @@ SESSION_TOKEN = "FwoGZXIvYXdzEXAMPLETOKEN"
 
 def _write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
     return path
 
 
@@ -584,3 +586,98 @@ def test_log_format_and_top_objects_default_and_are_checked() -> None:
     assert "log_format: Input should be 'text' or 'json'" in _config_error({"log_format": "xml"})
     too_many = _config_error({"metrics": {"top_objects": 1000}})
     assert "metrics.top_objects: Input should be less than or equal to 200" in too_many
+
+
+# -- the Dragonfly manager (shim preheat) ------------------------------------------------------
+
+PAT = "dfpat-0123456789abcdef"
+MANAGER_URL = "http://dragonfly-manager:8080"
+
+
+def _manager(**fields: Any) -> Settings:
+    return settings_from_mapping({"manager": {"url": MANAGER_URL, **fields}}, env={})
+
+
+def test_the_manager_token_comes_from_an_env_var_or_a_file(tmp_path: Path) -> None:
+    env = {"DRAGONFLY_PAT": PAT}
+    raw = {"manager": {"url": MANAGER_URL + "/", "token_env": "DRAGONFLY_PAT"}}
+    manager = settings_from_mapping(raw, env=env).manager
+    assert manager is not None
+    assert manager.url == MANAGER_URL
+    assert manager.token is not None and manager.token.get_secret_value() == PAT
+    token_file = _write(tmp_path / "pat", f"  {PAT}\n")  # a mounted Secret may end in a newline
+    raw = {"manager": {"url": MANAGER_URL, "token_file": str(token_file)}}
+    manager = settings_from_mapping(raw, env={}).manager
+    assert manager is not None and manager.token is not None
+    assert manager.token.get_secret_value() == PAT
+    assert manager.scope == "all_peers"
+    assert (manager.scheduler_cluster_ids, manager.timeout) == ((), 3600)
+    assert PAT not in repr(manager) and PAT not in str(manager)
+
+
+def test_manager_settings_are_validated(tmp_path: Path) -> None:
+    timed = _manager(scope="single_seed_peer", scheduler_cluster_ids=[1, 2], timeout="30m")
+    assert timed.manager is not None
+    assert timed.manager.scope == "single_seed_peer"
+    assert timed.manager.scheduler_cluster_ids == (1, 2)
+    assert timed.manager.timeout == 1800
+    assert "manager.url: Value error, expected http://HOST" in _config_error(
+        {"manager": {"url": "dragonfly-manager:8080"}}
+    )
+    assert "manager.scope" in _config_error({"manager": {"url": MANAGER_URL, "scope": "peers"}})
+    assert "manager.scheduler_cluster_ids[0]: Input should be greater than 0" in _config_error(
+        {"manager": {"url": MANAGER_URL, "scheduler_cluster_ids": [0]}}
+    )
+    both = {"url": MANAGER_URL, "token": PAT, "token_env": "DRAGONFLY_PAT"}
+    message = _config_error({"manager": both}, env={"DRAGONFLY_PAT": PAT})
+    assert "at most one of token, token_env and token_file" in message
+    assert PAT not in message
+
+
+def test_a_missing_manager_token_source_is_named_and_the_token_never_shown(
+    tmp_path: Path,
+) -> None:
+    unset = {"manager": {"url": MANAGER_URL, "token_env": "DRAGONFLY_PAT"}}
+    assert "environment variable 'DRAGONFLY_PAT' is not set" in _config_error(unset)
+    absent = tmp_path / "absent"
+    message = _config_error({"manager": {"url": MANAGER_URL, "token_file": str(absent)}})
+    assert f"manager.token_file {absent}: cannot read it" in message
+    empty = _write(tmp_path / "empty", "\n")
+    message = _config_error({"manager": {"url": MANAGER_URL, "token_file": str(empty)}})
+    assert "is empty" in message
+    shared = _write(tmp_path / "shared", PAT)
+    shared.chmod(0o644)
+    message = _config_error({"manager": {"url": MANAGER_URL, "token_file": str(shared)}})
+    assert f"manager.token_file {shared} is readable by every user (mode 644)" in message
+    # A token that cannot be a header value: refused without being quoted.
+    spaced = _write(tmp_path / "spaced", f"{PAT} {PAT}\r\nX-Injected: 1")
+    message = _config_error({"manager": {"url": MANAGER_URL, "token_file": str(spaced)}})
+    assert "printable ASCII without spaces" in message
+    assert PAT not in message
+
+
+def test_the_command_line_overrides_the_configured_manager(tmp_path: Path) -> None:
+    token_file = _write(tmp_path / "pat", PAT)
+    configured = _manager(token="configured-token", scope="all_seed_peers")
+    manager = preheat_manager(
+        configured, url="https://other:8443", token_file=token_file, scope="all_peers"
+    )
+    assert manager.url == "https://other:8443"
+    assert manager.token is not None and manager.token.get_secret_value() == PAT
+    assert manager.scope == "all_peers"
+    kept = preheat_manager(configured)
+    assert (kept.url, kept.scope) == (MANAGER_URL, "all_seed_peers")
+    assert kept.token is not None and kept.token.get_secret_value() == "configured-token"
+    # Without a manager in the config, the command line names it.
+    bare = settings_from_mapping({}, env={})
+    alone = preheat_manager(bare, url=MANAGER_URL, token_file=token_file)
+    assert alone.url == MANAGER_URL
+
+
+def test_a_preheat_without_manager_or_token_says_what_to_set() -> None:
+    with pytest.raises(ConfigError, match=r"set manager\.url in the config or give --manager"):
+        preheat_manager(settings_from_mapping({}, env={}))
+    with pytest.raises(ConfigError, match=r"manager\.token_file or manager\.token_env"):
+        preheat_manager(_manager())
+    with pytest.raises(ConfigError, match=r"manager: url: Value error"):
+        preheat_manager(_manager(token=PAT), url="ftp://manager")

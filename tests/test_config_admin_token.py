@@ -63,7 +63,9 @@ def test_a_weak_token_is_refused_without_repeating_it(tmp_path: Path, weak: str)
     for raw in ({"admin_token": weak}, {"admin_token_file": str(_token_file(tmp_path, weak))}):
         with pytest.raises(ConfigError) as info:
             _settings(raw)
-        assert "at least 16 printable ASCII characters without spaces" in str(info.value)
+        # An empty file is said to be empty; every other weak token is said to be weak.
+        expected = "is empty" if weak == "" and "admin_token_file" in raw else "at least 16"
+        assert expected in str(info.value)
         assert weak == "" or weak not in str(info.value)
 
 

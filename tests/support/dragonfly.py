@@ -105,9 +105,9 @@ def dragonfly_bin_dir() -> Path:
 
 def reported_version(name: str, output: str) -> str | None:
     """The version in what binary `name` printed when asked for it, as scripts/build-dragonfly
-    reads it: the scheduler's `GitVersion:` line of `scheduler version` ("v2.5.1"), the first
-    x.y.z of `dfdaemon --version` ("dfdaemon 1.5.10 (hash, date)" gives "1.5.10")."""
-    if name == "scheduler":
+    reads it: the `GitVersion:` line of `scheduler version` or `manager version` ("v2.5.1"),
+    the first x.y.z of `dfdaemon --version` ("dfdaemon 1.5.10 (hash, date)" gives "1.5.10")."""
+    if name in ("scheduler", "manager"):
         match = re.search(r"^GitVersion:\s*(\S+)", output, re.MULTILINE)
     else:
         match = re.search(r"(?<![\w.])v?(\d+\.\d+\.\d+)(?![\w.])", output)
