@@ -183,6 +183,7 @@ def test_a_token_the_manager_refuses_is_a_clear_error_that_does_not_show_it(
     put_object(s3_client(cluster.origin), BUCKET, "refused.mar", b"x" * 1024)
     wrong = tmp_path / "token"
     wrong.write_text("not-a-token-of-this-manager")
+    wrong.chmod(0o600)
     config = cluster.preheat_config()
     refused = _shim_preheat(
         "--config", str(config), "--token-file", str(wrong), cluster.url("refused.mar")
