@@ -143,7 +143,8 @@ class ShimAddon:
         self.settings: Settings | None = None
         self.metrics = Metrics()
         self.recent = RecentRequests()
-        # By (reverse alias, provider): whether the bucket's credentials loaded at start-up.
+        # By (reverse alias, provider): whether the bucket's credentials loaded at start-up or
+        # when a reload brought new ones; absent while they are checked.
         self.credentials: dict[tuple[str, str], bool] = {}
         self._signers: dict[BucketConfig, CachedSigner] = {}
         self._links: LinkDir | None = None  # dfdaemon.link_dir, prepared once
@@ -219,14 +220,15 @@ class ShimAddon:
             extra_headers=settings.headers,
             dfdaemon=dfdaemon_route(dfdaemon, self._links) if dfdaemon else None,
         )
+        fresh = {b: s for b, s in signers.items() if old_signers.get(b) is not s}
         gone = {(b.reverse_alias, b.provider) for b in old.buckets}
         gone -= {(b.reverse_alias, b.provider) for b in settings.buckets}
-        for labels in gone:
+        # What the old credentials showed no longer holds: "checking" until the new result.
+        for labels in gone | {(b.reverse_alias, b.provider) for b in fresh}:
+            self.credentials.pop(labels, None)
             with contextlib.suppress(KeyError):  # never checked
                 self.metrics.bucket_credentials.remove(*labels)
-        self._start_credential_check(
-            {b: s for b, s in signers.items() if old_signers.get(b) is not s}
-        )
+        self._start_credential_check(fresh)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def running(self) -> None:

@@ -178,9 +178,9 @@ class Metrics:
         )
         self.bucket_credentials = Gauge(
             "shim_bucket_credentials",
-            "1 when a bucket's credentials loaded at start-up (or when a reload brought the "
-            "bucket), 0 when they could not be (the log says why), by bucket (its reverse "
-            "alias) and provider.",
+            "1 when a bucket's credentials loaded at start-up or when a reload brought new "
+            "credentials, 0 when they could not be (the log says why), by bucket (its reverse "
+            "alias) and provider; absent while being checked.",
             ["bucket", "provider"],
             registry=self.registry,
         )

@@ -880,6 +880,36 @@ def test_a_reload_checks_the_credentials_it_brings_and_forgets_removed_buckets(
     assert gauge("broken") is None
 
 
+CHANGED_FROM = {"provider": "s3", "bucket": "models", "credentials": CREDENTIALS}
+
+
+@pytest.mark.usefixtures("no_aws_credentials")
+def test_a_reload_shows_changed_and_removed_buckets_credentials_as_checking_until_checked(
+    addon: ShimAddon, tmp_path: Path
+) -> None:
+    def gauge(alias: str) -> float | None:
+        labels = {"bucket": alias, "provider": "s3"}
+        return addon.metrics.registry.get_sample_value("shim_bucket_credentials", labels)
+
+    kept = {"provider": "s3", "bucket": "kept", "credentials": CREDENTIALS}
+    removed = {"provider": "s3", "bucket": "removed", "credentials": CREDENTIALS}
+    run(addon.reconfigure(reload_settings(tmp_path, buckets=[CHANGED_FROM, kept, removed])))
+    run(asyncio.gather(*addon._credential_checks))
+    assert addon.credentials == {
+        ("models", "s3"): True,
+        ("kept", "s3"): True,
+        ("removed", "s3"): True,
+    }
+    # models' credentials now come from a chain that finds none; removed is gone.
+    changed = {**CHANGED_FROM, "credentials": {"source": "default"}}
+    run(addon.reconfigure(reload_settings(tmp_path, buckets=[changed, kept])))
+    assert addon.credentials == {("kept", "s3"): True}  # models: "checking", not "loaded"
+    assert (gauge("models"), gauge("kept"), gauge("removed")) == (None, 1, None)
+    run(asyncio.gather(*addon._credential_checks))
+    assert addon.credentials == {("models", "s3"): False, ("kept", "s3"): True}
+    assert (gauge("models"), gauge("kept"), gauge("removed")) == (0, 1, None)
+
+
 # -- proxy credentials per connection, transparent TLS, and the paths that answer directly -------
 
 AUTH = {"proxy_auth": {"username": "u", "password": "p"}}
