@@ -426,15 +426,7 @@ class ShimAddon:
 
     async def _serve(self, flow: http.HTTPFlow, serve: Serve, signer: CachedSigner) -> None:
         ref = serve.ref
-        # What the request's log line and metrics need, until its answer's last byte.
-        shim = flow.metadata["shim"] = {
-            "url": redact_url(flow.request.pretty_url),
-            "bucket": ref.bucket.reverse_alias,
-            "key": ref.key,
-            "task_id": "-",
-            "sent": 0,
-        }
-        self.metrics.requested(shim["bucket"], ref.key)
+        shim = flow.metadata["shim"] = self._requested(flow.request.pretty_url, ref)
         ticket = await self._ticket(ref, flow.request.method, signer)
         if isinstance(ticket, Refuse):
             self._reply(flow, ticket)
@@ -463,9 +455,8 @@ class ShimAddon:
             return Refuse(400, "request", str(error))
         return Ticket(method, signed, identity, filtered, ref.bucket.freshness)
 
-    async def object_ticket(self, url: str) -> Ticket | Refuse:
-        """The ticket a client's GET of ``url`` through the proxy would get (admin prefetch
-        and cache removal); never one for a URL of no configured bucket."""
+    def _object_ref(self, url: str) -> ObjectRef | Refuse:
+        """The object of a configured bucket that ``url`` names, or why there is none."""
         try:
             ref = recognize(url, self._settings().buckets)
         except RequestError as error:
@@ -474,24 +465,49 @@ class ShimAddon:
             return Refuse(
                 403, "passthrough", "the URL names no object of a configured bucket; not fetched"
             )
+        return ref
+
+    async def object_ticket(self, url: str) -> Ticket | Refuse:
+        """The ticket a client's GET of ``url`` through the proxy would get (admin prefetch
+        and cache removal); never one for a URL of no configured bucket."""
+        ref = self._object_ref(url)
+        if isinstance(ref, Refuse):
+            return ref
         return await self._ticket(ref, "GET", self._signers[ref.bucket])
 
     async def _warm(self, url: str, on_bytes: Callable[[int], None]) -> Warmed:
-        """Warm ``url`` as a client's GET would (admin prefetch), logged as a request is."""
-        ticket = await self.object_ticket(url)
+        """Warm ``url`` as a client's GET would (admin prefetch): recorded, logged and counted
+        as a request is (method PREFETCH; no byte sent to a client). A URL of no configured
+        bucket has no record, as traffic for no bucket has none."""
+        started = time.time()
+        ref = self._object_ref(url)
+        if isinstance(ref, Refuse):
+            return refused(ref)
+        shim = self._requested(url, ref)
+        ticket = await self._ticket(ref, "GET", self._signers[ref.bucket])
         if isinstance(ticket, Refuse):
-            return refused(ticket)
-        assert self._cache is not None
-        outcome = await warm(self._cache, ticket, on_bytes)
-        log.info(
-            "prefetch %s -> %d %s via %s task=%s",
-            redact_url(url),
-            outcome.status,
-            outcome.cache,
-            outcome.route,
-            outcome.task_id or ticket.identity.task_id,
-        )
+            outcome = refused(ticket)
+        else:
+            assert self._cache is not None
+            outcome = await warm(self._cache, ticket, on_bytes)
+            shim["task_id"] = ticket.identity.task_id
+        self.metrics.answered(shim["bucket"], shim["key"], outcome.cache)
+        shim.update(status=outcome.status, cache=outcome.cache, route=outcome.route)
+        shim["task_id"] = outcome.task_id or shim["task_id"]
+        self._record("PREFETCH", shim, started)
         return outcome
+
+    def _requested(self, url: str, ref: ObjectRef) -> dict[str, Any]:
+        """A request for ``ref`` begins: counted, and what its record will need, filled in
+        until its answer's last byte."""
+        self.metrics.requested(ref.bucket.reverse_alias, ref.key)
+        return {
+            "url": redact_url(url),
+            "bucket": ref.bucket.reverse_alias,
+            "key": ref.key,
+            "task_id": "-",
+            "sent": 0,
+        }
 
     def _client_connection(self, flow: http.HTTPFlow) -> ClientConnection | None:
         """The client's connection, to answer on directly; None: through the cache server."""
@@ -609,10 +625,15 @@ class ShimAddon:
         if shim.get("ended"):
             return
         shim["ended"] = True
+        self._record(flow.request.method, shim, flow.request.timestamp_start)
+
+    def _record(self, method: str, shim: Mapping[str, Any], started: float) -> None:
+        """The record of a request that began at ``started`` and has just ended: logged (one
+        line) and kept among the recent ones."""
         now = time.time()
         record = RequestRecord(
             time=now,
-            method=flow.request.method,
+            method=method,
             url=shim["url"],
             bucket=shim["bucket"],
             status=shim.get("status", 502),
@@ -620,7 +641,7 @@ class ShimAddon:
             route=shim.get("route", "-"),
             task_id=shim["task_id"],
             bytes=shim["sent"],
-            duration=max(now - flow.request.timestamp_start, 0.0),
+            duration=max(now - started, 0.0),
         )
         self.recent.add(record)
         log.info("%s", text_line(record), extra={REQUEST: record})

@@ -36,6 +36,7 @@ from shim.cache.store import EntryMeta
 from shim.config import Settings, settings_from_mapping
 from shim.decide import Intercept, Refuse, Tunnel
 from shim.dfdaemon import DragonflyOptions
+from shim.logformat import REQUEST
 from shim.requestlog import RequestRecord, text_line
 from shim.takeover import BufferBudget, ClientConnection
 
@@ -697,6 +698,33 @@ def test_a_failure_before_any_answer_is_recorded_once_as_a_502(addon: ShimAddon)
     record = only_record(addon)
     assert (record.status, record.cache, record.route, record.bytes) == (502, "-", "-", 0)
     assert record.task_id == ticket_key(addon, flow)
+
+
+def test_an_admin_prefetch_is_recorded_logged_and_counted_as_a_request(
+    addon: ShimAddon, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = cache_entry(addon, BODY)
+    url = f"https://{BUCKET_HOST}/model.mar"
+    with caplog.at_level(logging.INFO, logger="shim"):
+        outcome = run(addon._warm(url, lambda _: None))
+        run(addon._warm("https://example.com/x", lambda _: None))  # no bucket: no record
+    assert (outcome.status, outcome.cache, outcome.error) == (200, "HIT", None)
+    record = only_record(addon)
+    assert (record.method, record.url, record.bucket, record.status) == (
+        "PREFETCH",
+        url,
+        "models",
+        200,
+    )
+    assert (record.cache, record.route, record.task_id, record.bytes) == ("HIT", "cache", key, 0)
+    assert [r.getMessage() for r in caplog.records if r.name == "shim"] == [text_line(record)]
+    # Its fields go on a JSON line (shim.logformat) as a client request's do.
+    assert [getattr(r, REQUEST) for r in caplog.records if r.name == "shim"] == [record]
+    assert metric(addon, "shim_bucket_hits_total", bucket="models") == 1
+    labels = {"bucket": "models", "object": "model.mar"}
+    assert metric(addon, "shim_object_requests_total", **labels) == 2  # cache_entry's and this
+    assert metric(addon, "shim_object_hits_total", **labels) == 1
+    assert metric(addon, "shim_bucket_response_bytes_total", bucket="models") == 0
 
 
 @pytest.mark.parametrize("addon", [{"metrics": {"top_objects": 1}}], indirect=True)
