@@ -28,7 +28,7 @@ from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.proxy import mode_specs, server_hooks
 
 from shim import limits
-from shim._errors import ConfigError, RequestError, ShimError, SigningError
+from shim._errors import RequestError, ShimError, SigningError
 from shim.access import auth_required, client_allowed, credentials_valid
 from shim.admin import AdminActions, AdminServer
 from shim.cache.conditional import Preconditions
@@ -72,7 +72,7 @@ from shim.prefetch.warm import Warmed, refused, warm
 from shim.providers import BucketConfig
 from shim.recognize import ObjectRef, recognize
 from shim.redact import redact_url
-from shim.reload import carry_signers, needs_restart, restart_message
+from shim.reload import carry_signers, changes, told, worth_applying
 from shim.requestlog import RecentRequests, RequestRecord, text_line
 from shim.signing import CachedSigner, credential_problem_in_background, signers_for
 from shim.status_gather import StatusGatherer
@@ -84,6 +84,8 @@ log = logging.getLogger("shim")
 # Answers up to this size are read whole and handed to mitmproxy, which keeps the connection
 # open; larger ones are written on the client's connection directly (shim.takeover).
 SMALL_BODY = 64 * 1024
+# The trigger a reload under mitmdump (its shim_config option set anew) is logged with.
+_OPTION_RELOAD = "shim_config option"
 # Hop-by-hop and client credentials: never forwarded on a request shim signs itself.
 _DROPPED_REQUEST_HEADERS = ("Authorization", "Proxy-Authorization", "Proxy-Connection", "Cookie")
 
@@ -178,23 +180,27 @@ class ShimAddon:
         limits.apply_options(ctx.options)
         if self.settings is not None and "shim_config" not in updated:
             return
+        current = self.settings
         try:
             settings = self._given_settings or load_settings(
                 Path(ctx.options.shim_config) if ctx.options.shim_config else None,
                 env=os.environ,
             )
-            if self.settings is None:
+            if current is None:
                 link_dir = settings.dfdaemon.link_dir if settings.dfdaemon else None
                 self._links = LinkDir.prepare(link_dir) if link_dir is not None else None
-                signers = signers_for(settings.buckets, settings.presign_expires)
-            else:  # the option changed under mitmdump: a reload, by shim.reload's rules
-                restart = needs_restart(self.settings, settings)
-                if restart:
-                    raise ConfigError(restart_message(restart))
-                signers = carry_signers(self._signers, self.settings, settings)
-            self._swap(settings, signers)
+                self._swap(settings, signers_for(settings.buckets, settings.presign_expires))
+                return
+            # The option changed under mitmdump: a reload, by shim.reload's rules.
+            if not worth_applying(current, settings):
+                told(self.metrics, _OPTION_RELOAD, "unchanged")
+                return
+            self._swap(settings, carry_signers(self._signers, current, settings))
         except ShimError as error:  # broken, limits mitmproxy cannot hold, a bad link_dir
+            if current is not None:
+                told(self.metrics, _OPTION_RELOAD, "refused", str(error))
             raise exceptions.OptionsError(str(error)) from None  # type: ignore[no-untyped-call]
+        told(self.metrics, _OPTION_RELOAD, "applied", "; ".join(changes(current, settings)))
 
     async def reconfigure(self, settings: Settings) -> None:
         """Serve with ``settings`` from now on (``shim run``'s reload: shim.reload has checked

@@ -110,6 +110,30 @@ def changes(old: Settings, new: Settings) -> list[str]:
     return described
 
 
+def worth_applying(current: Settings, new: Settings) -> bool:
+    """Whether ``new`` is to replace the running ``current``: False when it changes nothing.
+    Raises ShimError naming the settings it changes that only a restart applies."""
+    if new == current:
+        return False
+    restart = needs_restart(current, new)
+    if restart:
+        raise ShimError(restart_message(restart))
+    return True
+
+
+def told(metrics: Metrics, trigger: str, result: Result, detail: str = "") -> Result:
+    """Log a reload's ``result`` in its one line and count it. ``detail``: what it changed
+    (applied, see ``changes``) or why it was refused."""
+    if result == "unchanged":
+        log.info("config reload (%s): nothing changed", trigger)
+    elif result == "refused":
+        log.error("config reload (%s) refused, the running config stays: %s", trigger, detail)
+    else:
+        log.info("config reloaded (%s): %s", trigger, detail)
+    metrics.config_reloads.labels(result=result).inc()
+    return result
+
+
 def _lifetime(bucket: BucketConfig, settings: Settings) -> int:
     return bucket.presign_expires or settings.presign_expires
 
@@ -228,37 +252,26 @@ class ConfigReload:
         async with self._lock:
             self._seen = self._states()  # what is read now; the watcher skips it
             try:
-                result = await self._reload(trigger)
+                return await self._reload(trigger)
             except Exception as error:  # a bug, or an SDK failing unforeseen: the old config
                 # and the watcher carry on. Its type only: an SDK's message may quote a secret.
-                log.error(
-                    "config reload (%s) failed (%s), the running config stays",
-                    trigger,
-                    type(error).__name__,
-                )
-                result = "refused"
-        self._service.metrics.config_reloads.labels(result=result).inc()
-        return result
+                detail = f"failed ({type(error).__name__})"
+                return told(self._service.metrics, trigger, "refused", detail)
 
     async def _reload(self, trigger: str) -> Result:
         current = self._service.settings
         assert current is not None, "configure() runs before any reload"
+        metrics = self._service.metrics
         try:
             new = await asyncio.to_thread(
                 load_settings, self._path, env=self._env, overrides=self._overrides
             )
-            if new == current:
-                log.info("config reload (%s): nothing changed", trigger)
-                return "unchanged"
-            restart = needs_restart(current, new)
-            if restart:
-                raise ShimError(restart_message(restart))
+            if not worth_applying(current, new):
+                return told(metrics, trigger, "unchanged")
             await self._service.reconfigure(new)
         except ShimError as error:  # messages name the key and the problem, never a value
-            log.error("config reload (%s) refused, the running config stays: %s", trigger, error)
-            return "refused"
-        log.info("config reloaded (%s): %s", trigger, "; ".join(changes(current, new)))
-        return "applied"
+            return told(metrics, trigger, "refused", str(error))
+        return told(metrics, trigger, "applied", "; ".join(changes(current, new)))
 
     async def _watch(self) -> None:
         while True:

@@ -807,26 +807,42 @@ def test_running_starts_the_cache_server_with_the_settings(addon: ShimAddon) -> 
 
 
 def test_the_proxy_connects_lazily_and_cache_settings_cannot_change_live(
-    addon: ShimAddon, tmp_path: Path
+    addon: ShimAddon, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert ctx.options.connection_strategy == "lazy"  # mitmproxy's default is eager
     addon._given_settings = None  # from the shim_config option from now on
 
     def reconfigure(raw: dict[str, Any]) -> None:
-        config = tmp_path / "shim.yaml"
+        # A file each: a refused one is rolled back to the option's previous file.
+        config = tmp_path / f"shim-{len(list(tmp_path.glob('shim-*.yaml')))}.yaml"
         config.write_text(yaml.safe_dump(raw))
-        with ctx.options.rollback({"shim_config"}, reraise=True):
-            ctx.options.update(shim_config=str(config))
+
+        async def set_option() -> None:  # as mitmdump sets options: on its event loop
+            with ctx.options.rollback({"shim_config"}, reraise=True):
+                ctx.options.update(shim_config=str(config))
+
+        run(set_option())
 
     same = {"cache": {"dir": str(tmp_path / "cache")}, "admin": "127.0.0.1:0"}
     other = {"provider": "s3", "bucket": "other", "credentials": CREDENTIALS}
-    reconfigure({**same, "buckets": [other]})  # buckets may change while shim runs
+    with caplog.at_level(logging.INFO, logger="shim"):
+        reconfigure({**same, "buckets": [other]})  # buckets may change while shim runs
+        assert [b.bucket for b in addon._settings().buckets] == ["other"]
+        with pytest.raises(exceptions.OptionsError, match="restart"):
+            reconfigure({**same, "cache": {"dir": str(tmp_path / "elsewhere")}})
+        with pytest.raises(exceptions.OptionsError, match="restart"):
+            reconfigure({**same, "admin": "127.0.0.1:1"})
+        reconfigure({**same, "buckets": [other]})
     assert [b.bucket for b in addon._settings().buckets] == ["other"]
-    with pytest.raises(exceptions.OptionsError, match="restart"):
-        reconfigure({**same, "cache": {"dir": str(tmp_path / "elsewhere")}})
-    with pytest.raises(exceptions.OptionsError, match="restart"):
-        reconfigure({**same, "admin": "127.0.0.1:1"})
-    assert [b.bucket for b in addon._settings().buckets] == ["other"]
+    # Logged and counted as shim run's reloads are (shim.reload).
+    assert "config reloaded (shim_config option): buckets +other -models" in caplog.messages
+    assert "config reload (shim_config option): nothing changed" in caplog.messages
+    # (mitmproxy's rollback of each refused one sets the running config's file again, which
+    # changes nothing: counted as unchanged, as the last one is.)
+    reloads = {
+        r: metric(addon, "shim_config_reloads_total", result=r) for r in ("applied", "refused")
+    }
+    assert reloads == {"applied": 1, "refused": 2}
 
 
 # -- reloads while running (shim.reload decides what may change) -------------------------------

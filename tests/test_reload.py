@@ -421,5 +421,6 @@ def test_an_unforeseen_failure_is_refused_by_its_type_alone(
         shim.rewrite(buckets=[bucket("added")])
         assert shim.run(shim.reload.reload("SIGHUP")) == "refused"
         assert shim.addon.settings is settings
-    assert "config reload (SIGHUP) failed (RuntimeError), the running config stays" in caplog.text
+    expected = "config reload (SIGHUP) refused, the running config stays: failed (RuntimeError)"
+    assert expected in caplog.text
     assert SECRET not in caplog.text
