@@ -71,7 +71,7 @@ from shim.prefetch.jobs import PrefetchJobs
 from shim.prefetch.warm import Warmed, refused, warm
 from shim.providers import BucketConfig
 from shim.recognize import ObjectRef, recognize
-from shim.redact import redact_url
+from shim.redact import redact_url, redact_urls
 from shim.reload import carry_signers, changes, told, worth_applying
 from shim.requestlog import RecentRequests, RequestRecord, text_line
 from shim.signing import CachedSigner, credential_problem_in_background, signers_for
@@ -499,7 +499,7 @@ class ShimAddon:
             shim["task_id"] = ticket.identity.task_id
         self.metrics.answered(shim["bucket"], shim["key"], outcome.cache)
         shim.update(status=outcome.status, cache=outcome.cache, route=outcome.route)
-        shim["task_id"] = outcome.task_id or shim["task_id"]
+        shim.update(task_id=outcome.task_id or shim["task_id"], error=outcome.error or "")
         self._record("PREFETCH", shim, started)
         return outcome
 
@@ -618,6 +618,8 @@ class ShimAddon:
             # The dfdaemon's own task ID when it reported one, else shim's computation.
             task_id=headers.get(TASK_ID_HEADER, shim["task_id"]),
         )
+        if ERROR_HEADER in headers:  # an error answer: its kind, unless shim said more
+            shim.setdefault("error", headers[ERROR_HEADER])
 
     def _count_sent(self, flow: http.HTTPFlow, count: int) -> None:
         shim = flow.metadata["shim"]
@@ -648,6 +650,7 @@ class ShimAddon:
             task_id=shim["task_id"],
             bytes=shim["sent"],
             duration=max(now - started, 0.0),
+            error=redact_urls(shim.get("error", "")),
         )
         self.recent.add(record)
         log.info("%s", text_line(record), extra={REQUEST: record})
@@ -658,7 +661,7 @@ class ShimAddon:
             return  # answered on the connection, which mitmproxy was then told to close
         if shim is not None and flow.error is not None:
             self.metrics.errors.labels(kind="transfer").inc()
-            log.warning("%s %s failed: %s", flow.request.method, shim["url"], flow.error.msg)
+            shim.setdefault("error", f"failed: {flow.error.msg}")  # on the request's line
             self._ended(flow)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -711,6 +714,10 @@ class ShimAddon:
 
     def _count_refusal(self, flow: http.HTTPFlow, refusal: Refuse) -> None:
         self.metrics.errors.labels(kind=refusal.kind).inc()
+        shim = flow.metadata.get("shim")
+        if shim is not None:  # a request with a record: the reason goes on its one line
+            shim["error"] = f"{refusal.kind}: {refusal.message}"
+            return
         log.warning(
             "%s %s -> %d: %s",
             flow.request.method,

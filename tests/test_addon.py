@@ -37,6 +37,7 @@ from shim.config import Settings, settings_from_mapping
 from shim.decide import Intercept, Refuse, Tunnel
 from shim.dfdaemon import DragonflyOptions
 from shim.logformat import REQUEST
+from shim.redact import redact_url
 from shim.requestlog import RequestRecord, text_line
 from shim.takeover import BufferBudget, ClientConnection
 
@@ -690,14 +691,24 @@ def test_a_relayed_answer_counts_its_bytes_as_they_stream(addon: ShimAddon) -> N
     assert metric(addon, "shim_bucket_misses_total", bucket="models") == 1
 
 
-def test_a_failure_before_any_answer_is_recorded_once_as_a_502(addon: ShimAddon) -> None:
+def test_a_failure_before_any_answer_is_recorded_once_as_a_502(
+    addon: ShimAddon, caplog: pytest.LogCaptureFixture
+) -> None:
     flow = serve(addon, plain(flow_for(BUCKET_HOST, "/model.mar")))
-    flow.error = tflow.terr()
-    addon.error(flow)
-    addon.error(flow)
+    secret = "http://x/y?X-Amz-Signature=5ecre7519"  # a message may quote a signed URL
+    flow.error = tflow.terr(f"connection lost to {secret}")
+    with caplog.at_level(logging.INFO, logger="shim"):
+        addon.error(flow)
+        addon.error(flow)
     record = only_record(addon)
     assert (record.status, record.cache, record.route, record.bytes) == (502, "-", "-", 0)
     assert record.task_id == ticket_key(addon, flow)
+    assert record.error == f"failed: connection lost to {redact_url(secret)}"
+    assert [r.getMessage() for r in caplog.records if r.name == "shim"] == [text_line(record)]
+    # A refusal of a request no bucket has (so no record) keeps its own warning.
+    with caplog.at_level(logging.INFO, logger="shim"):
+        addon.requestheaders(flow_for("169.254.169.254", "/latest/meta-data/"))
+    assert "GET http://169.254.169.254/latest/meta-data/ -> 403" in caplog.messages[-1]
 
 
 def test_an_admin_prefetch_is_recorded_logged_and_counted_as_a_request(
@@ -1097,13 +1108,23 @@ def test_a_refusal_answered_directly_keeps_its_headers(addon: ShimAddon) -> None
     indirect=True,
 )
 @pytest.mark.usefixtures("no_aws_credentials")
-def test_a_bucket_without_credentials_answers_502_signing(addon: ShimAddon) -> None:
-    flow = serve(addon, flow_for(BUCKET_HOST, "/model.mar"))
+def test_a_bucket_without_credentials_answers_502_signing_in_one_log_line(
+    addon: ShimAddon, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="shim"):
+        flow = serve(addon, flow_for(BUCKET_HOST, "/model.mar"))
+        answered_by_mitmproxy(addon, flow)
     assert error_kind(flow) == (502, "signing")
     assert flow.response is not None
     assert "no credentials found for bucket 'models'" in flow.response.text
     assert flow.request.host == BUCKET_HOST  # nothing sent anywhere
     assert metric(addon, "shim_errors_total", kind="signing") == 1
+    record = only_record(addon)
+    assert record.status == 502 and record.error.startswith("signing: no credentials found")
+    # Its one line (the start-up check's error line about the bucket aside: no warning).
+    lines = [r for r in caplog.records if r.name == "shim" and r.levelno < logging.ERROR]
+    assert [r.getMessage() for r in lines] == [text_line(record)]
+    assert text_line(record).endswith(f"error: {record.error}")
 
 
 def test_an_addon_is_not_ready_before_it_runs(tmp_path: Path) -> None:
