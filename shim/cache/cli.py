@@ -27,6 +27,7 @@ from shim.cache.inspect import (
     verify_entries,
 )
 from shim.config import Settings, load_settings
+from shim.units import format_size
 
 # Characters of a key shown in the table (`shim cache rm` takes any unique prefix).
 SHOWN_KEY = 16
@@ -110,7 +111,7 @@ def _ls(args: argparse.Namespace) -> int:
             entry.key[:SHOWN_KEY],
             entry.bucket or "-",
             entry.object,
-            human_size(entry.meta.size),
+            format_size(entry.meta.size),
             _when(entry.meta.stored_at),
             _when(entry.last_used),
             str(entry.hits),
@@ -174,16 +175,16 @@ def _stats(args: argparse.Namespace) -> int:
     print(f"directory:  {cache.dir}")
     print(f"entries:    {stats.entries}")
     print(
-        f"size:       {human_size(stats.bytes)} of max_size {human_size(stats.max_size)} "
+        f"size:       {format_size(stats.bytes)} of max_size {format_size(stats.max_size)} "
         f"({stats.bytes} bytes)"
     )
     print(f"hits:       {stats.hits}")
-    print(f"filling:    {stats.filling} ({human_size(stats.filling_bytes)} written so far)")
+    print(f"filling:    {stats.filling} ({format_size(stats.filling_bytes)} written so far)")
     if stats.disk is not None and stats.keep is not None:
         disk = stats.disk
         print(
-            f"disk:       {100 * disk.used_fraction:.1f}% used, {human_size(disk.free)} free "
-            f"of {human_size(disk.size)}"
+            f"disk:       {100 * disk.used_fraction:.1f}% used, {format_size(disk.free)} free "
+            f"of {format_size(disk.size)}"
         )
         marks = cache.watermarks
         evicts = (
@@ -192,8 +193,8 @@ def _stats(args: argparse.Namespace) -> int:
             else "into min_free"
         )
         print(
-            f"keeps free: {human_size(stats.keep.floor)} (min_free {human_size(cache.min_free)}); "
-            f"evicts {evicts}"
+            f"keeps free: {format_size(stats.keep.floor)} "
+            f"(min_free {format_size(cache.min_free)}); evicts {evicts}"
         )
     return 0
 
@@ -236,15 +237,6 @@ def _verify(args: argparse.Namespace) -> int:
         f"{counts[Result.CHANGED]} changed while checked"
     )
     return 1 if counts[Result.BAD] else 0
-
-
-def human_size(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 def _when(stamp: float | None) -> str:

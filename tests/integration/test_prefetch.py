@@ -106,7 +106,7 @@ def test_prefetch_fills_the_cache_and_later_requests_hit(
     out = result.stdout
     # Not a terminal: plain lines, no control sequences, every URL on one line.
     assert "\x1b" not in out
-    assert f"done     {urls[0]} 3.1 MB" in out
+    assert f"done     {urls[0]} 3.0 MiB" in out
     assert "MISS via direct" in out
     assert "prefetch summary" in out
     assert result.stderr == ""
