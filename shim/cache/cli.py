@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shim._errors import ConfigError
 from shim.cache.inspect import (
     SORT_KEYS,
     CacheEntry,
@@ -89,18 +88,14 @@ def _reporting_os_errors(
     return handle
 
 
-def _settings(args: argparse.Namespace) -> Settings | None:
-    try:
-        return load_settings(args.config, env=os.environ, credentials=False)
-    except ConfigError as error:
-        print(f"shim: {error}", file=sys.stderr)
-        return None
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings for a command that signs nothing: bucket credentials are not read. A broken
+    config raises ConfigError, which ``shim``'s main says in one line (exit 2)."""
+    return load_settings(args.config, env=os.environ, credentials=False)
 
 
 def _ls(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if settings is None:
-        return 2
     entries = sort_entries(list_entries(settings.cache.dir, settings.buckets), args.sort)
     if args.json:
         print(json.dumps([_entry_json(entry) for entry in entries], indent=1))
@@ -145,8 +140,6 @@ def _entry_json(entry: CacheEntry) -> dict[str, Any]:
 
 def _rm(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if settings is None:
-        return 2
     root = settings.cache.dir
     try:
         found = find_entries(
@@ -163,8 +156,6 @@ def _rm(args: argparse.Namespace) -> int:
 
 def _stats(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if settings is None:
-        return 2
     cache = settings.cache
     stats = cache_stats(
         cache.dir, max_size=cache.max_size, min_free=cache.min_free, watermarks=cache.watermarks
@@ -221,8 +212,6 @@ def _stats_json(stats: CacheStats, settings: Settings) -> dict[str, Any]:
 
 def _verify(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if settings is None:
-        return 2
     counts = dict.fromkeys(Result, 0)
     for checked in verify_entries(settings.cache.dir, remove=not args.dry_run):
         counts[checked.result] += 1
