@@ -32,7 +32,6 @@ from shim.cache.server import (
     TASK_ID_HEADER,
     TICKET_HEADER,
 )
-from shim.cache.store import EntryMeta
 from shim.config import Settings, settings_from_mapping
 from shim.decide import Intercept, Refuse, Tunnel
 from shim.dfdaemon import DragonflyOptions
@@ -40,6 +39,7 @@ from shim.logformat import REQUEST
 from shim.redact import redact_url
 from shim.requestlog import RequestRecord, text_line
 from shim.takeover import BufferBudget, ClientConnection
+from tests.cache.entries import commit_entry
 
 BUCKET_HOST = "models.s3.us-east-1.amazonaws.com"
 CREDENTIALS = {"source": "static", "access_key_id": "AKIDADDONTEST", "secret_access_key": "k"}
@@ -292,24 +292,14 @@ def cache_entry(addon: ShimAddon, body: bytes, path: str = "/model.mar") -> str:
     reserve, temporary file, commit); returns its key."""
     key = ticket_key(addon, serve(addon, plain(flow_for(BUCKET_HOST, path))))
     assert addon._cache is not None
-    store = addon._cache.store
-    reservation = store.reserve(len(body))
-    assert reservation is not None
-    temp = store.temp_path(key)
-    fd = store.create_temp(temp)
-    try:
-        os.write(fd, body)
-    finally:
-        os.close(fd)
-    meta = EntryMeta(
-        key=key,
-        url="",
-        size=len(body),
+    commit_entry(
+        addon._cache.store,
+        key,
+        body,
         etag='"etag-1"',
         content_type="application/x-mar",
         stored_at=time.time(),  # just fetched: fresh under the default revalidation period
     )
-    store.commit(meta, temp, reservation)
     return key
 
 
