@@ -21,7 +21,7 @@ import pytest
 from shim.taskid import rust_task_id
 from tests.support.http import via_proxy
 from tests.support.procs import direct_opener
-from tests.support.servers import S3Server, put_object, s3_client
+from tests.support.servers import S3Server, put_objects
 from tests.support.shim_process import ShimProcess, s3_bucket_config, shim_command, start_shim
 
 pytestmark = pytest.mark.slow
@@ -33,15 +33,13 @@ PROXY_PASSWORD = "proxy-password-for-prefetch"
 
 @pytest.fixture(scope="module")
 def objects(s3rver: S3Server) -> dict[str, bytes]:
-    client = s3_client(s3rver)
     bodies = {
         "model a.mar": os.urandom(3 * 1024 * 1024),
         "b.mar": os.urandom(200_000),
         "job.mar": os.urandom(1024 * 1024),
         "removed.mar": os.urandom(100_000),
     }
-    for key, body in bodies.items():
-        put_object(client, BUCKET, key, body)
+    put_objects(s3rver, {f"{BUCKET}/{key}": body for key, body in bodies.items()})
     return bodies
 
 
