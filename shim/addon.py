@@ -28,7 +28,7 @@ from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.proxy import mode_specs, server_hooks
 
 from shim import limits
-from shim._errors import ConfigError, RequestError, ShimError, SigningError
+from shim._errors import RequestError, ShimError, SigningError
 from shim.access import auth_required, client_allowed, credentials_valid
 from shim.admin import AdminActions, AdminServer
 from shim.cache.conditional import Preconditions
@@ -71,8 +71,8 @@ from shim.prefetch.jobs import PrefetchJobs
 from shim.prefetch.warm import Warmed, refused, warm
 from shim.providers import BucketConfig
 from shim.recognize import ObjectRef, recognize
-from shim.redact import redact_url
-from shim.reload import carry_signers, needs_restart, restart_message
+from shim.redact import redact_url, redact_urls
+from shim.reload import carry_signers, changes, told, worth_applying
 from shim.requestlog import RecentRequests, RequestRecord, text_line
 from shim.signing import CachedSigner, credential_problem_in_background, signers_for
 from shim.status_gather import StatusGatherer
@@ -84,6 +84,8 @@ log = logging.getLogger("shim")
 # Answers up to this size are read whole and handed to mitmproxy, which keeps the connection
 # open; larger ones are written on the client's connection directly (shim.takeover).
 SMALL_BODY = 64 * 1024
+# The trigger a reload under mitmdump (its shim_config option set anew) is logged with.
+_OPTION_RELOAD = "shim_config option"
 # Hop-by-hop and client credentials: never forwarded on a request shim signs itself.
 _DROPPED_REQUEST_HEADERS = ("Authorization", "Proxy-Authorization", "Proxy-Connection", "Cookie")
 
@@ -143,7 +145,8 @@ class ShimAddon:
         self.settings: Settings | None = None
         self.metrics = Metrics()
         self.recent = RecentRequests()
-        # By (reverse alias, provider): whether the bucket's credentials loaded at start-up.
+        # By (reverse alias, provider): whether the bucket's credentials loaded at start-up or
+        # when a reload brought new ones; absent while they are checked.
         self.credentials: dict[tuple[str, str], bool] = {}
         self._signers: dict[BucketConfig, CachedSigner] = {}
         self._links: LinkDir | None = None  # dfdaemon.link_dir, prepared once
@@ -177,23 +180,27 @@ class ShimAddon:
         limits.apply_options(ctx.options)
         if self.settings is not None and "shim_config" not in updated:
             return
+        current = self.settings
         try:
             settings = self._given_settings or load_settings(
                 Path(ctx.options.shim_config) if ctx.options.shim_config else None,
                 env=os.environ,
             )
-            if self.settings is None:
+            if current is None:
                 link_dir = settings.dfdaemon.link_dir if settings.dfdaemon else None
                 self._links = LinkDir.prepare(link_dir) if link_dir is not None else None
-                signers = signers_for(settings.buckets, settings.presign_expires)
-            else:  # the option changed under mitmdump: a reload, by shim.reload's rules
-                restart = needs_restart(self.settings, settings)
-                if restart:
-                    raise ConfigError(restart_message(restart))
-                signers = carry_signers(self._signers, self.settings, settings)
-            self._swap(settings, signers)
+                self._swap(settings, signers_for(settings.buckets, settings.presign_expires))
+                return
+            # The option changed under mitmdump: a reload, by shim.reload's rules.
+            if not worth_applying(current, settings):
+                told(self.metrics, _OPTION_RELOAD, "unchanged")
+                return
+            self._swap(settings, carry_signers(self._signers, current, settings))
         except ShimError as error:  # broken, limits mitmproxy cannot hold, a bad link_dir
+            if current is not None:
+                told(self.metrics, _OPTION_RELOAD, "refused", str(error))
             raise exceptions.OptionsError(str(error)) from None  # type: ignore[no-untyped-call]
+        told(self.metrics, _OPTION_RELOAD, "applied", "; ".join(changes(current, settings)))
 
     async def reconfigure(self, settings: Settings) -> None:
         """Serve with ``settings`` from now on (``shim run``'s reload: shim.reload has checked
@@ -219,14 +226,15 @@ class ShimAddon:
             extra_headers=settings.headers,
             dfdaemon=dfdaemon_route(dfdaemon, self._links) if dfdaemon else None,
         )
+        fresh = {b: s for b, s in signers.items() if old_signers.get(b) is not s}
         gone = {(b.reverse_alias, b.provider) for b in old.buckets}
         gone -= {(b.reverse_alias, b.provider) for b in settings.buckets}
-        for labels in gone:
+        # What the old credentials showed no longer holds: "checking" until the new result.
+        for labels in gone | {(b.reverse_alias, b.provider) for b in fresh}:
+            self.credentials.pop(labels, None)
             with contextlib.suppress(KeyError):  # never checked
                 self.metrics.bucket_credentials.remove(*labels)
-        self._start_credential_check(
-            {b: s for b, s in signers.items() if old_signers.get(b) is not s}
-        )
+        self._start_credential_check(fresh)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def running(self) -> None:
@@ -424,15 +432,7 @@ class ShimAddon:
 
     async def _serve(self, flow: http.HTTPFlow, serve: Serve, signer: CachedSigner) -> None:
         ref = serve.ref
-        # What the request's log line and metrics need, until its answer's last byte.
-        shim = flow.metadata["shim"] = {
-            "url": redact_url(flow.request.pretty_url),
-            "bucket": ref.bucket.reverse_alias,
-            "key": ref.key,
-            "task_id": "-",
-            "sent": 0,
-        }
-        self.metrics.requested(shim["bucket"], ref.key)
+        shim = flow.metadata["shim"] = self._requested(flow.request.pretty_url, ref)
         ticket = await self._ticket(ref, flow.request.method, signer)
         if isinstance(ticket, Refuse):
             self._reply(flow, ticket)
@@ -461,9 +461,8 @@ class ShimAddon:
             return Refuse(400, "request", str(error))
         return Ticket(method, signed, identity, filtered, ref.bucket.freshness)
 
-    async def object_ticket(self, url: str) -> Ticket | Refuse:
-        """The ticket a client's GET of ``url`` through the proxy would get (admin prefetch
-        and cache removal); never one for a URL of no configured bucket."""
+    def _object_ref(self, url: str) -> ObjectRef | Refuse:
+        """The object of a configured bucket that ``url`` names, or why there is none."""
         try:
             ref = recognize(url, self._settings().buckets)
         except RequestError as error:
@@ -472,24 +471,49 @@ class ShimAddon:
             return Refuse(
                 403, "passthrough", "the URL names no object of a configured bucket; not fetched"
             )
+        return ref
+
+    async def object_ticket(self, url: str) -> Ticket | Refuse:
+        """The ticket a client's GET of ``url`` through the proxy would get (admin prefetch
+        and cache removal); never one for a URL of no configured bucket."""
+        ref = self._object_ref(url)
+        if isinstance(ref, Refuse):
+            return ref
         return await self._ticket(ref, "GET", self._signers[ref.bucket])
 
     async def _warm(self, url: str, on_bytes: Callable[[int], None]) -> Warmed:
-        """Warm ``url`` as a client's GET would (admin prefetch), logged as a request is."""
-        ticket = await self.object_ticket(url)
+        """Warm ``url`` as a client's GET would (admin prefetch): recorded, logged and counted
+        as a request is (method PREFETCH; no byte sent to a client). A URL of no configured
+        bucket has no record, as traffic for no bucket has none."""
+        started = time.time()
+        ref = self._object_ref(url)
+        if isinstance(ref, Refuse):
+            return refused(ref)
+        shim = self._requested(url, ref)
+        ticket = await self._ticket(ref, "GET", self._signers[ref.bucket])
         if isinstance(ticket, Refuse):
-            return refused(ticket)
-        assert self._cache is not None
-        outcome = await warm(self._cache, ticket, on_bytes)
-        log.info(
-            "prefetch %s -> %d %s via %s task=%s",
-            redact_url(url),
-            outcome.status,
-            outcome.cache,
-            outcome.route,
-            outcome.task_id or ticket.identity.task_id,
-        )
+            outcome = refused(ticket)
+        else:
+            assert self._cache is not None
+            outcome = await warm(self._cache, ticket, on_bytes)
+            shim["task_id"] = ticket.identity.task_id
+        self.metrics.answered(shim["bucket"], shim["key"], outcome.cache)
+        shim.update(status=outcome.status, cache=outcome.cache, route=outcome.route)
+        shim.update(task_id=outcome.task_id or shim["task_id"], error=outcome.error or "")
+        self._record("PREFETCH", shim, started)
         return outcome
+
+    def _requested(self, url: str, ref: ObjectRef) -> dict[str, Any]:
+        """A request for ``ref`` begins: counted, and what its record will need, filled in
+        until its answer's last byte."""
+        self.metrics.requested(ref.bucket.reverse_alias, ref.key)
+        return {
+            "url": redact_url(url),
+            "bucket": ref.bucket.reverse_alias,
+            "key": ref.key,
+            "task_id": "-",
+            "sent": 0,
+        }
 
     def _client_connection(self, flow: http.HTTPFlow) -> ClientConnection | None:
         """The client's connection, to answer on directly; None: through the cache server."""
@@ -594,6 +618,8 @@ class ShimAddon:
             # The dfdaemon's own task ID when it reported one, else shim's computation.
             task_id=headers.get(TASK_ID_HEADER, shim["task_id"]),
         )
+        if ERROR_HEADER in headers:  # an error answer: its kind, unless shim said more
+            shim.setdefault("error", headers[ERROR_HEADER])
 
     def _count_sent(self, flow: http.HTTPFlow, count: int) -> None:
         shim = flow.metadata["shim"]
@@ -607,10 +633,15 @@ class ShimAddon:
         if shim.get("ended"):
             return
         shim["ended"] = True
+        self._record(flow.request.method, shim, flow.request.timestamp_start)
+
+    def _record(self, method: str, shim: Mapping[str, Any], started: float) -> None:
+        """The record of a request that began at ``started`` and has just ended: logged (one
+        line) and kept among the recent ones."""
         now = time.time()
         record = RequestRecord(
             time=now,
-            method=flow.request.method,
+            method=method,
             url=shim["url"],
             bucket=shim["bucket"],
             status=shim.get("status", 502),
@@ -618,7 +649,8 @@ class ShimAddon:
             route=shim.get("route", "-"),
             task_id=shim["task_id"],
             bytes=shim["sent"],
-            duration=max(now - flow.request.timestamp_start, 0.0),
+            duration=max(now - started, 0.0),
+            error=redact_urls(shim.get("error", "")),
         )
         self.recent.add(record)
         log.info("%s", text_line(record), extra={REQUEST: record})
@@ -629,7 +661,7 @@ class ShimAddon:
             return  # answered on the connection, which mitmproxy was then told to close
         if shim is not None and flow.error is not None:
             self.metrics.errors.labels(kind="transfer").inc()
-            log.warning("%s %s failed: %s", flow.request.method, shim["url"], flow.error.msg)
+            shim.setdefault("error", f"failed: {flow.error.msg}")  # on the request's line
             self._ended(flow)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -682,6 +714,10 @@ class ShimAddon:
 
     def _count_refusal(self, flow: http.HTTPFlow, refusal: Refuse) -> None:
         self.metrics.errors.labels(kind=refusal.kind).inc()
+        shim = flow.metadata.get("shim")
+        if shim is not None:  # a request with a record: the reason goes on its one line
+            shim["error"] = f"{refusal.kind}: {refusal.message}"
+            return
         log.warning(
             "%s %s -> %d: %s",
             flow.request.method,

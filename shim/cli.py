@@ -89,19 +89,9 @@ async def _serve(settings: Settings, config: Path | None, overrides: dict[str, A
     return 0
 
 
-def _settings_or_exit(args: argparse.Namespace) -> Settings | None:
-    """Settings for a command that signs nothing: bucket credentials are not read."""
-    try:
-        return load_settings(args.config, env=os.environ, credentials=False)
-    except ConfigError as error:
-        print(f"shim: {error}", file=sys.stderr)
-        return None
-
-
 def _ca(args: argparse.Namespace) -> int:
-    settings = _settings_or_exit(args)
-    if settings is None:
-        return 2
+    # Signs nothing: bucket credentials are not read.
+    settings = load_settings(args.config, env=os.environ, credentials=False)
     try:
         pem, truststore = export_trust(settings.confdir, args.out, args.jdk_cacerts)
     except TrustError as error:
@@ -113,9 +103,8 @@ def _ca(args: argparse.Namespace) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
-    settings = _settings_or_exit(args)
-    if settings is None:
-        return 2
+    # Signs nothing: bucket credentials are not read.
+    settings = load_settings(args.config, env=os.environ, credentials=False)
     try:
         host, port = split_host_port(args.proxy) if args.proxy else settings.listen_address
     except ValueError as error:
@@ -379,7 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = args.handler
-    result: int = handler(args)
+    try:
+        result: int = handler(args)
+    except ConfigError as error:  # a broken config, said in one line, whatever the command
+        print(f"shim: {error}", file=sys.stderr)
+        return 2
     return result
 
 

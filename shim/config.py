@@ -385,8 +385,9 @@ class Settings(_Strict):
     )
     admin_token_file: Path | None = Field(
         default=None,
-        description="a file holding the admin token, read at start; other users must not be "
-        "able to read it",
+        description="a file holding the admin token, read at start and read again when it "
+        "changes (as the config file is, every `reload_poll` seconds: a rotated Kubernetes "
+        "Secret applies without a restart); other users must not be able to read it",
     )
 
     @field_validator("admin_token")
@@ -395,12 +396,6 @@ class Settings(_Strict):
         if value is not None:
             check_admin_token(value.get_secret_value())
         return value
-
-    @model_validator(mode="after")
-    def _one_admin_token(self) -> Self:
-        if self.admin_token is not None and self.admin_token_file is not None:
-            raise ValueError("give at most one of admin_token and admin_token_file")
-        return self
 
     @field_validator("passthrough", mode="before")
     @classmethod
@@ -521,17 +516,17 @@ def read_secret_file(path: Path, where: str) -> str:
 
 
 def _resolve_admin_token_file(raw: Mapping[str, Any]) -> Any:
-    """Read ``admin_token_file`` into ``admin_token``, as ``password_env`` is read."""
+    """Read ``admin_token_file`` into ``admin_token``, as ``password_env`` is read. The path
+    stays: a reload watches the file."""
     path = raw.get("admin_token_file")
-    if path is None or "admin_token" in raw:
-        return raw  # validation says what is wrong, if anything
+    if path is None:
+        return raw
     token = read_secret_file(Path(str(path)), "admin_token_file")
     try:
         check_admin_token(token)
     except ValueError as error:
         raise ConfigError(f"admin_token_file {path}: the token {error}") from None
-    resolved = {k: v for k, v in raw.items() if k != "admin_token_file"}
-    return {**resolved, "admin_token": token}
+    return {**raw, "admin_token": token}
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -644,6 +639,8 @@ def settings_from_mapping(
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    if raw.get("admin_token") is not None and raw.get("admin_token_file") is not None:
+        raise ConfigError(f"{source}: give at most one of admin_token and admin_token_file")
     try:
         resolved = _resolve_env_credentials(raw, env) if credentials else raw
         resolved = _resolve_proxy_auth_env(resolved, env) if credentials else resolved

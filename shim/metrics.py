@@ -1,11 +1,13 @@
 """Prometheus metrics, in a registry of shim's own so several proxies can share a process.
 
 Every label's values are bounded: routes, kinds and results are shim's own words, buckets are
-the configured ones, and objects and dfdaemon tasks are only the hottest few (``HotSeries``).
+the configured ones, and objects and dfdaemon tasks are only the hottest few (``HotSeries``),
+long object keys clipped (``label_value``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +25,22 @@ HOT_HALF_LIFE = 3600.0
 DEFAULT_TOP_OBJECTS = 20
 # Fills last from milliseconds (a small object nearby) to many minutes (a large model).
 FILL_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+# A label value longer than this (bytes) is clipped: object keys may be up to a MiB, and a
+# scrape shows every tracked one in several families.
+MAX_LABEL_BYTES = 1024
+_CLIPPED_TO = 1000
+
+
+def label_value(value: str) -> str:
+    """``value`` as a label may show it: whole up to MAX_LABEL_BYTES, else its first bytes,
+    "…" and a short hash of the whole, so that distinct long values stay distinct."""
+    if len(value) * 4 <= MAX_LABEL_BYTES:  # no UTF-8 character is longer than 4 bytes
+        return value
+    encoded = value.encode("utf-8", "surrogatepass")
+    if len(encoded) <= MAX_LABEL_BYTES:
+        return value
+    head = encoded[:_CLIPPED_TO].decode("utf-8", "ignore")  # not half a character
+    return f"{head}…{hashlib.sha256(encoded).hexdigest()[:16]}"
 
 
 @dataclass(slots=True)
@@ -65,13 +83,13 @@ class HotSeries(Collector):
 
     def add(self, key: tuple[str, ...]) -> Counts | None:
         """One request for ``key``: it becomes hotter. Its counts, None when none are kept."""
-        counts = self._hot.add(key, self._clock())
+        counts = self._hot.add(_labels_of(key), self._clock())
         if counts is not None:
             counts.requests += 1
         return counts
 
     def get(self, key: tuple[str, ...]) -> Counts | None:
-        return self._hot.get(key)
+        return self._hot.get(_labels_of(key))
 
     def describe(self) -> Iterator[CounterMetricFamily]:
         for name, documentation, _ in self._families:
@@ -84,6 +102,10 @@ class HotSeries(Collector):
             for key, counts in top:
                 family.add_metric(list(key), count(counts))
             yield family
+
+
+def _labels_of(key: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(label_value(value) for value in key)
 
 
 class Metrics:
@@ -178,9 +200,9 @@ class Metrics:
         )
         self.bucket_credentials = Gauge(
             "shim_bucket_credentials",
-            "1 when a bucket's credentials loaded at start-up (or when a reload brought the "
-            "bucket), 0 when they could not be (the log says why), by bucket (its reverse "
-            "alias) and provider.",
+            "1 when a bucket's credentials loaded at start-up or when a reload brought new "
+            "credentials, 0 when they could not be (the log says why), by bucket (its reverse "
+            "alias) and provider; absent while being checked.",
             ["bucket", "provider"],
             registry=self.registry,
         )

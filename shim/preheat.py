@@ -208,14 +208,14 @@ def judge(report: JobReport, plan: Plan) -> Verdict:
             hosts[by_signed[result.url].url].append(result.host)
     for result in report.failed:
         target = by_signed.get(result.url)
-        what = target.url if target else "a URL"
+        what = redact_url(target.url) if target else "a URL"
         problems.append(f"{result.host} failed {what}: {result.description or 'no reason given'}")
     if report.state == FAILURE:
         reasons = "; ".join(report.errors) or "no reason given (the manager may have given up)"
         problems.append(f"failed: {reasons}")
     elif report.state == SUCCESS and not report.failed:
         problems += [
-            f"{target.url}: no peer reports it downloaded"
+            f"{redact_url(target.url)}: no peer reports it downloaded"
             for target in plan.targets
             if not hosts[target.url]
         ]

@@ -36,6 +36,23 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(query="&".join(pieces)))
 
 
+# A token of free text with a query: a URL redact_url may need to clean.
+_QUERIED = re.compile(r"[^\s'\"<>]*\?[^\s'\"<>]*")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` (an error's message, say) with every URL in it redacted as by redact_url; a
+    URL too broken to be parsed loses its whole query."""
+
+    def redacted(match: re.Match[str]) -> str:
+        try:
+            return redact_url(match.group())
+        except ValueError:
+            return match.group().partition("?")[0] + "?" + REDACTED
+
+    return _QUERIED.sub(redacted, text)
+
+
 def signature_secrets(signed_url: str) -> frozenset[str]:
     """What of ``signed_url`` must not reach a client: each secret signature value as sent
     and decoded, and the access key ID heading a credential (``AKID/date/region/...``)."""

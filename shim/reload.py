@@ -20,9 +20,10 @@ headers, filter, URL lifetimes, limits, and the dfdaemon's address, application,
 fallback and connect timeout. Buckets that did not change keep their signer, and with it the
 signed URLs and credentials it holds.
 
-The file is polled every ``reload_poll`` seconds by its resolved path, device, inode, mtime and
-size: an in-place write, an editor's rename, and a Kubernetes ConfigMap update (which swaps a
-``..data`` symlink to a new directory) all change one of them.
+The file, and the ``admin_token_file`` it names (a rotated Kubernetes Secret), are polled every
+``reload_poll`` seconds by their resolved path, device, inode, mtime and size: an in-place
+write, an editor's rename, and a Kubernetes ConfigMap or Secret update (which swaps a ``..data``
+symlink to a new directory) all change one of them. A change of either reloads.
 """
 
 from __future__ import annotations
@@ -109,6 +110,30 @@ def changes(old: Settings, new: Settings) -> list[str]:
     return described
 
 
+def worth_applying(current: Settings, new: Settings) -> bool:
+    """Whether ``new`` is to replace the running ``current``: False when it changes nothing.
+    Raises ShimError naming the settings it changes that only a restart applies."""
+    if new == current:
+        return False
+    restart = needs_restart(current, new)
+    if restart:
+        raise ShimError(restart_message(restart))
+    return True
+
+
+def told(metrics: Metrics, trigger: str, result: Result, detail: str = "") -> Result:
+    """Log a reload's ``result`` in its one line and count it. ``detail``: what it changed
+    (applied, see ``changes``) or why it was refused."""
+    if result == "unchanged":
+        log.info("config reload (%s): nothing changed", trigger)
+    elif result == "refused":
+        log.error("config reload (%s) refused, the running config stays: %s", trigger, detail)
+    else:
+        log.info("config reloaded (%s): %s", trigger, detail)
+    metrics.config_reloads.labels(result=result).inc()
+    return result
+
+
 def _lifetime(bucket: BucketConfig, settings: Settings) -> int:
     return bucket.presign_expires or settings.presign_expires
 
@@ -183,15 +208,33 @@ class ConfigReload:
         self._env = env
         self._overrides = overrides
         self._file = watched_file(path, env)
-        # Taken now: the running config was read from this version of the file.
-        self._seen = file_state(self._file) if self._file is not None else None
+        # Taken now: the running config was read from this version of the file. The token
+        # file's is taken when the watcher first sees it (the settings may not be loaded yet).
+        self._seen: dict[Path, FileState | None] = self._states()
         self._lock = asyncio.Lock()  # one reload at a time, each against the config before
         self._tasks: set[asyncio.Task[Result]] = set()
         self._watcher: asyncio.Task[None] | None = None
 
+    def _watched(self) -> list[Path]:
+        """The config file and the admin token file the running config names."""
+        settings = self._service.settings
+        token_file = settings.admin_token_file if settings is not None else None
+        return [file for file in (self._file, token_file) if file is not None]
+
+    def _states(self) -> dict[Path, FileState | None]:
+        return {file: file_state(file) for file in self._watched()}
+
+    def _changed(self) -> bool:
+        """Whether a watched file changed since it was read; one seen first is noted."""
+        states = self._states()
+        if any(self._seen.get(file, state) != state for file, state in states.items()):
+            return True
+        self._seen = states
+        return False
+
     def running(self) -> None:
         if self._file is not None:
-            self._watcher = asyncio.create_task(self._watch(self._file))
+            self._watcher = asyncio.create_task(self._watch())
 
     async def done(self) -> None:
         for task in (self._watcher, *self._tasks):
@@ -207,45 +250,33 @@ class ConfigReload:
 
     async def reload(self, trigger: str) -> Result:
         async with self._lock:
-            if self._file is not None:
-                self._seen = file_state(self._file)  # what is read now; the watcher skips it
+            self._seen = self._states()  # what is read now; the watcher skips it
             try:
-                result = await self._reload(trigger)
+                return await self._reload(trigger)
             except Exception as error:  # a bug, or an SDK failing unforeseen: the old config
                 # and the watcher carry on. Its type only: an SDK's message may quote a secret.
-                log.error(
-                    "config reload (%s) failed (%s), the running config stays",
-                    trigger,
-                    type(error).__name__,
-                )
-                result = "refused"
-        self._service.metrics.config_reloads.labels(result=result).inc()
-        return result
+                detail = f"failed ({type(error).__name__})"
+                return told(self._service.metrics, trigger, "refused", detail)
 
     async def _reload(self, trigger: str) -> Result:
         current = self._service.settings
         assert current is not None, "configure() runs before any reload"
+        metrics = self._service.metrics
         try:
             new = await asyncio.to_thread(
                 load_settings, self._path, env=self._env, overrides=self._overrides
             )
-            if new == current:
-                log.info("config reload (%s): nothing changed", trigger)
-                return "unchanged"
-            restart = needs_restart(current, new)
-            if restart:
-                raise ShimError(restart_message(restart))
+            if not worth_applying(current, new):
+                return told(metrics, trigger, "unchanged")
             await self._service.reconfigure(new)
         except ShimError as error:  # messages name the key and the problem, never a value
-            log.error("config reload (%s) refused, the running config stays: %s", trigger, error)
-            return "refused"
-        log.info("config reloaded (%s): %s", trigger, "; ".join(changes(current, new)))
-        return "applied"
+            return told(metrics, trigger, "refused", str(error))
+        return told(metrics, trigger, "applied", "; ".join(changes(current, new)))
 
-    async def _watch(self, file: Path) -> None:
+    async def _watch(self) -> None:
         while True:
             settings = self._service.settings
             interval = settings.reload_poll if settings is not None else 0
             await asyncio.sleep(interval or _IDLE_POLL_SECONDS)
-            if interval and file_state(file) != self._seen:
+            if interval and self._changed():
                 await self.reload("file changed")

@@ -24,6 +24,7 @@ class RequestRecord:
     task_id: str
     bytes: int  # body bytes sent to the client
     duration: float  # seconds from the request's first byte to the answer's last
+    error: str = ""  # why it was refused or failed (redacted), else empty
 
 
 class RecentRequests:
@@ -41,8 +42,9 @@ class RecentRequests:
 
 def text_line(record: RequestRecord) -> str:
     """The record as one readable log line."""
-    return (
+    line = (
         f"{record.method} {record.url} -> {record.status} {record.cache} via {record.route} "
         f"task={record.task_id} bucket={record.bucket} bytes={record.bytes} "
         f"duration={record.duration:.3f}s"
     )
+    return f"{line} error: {record.error}" if record.error else line

@@ -19,6 +19,7 @@ import jinja2
 
 from shim.cache.fill import FillProgress
 from shim.requestlog import RECENT_REQUESTS, RequestRecord
+from shim.units import format_size
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -120,18 +121,6 @@ def as_json(status: StatusSnapshot) -> dict[str, Any]:
     return dataclasses.asdict(status)
 
 
-def size(count: float | None) -> str:
-    """Bytes for people: ``1.5 GiB``."""
-    if count is None:
-        return "?"
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def seconds(value: float | None) -> str:
     if value is None:
         return "?"
@@ -158,7 +147,7 @@ _ENVIRONMENT = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_ENVIRONMENT.filters.update(size=size, seconds=seconds, clock=clock, clip=clip)
+_ENVIRONMENT.filters.update(size=format_size, seconds=seconds, clock=clock, clip=clip)
 _ENVIRONMENT.globals.update(percent=percent, refresh=REFRESH_SECONDS)
 _TEMPLATE = _ENVIRONMENT.from_string(
     importlib.resources.files("shim").joinpath("status.html").read_text(encoding="utf-8")

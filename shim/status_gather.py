@@ -25,7 +25,7 @@ class StatusGatherer:
         ready: Callable[[], bool],
     ) -> None:
         """``credentials``: by (reverse alias, provider), whether the bucket's credentials
-        loaded at start-up (absent: still being checked)."""
+        loaded at start-up or when a reload brought new ones (absent: still being checked)."""
         self._settings = settings
         self._cache = cache
         self._recent = recent

@@ -32,12 +32,14 @@ from shim.cache.server import (
     TASK_ID_HEADER,
     TICKET_HEADER,
 )
-from shim.cache.store import EntryMeta
 from shim.config import Settings, settings_from_mapping
 from shim.decide import Intercept, Refuse, Tunnel
 from shim.dfdaemon import DragonflyOptions
+from shim.logformat import REQUEST
+from shim.redact import redact_url
 from shim.requestlog import RequestRecord, text_line
 from shim.takeover import BufferBudget, ClientConnection
+from tests.cache.entries import commit_entry
 
 BUCKET_HOST = "models.s3.us-east-1.amazonaws.com"
 CREDENTIALS = {"source": "static", "access_key_id": "AKIDADDONTEST", "secret_access_key": "k"}
@@ -290,24 +292,14 @@ def cache_entry(addon: ShimAddon, body: bytes, path: str = "/model.mar") -> str:
     reserve, temporary file, commit); returns its key."""
     key = ticket_key(addon, serve(addon, plain(flow_for(BUCKET_HOST, path))))
     assert addon._cache is not None
-    store = addon._cache.store
-    reservation = store.reserve(len(body))
-    assert reservation is not None
-    temp = store.temp_path(key)
-    fd = store.create_temp(temp)
-    try:
-        os.write(fd, body)
-    finally:
-        os.close(fd)
-    meta = EntryMeta(
-        key=key,
-        url="",
-        size=len(body),
+    commit_entry(
+        addon._cache.store,
+        key,
+        body,
         etag='"etag-1"',
         content_type="application/x-mar",
         stored_at=time.time(),  # just fetched: fresh under the default revalidation period
     )
-    store.commit(meta, temp, reservation)
     return key
 
 
@@ -689,14 +681,51 @@ def test_a_relayed_answer_counts_its_bytes_as_they_stream(addon: ShimAddon) -> N
     assert metric(addon, "shim_bucket_misses_total", bucket="models") == 1
 
 
-def test_a_failure_before_any_answer_is_recorded_once_as_a_502(addon: ShimAddon) -> None:
+def test_a_failure_before_any_answer_is_recorded_once_as_a_502(
+    addon: ShimAddon, caplog: pytest.LogCaptureFixture
+) -> None:
     flow = serve(addon, plain(flow_for(BUCKET_HOST, "/model.mar")))
-    flow.error = tflow.terr()
-    addon.error(flow)
-    addon.error(flow)
+    secret = "http://x/y?X-Amz-Signature=5ecre7519"  # a message may quote a signed URL
+    flow.error = tflow.terr(f"connection lost to {secret}")
+    with caplog.at_level(logging.INFO, logger="shim"):
+        addon.error(flow)
+        addon.error(flow)
     record = only_record(addon)
     assert (record.status, record.cache, record.route, record.bytes) == (502, "-", "-", 0)
     assert record.task_id == ticket_key(addon, flow)
+    assert record.error == f"failed: connection lost to {redact_url(secret)}"
+    assert [r.getMessage() for r in caplog.records if r.name == "shim"] == [text_line(record)]
+    # A refusal of a request no bucket has (so no record) keeps its own warning.
+    with caplog.at_level(logging.INFO, logger="shim"):
+        addon.requestheaders(flow_for("169.254.169.254", "/latest/meta-data/"))
+    assert "GET http://169.254.169.254/latest/meta-data/ -> 403" in caplog.messages[-1]
+
+
+def test_an_admin_prefetch_is_recorded_logged_and_counted_as_a_request(
+    addon: ShimAddon, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = cache_entry(addon, BODY)
+    url = f"https://{BUCKET_HOST}/model.mar"
+    with caplog.at_level(logging.INFO, logger="shim"):
+        outcome = run(addon._warm(url, lambda _: None))
+        run(addon._warm("https://example.com/x", lambda _: None))  # no bucket: no record
+    assert (outcome.status, outcome.cache, outcome.error) == (200, "HIT", None)
+    record = only_record(addon)
+    assert (record.method, record.url, record.bucket, record.status) == (
+        "PREFETCH",
+        url,
+        "models",
+        200,
+    )
+    assert (record.cache, record.route, record.task_id, record.bytes) == ("HIT", "cache", key, 0)
+    assert [r.getMessage() for r in caplog.records if r.name == "shim"] == [text_line(record)]
+    # Its fields go on a JSON line (shim.logformat) as a client request's do.
+    assert [getattr(r, REQUEST) for r in caplog.records if r.name == "shim"] == [record]
+    assert metric(addon, "shim_bucket_hits_total", bucket="models") == 1
+    labels = {"bucket": "models", "object": "model.mar"}
+    assert metric(addon, "shim_object_requests_total", **labels) == 2  # cache_entry's and this
+    assert metric(addon, "shim_object_hits_total", **labels) == 1
+    assert metric(addon, "shim_bucket_response_bytes_total", bucket="models") == 0
 
 
 @pytest.mark.parametrize("addon", [{"metrics": {"top_objects": 1}}], indirect=True)
@@ -779,26 +808,42 @@ def test_running_starts_the_cache_server_with_the_settings(addon: ShimAddon) -> 
 
 
 def test_the_proxy_connects_lazily_and_cache_settings_cannot_change_live(
-    addon: ShimAddon, tmp_path: Path
+    addon: ShimAddon, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert ctx.options.connection_strategy == "lazy"  # mitmproxy's default is eager
     addon._given_settings = None  # from the shim_config option from now on
 
     def reconfigure(raw: dict[str, Any]) -> None:
-        config = tmp_path / "shim.yaml"
+        # A file each: a refused one is rolled back to the option's previous file.
+        config = tmp_path / f"shim-{len(list(tmp_path.glob('shim-*.yaml')))}.yaml"
         config.write_text(yaml.safe_dump(raw))
-        with ctx.options.rollback({"shim_config"}, reraise=True):
-            ctx.options.update(shim_config=str(config))
+
+        async def set_option() -> None:  # as mitmdump sets options: on its event loop
+            with ctx.options.rollback({"shim_config"}, reraise=True):
+                ctx.options.update(shim_config=str(config))
+
+        run(set_option())
 
     same = {"cache": {"dir": str(tmp_path / "cache")}, "admin": "127.0.0.1:0"}
     other = {"provider": "s3", "bucket": "other", "credentials": CREDENTIALS}
-    reconfigure({**same, "buckets": [other]})  # buckets may change while shim runs
+    with caplog.at_level(logging.INFO, logger="shim"):
+        reconfigure({**same, "buckets": [other]})  # buckets may change while shim runs
+        assert [b.bucket for b in addon._settings().buckets] == ["other"]
+        with pytest.raises(exceptions.OptionsError, match="restart"):
+            reconfigure({**same, "cache": {"dir": str(tmp_path / "elsewhere")}})
+        with pytest.raises(exceptions.OptionsError, match="restart"):
+            reconfigure({**same, "admin": "127.0.0.1:1"})
+        reconfigure({**same, "buckets": [other]})
     assert [b.bucket for b in addon._settings().buckets] == ["other"]
-    with pytest.raises(exceptions.OptionsError, match="restart"):
-        reconfigure({**same, "cache": {"dir": str(tmp_path / "elsewhere")}})
-    with pytest.raises(exceptions.OptionsError, match="restart"):
-        reconfigure({**same, "admin": "127.0.0.1:1"})
-    assert [b.bucket for b in addon._settings().buckets] == ["other"]
+    # Logged and counted as shim run's reloads are (shim.reload).
+    assert "config reloaded (shim_config option): buckets +other -models" in caplog.messages
+    assert "config reload (shim_config option): nothing changed" in caplog.messages
+    # (mitmproxy's rollback of each refused one sets the running config's file again, which
+    # changes nothing: counted as unchanged, as the last one is.)
+    reloads = {
+        r: metric(addon, "shim_config_reloads_total", result=r) for r in ("applied", "refused")
+    }
+    assert reloads == {"applied": 1, "refused": 2}
 
 
 # -- reloads while running (shim.reload decides what may change) -------------------------------
@@ -878,6 +923,36 @@ def test_a_reload_checks_the_credentials_it_brings_and_forgets_removed_buckets(
     # A check that ends after a reload removed its bucket leaves the gauge alone.
     run(addon._check_credentials({removed: stale}))
     assert gauge("broken") is None
+
+
+CHANGED_FROM = {"provider": "s3", "bucket": "models", "credentials": CREDENTIALS}
+
+
+@pytest.mark.usefixtures("no_aws_credentials")
+def test_a_reload_shows_changed_and_removed_buckets_credentials_as_checking_until_checked(
+    addon: ShimAddon, tmp_path: Path
+) -> None:
+    def gauge(alias: str) -> float | None:
+        labels = {"bucket": alias, "provider": "s3"}
+        return addon.metrics.registry.get_sample_value("shim_bucket_credentials", labels)
+
+    kept = {"provider": "s3", "bucket": "kept", "credentials": CREDENTIALS}
+    removed = {"provider": "s3", "bucket": "removed", "credentials": CREDENTIALS}
+    run(addon.reconfigure(reload_settings(tmp_path, buckets=[CHANGED_FROM, kept, removed])))
+    run(asyncio.gather(*addon._credential_checks))
+    assert addon.credentials == {
+        ("models", "s3"): True,
+        ("kept", "s3"): True,
+        ("removed", "s3"): True,
+    }
+    # models' credentials now come from a chain that finds none; removed is gone.
+    changed = {**CHANGED_FROM, "credentials": {"source": "default"}}
+    run(addon.reconfigure(reload_settings(tmp_path, buckets=[changed, kept])))
+    assert addon.credentials == {("kept", "s3"): True}  # models: "checking", not "loaded"
+    assert (gauge("models"), gauge("kept"), gauge("removed")) == (None, 1, None)
+    run(asyncio.gather(*addon._credential_checks))
+    assert addon.credentials == {("models", "s3"): False, ("kept", "s3"): True}
+    assert (gauge("models"), gauge("kept"), gauge("removed")) == (0, 1, None)
 
 
 # -- proxy credentials per connection, transparent TLS, and the paths that answer directly -------
@@ -1023,13 +1098,23 @@ def test_a_refusal_answered_directly_keeps_its_headers(addon: ShimAddon) -> None
     indirect=True,
 )
 @pytest.mark.usefixtures("no_aws_credentials")
-def test_a_bucket_without_credentials_answers_502_signing(addon: ShimAddon) -> None:
-    flow = serve(addon, flow_for(BUCKET_HOST, "/model.mar"))
+def test_a_bucket_without_credentials_answers_502_signing_in_one_log_line(
+    addon: ShimAddon, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="shim"):
+        flow = serve(addon, flow_for(BUCKET_HOST, "/model.mar"))
+        answered_by_mitmproxy(addon, flow)
     assert error_kind(flow) == (502, "signing")
     assert flow.response is not None
     assert "no credentials found for bucket 'models'" in flow.response.text
     assert flow.request.host == BUCKET_HOST  # nothing sent anywhere
     assert metric(addon, "shim_errors_total", kind="signing") == 1
+    record = only_record(addon)
+    assert record.status == 502 and record.error.startswith("signing: no credentials found")
+    # Its one line (the start-up check's error line about the bucket aside: no warning).
+    lines = [r for r in caplog.records if r.name == "shim" and r.levelno < logging.ERROR]
+    assert [r.getMessage() for r in lines] == [text_line(record)]
+    assert text_line(record).endswith(f"error: {record.error}")
 
 
 def test_an_addon_is_not_ready_before_it_runs(tmp_path: Path) -> None:

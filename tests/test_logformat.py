@@ -3,6 +3,7 @@ mitmproxy's terminal log, which prints shim's lines, between JSON and mitmproxy'
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -92,6 +93,15 @@ def test_the_request_line_in_text() -> None:
         "GET http://models.s3.local/models/resnet.mar?X-Amz-Signature=REDACTED -> 200 MISS "
         f"via direct task={'a' * 64} bucket=models bytes=100000 duration=0.250s"
     )
+
+
+def test_a_refused_or_failed_request_says_why_on_its_line_and_in_a_field() -> None:
+    failed = dataclasses.replace(RECORD, status=502, error="signing: no credentials found")
+    assert text_line(failed) == text_line(RECORD).replace("-> 200", "-> 502") + (
+        " error: signing: no credentials found"
+    )
+    line = JsonFormatter().format(log_record("%s", text_line(failed), **{REQUEST: failed}))
+    assert json.loads(line)["error"] == "signing: no credentials found"
 
 
 def test_use_log_format_switches_the_terminal_log() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from shim.metrics import Metrics
+from shim.metrics import MAX_LABEL_BYTES, Metrics, label_value
 
 
 def object_series(metrics: Metrics) -> set[str]:
@@ -67,3 +67,23 @@ def test_dfdaemon_tasks_are_the_hottest_only() -> None:
     sample = metrics.registry.get_sample_value
     assert sample("shim_dfdaemon_tasks_total", {"task_id": "t1"}) == 2
     assert sample("shim_dfdaemon_tasks_total", {"task_id": "t2"}) is None
+
+
+def test_long_object_keys_are_clipped_in_labels_and_stay_distinct() -> None:
+    metrics = Metrics(top_objects=20)
+    prefix = "é" * 600  # 1200 bytes: clipped on a character boundary
+    long_keys = [prefix + "a" * (1 << 20), prefix + "b" * (1 << 20)]
+    for key in [*long_keys, *long_keys, "short.mar"]:
+        metrics.requested("models", key)
+        metrics.answered("models", key, "HIT")
+        metrics.sent("models", key, 10)
+    shown = object_series(metrics)
+    assert len(shown) == 3 and "short.mar" in shown
+    clipped = shown - {"short.mar"}
+    assert all(len(label.encode()) <= MAX_LABEL_BYTES for label in clipped)
+    assert all(label.startswith("é" * 500 + "…") for label in clipped)
+    assert len(generate_latest(metrics.registry)) < 20_000  # not megabytes per scrape
+    hits = metrics.registry.get_sample_value(
+        "shim_object_hits_total", {"bucket": "models", "object": label_value(long_keys[0])}
+    )
+    assert hits == 2  # the answer is counted on the request's (clipped) series

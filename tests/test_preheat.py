@@ -25,6 +25,7 @@ from shim.preheat import (
     read_job,
 )
 from shim.providers import PROVIDERS
+from shim.redact import redact_url
 from tests.support.nginx import start_nginx
 
 SIGNATURE = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -146,6 +147,23 @@ def test_a_host_that_failed_is_a_failure_with_its_reason_and_no_signature() -> N
     assert problem.startswith(f"node-b (10.0.0.1) failed {URL}: task 1 failed: backend error")
     assert SIGNATURE not in problem and "AKIDEXAMPLE" not in problem
     assert "answered 403" in problem
+
+
+def test_a_presigned_input_url_never_shows_its_signature_in_a_problem() -> None:
+    """A user may give a presigned URL (shim signs it again); its own signature is never
+    printed, whether a host failed it or no host reports it."""
+    given = URL + "?X-Amz-Signature=feedfacecafe0123&X-Amz-Credential=AKIDUSERGIVEN%2Fx"
+    other = given.replace("resnet", "bert")
+    targets = (_target(url=given), _target(url=other, signed=SIGNED + "2"))
+    failed = {"failure_tasks": [_host("node-b", description="gone")]}
+    report = read_job(_job("SUCCESS", failed))
+    problems = judge(report, Plan(S3_FILTER, "", targets)).problems
+    assert problems == (f"node-b (10.0.0.1) failed {redact_url(given)}: gone",)
+    report = read_job(_job("SUCCESS", {"success_tasks": [_host("node-a")]}))
+    (problem,) = judge(report, Plan(S3_FILTER, "", targets)).problems
+    assert problem == f"{redact_url(other)}: no peer reports it downloaded"
+    for text in (*problems, problem):
+        assert "feedfacecafe0123" not in text and "AKIDUSERGIVEN" not in text
 
 
 def test_a_failed_job_gives_the_scheduler_error() -> None:

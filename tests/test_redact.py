@@ -8,7 +8,7 @@ from urllib.parse import unquote
 import pytest
 
 from shim.providers import ALL_SIGNATURE_PARAMS
-from shim.redact import redact_error_body, redact_url, signature_secrets
+from shim.redact import redact_error_body, redact_url, redact_urls, signature_secrets
 
 SIGNED = (
     "https://my-bucket.s3.eu-west-1.amazonaws.com/dir/model.bin?versionId=v1"
@@ -183,3 +183,19 @@ def test_the_key_id_heading_any_stores_credential_is_a_secret(url: str) -> None:
     assert key_id in signature_secrets(url)
     body = f"<Error><Message>access key {key_id} denied</Message></Error>".encode()
     assert key_id.encode() not in redact_error_body(body, url)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "InvalidUrlClientError: http://:80/x?X-Amz-Signature=SECRET&a=1 (bad host)",
+            "InvalidUrlClientError: http://:80/x?X-Amz-Signature=REDACTED&a=1 (bad host)",
+        ),
+        ("'x?X-Amz-Signature=SECRET'", "'x?X-Amz-Signature=REDACTED'"),
+        ("http://[zz/x?X-Amz-Signature=SECRET", "http://[zz/x?REDACTED"),  # cannot be parsed
+        ("no URL here", "no URL here"),
+    ],
+)
+def test_urls_inside_a_text_are_redacted(text: str, expected: str) -> None:
+    assert redact_urls(text) == expected

@@ -371,6 +371,41 @@ def test_the_watcher_reloads_a_changed_file_once_and_a_broken_one_is_not_retried
         assert shim.addon.settings is not None and shim.addon.settings.passthrough == "none"
 
 
+def test_a_rotated_admin_token_file_is_reloaded_and_the_config_names_no_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Kubernetes Secret's update swaps a ``..data`` symlink to a new directory."""
+    secret = tmp_path / "secret"
+    for version, token in (
+        ("v1", "first-admin-token-0123456789"),
+        ("v2", "second-token-abcdef0123"),
+    ):
+        (secret / version).mkdir(parents=True)
+        (secret / version / "token").write_text(token)
+        (secret / version / "token").chmod(0o600)
+    (secret / "..data").symlink_to("v1")
+    (secret / "token").symlink_to("..data/token")
+
+    def token() -> str:
+        settings = shim.addon.settings
+        assert settings is not None and settings.admin_token is not None
+        return settings.admin_token.get_secret_value()
+
+    with (
+        caplog.at_level(logging.INFO, logger="shim"),
+        running(tmp_path, {"reload_poll": 0.02, "admin_token_file": str(secret / "token")}) as shim,
+    ):
+        assert token() == "first-admin-token-0123456789"
+        shim.run(asyncio.sleep(0.2))  # polls that see the token file for the first time
+        assert shim.reloads("applied") == 0
+        (secret / "..data_tmp").symlink_to("v2")
+        (secret / "..data_tmp").replace(secret / "..data")
+        shim.eventually(lambda: shim.reloads("applied") == 1)
+        assert token() == "second-token-abcdef0123"
+    assert "config reloaded (file changed): admin_token" in caplog.text
+    assert "second-token" not in caplog.text and "first-admin" not in caplog.text
+
+
 def test_an_unforeseen_failure_is_refused_by_its_type_alone(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -386,5 +421,6 @@ def test_an_unforeseen_failure_is_refused_by_its_type_alone(
         shim.rewrite(buckets=[bucket("added")])
         assert shim.run(shim.reload.reload("SIGHUP")) == "refused"
         assert shim.addon.settings is settings
-    assert "config reload (SIGHUP) failed (RuntimeError), the running config stays" in caplog.text
+    expected = "config reload (SIGHUP) refused, the running config stays: failed (RuntimeError)"
+    assert expected in caplog.text
     assert SECRET not in caplog.text

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shim._errors import ConfigError
 from shim.cache.inspect import (
     SORT_KEYS,
     CacheEntry,
@@ -27,6 +26,7 @@ from shim.cache.inspect import (
     verify_entries,
 )
 from shim.config import Settings, load_settings
+from shim.units import format_size
 
 # Characters of a key shown in the table (`shim cache rm` takes any unique prefix).
 SHOWN_KEY = 16
@@ -88,18 +88,14 @@ def _reporting_os_errors(
     return handle
 
 
-def _settings(args: argparse.Namespace) -> Settings | None:
-    try:
-        return load_settings(args.config, env=os.environ, credentials=False)
-    except ConfigError as error:
-        print(f"shim: {error}", file=sys.stderr)
-        return None
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings for a command that signs nothing: bucket credentials are not read. A broken
+    config raises ConfigError, which ``shim``'s main says in one line (exit 2)."""
+    return load_settings(args.config, env=os.environ, credentials=False)
 
 
 def _ls(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if settings is None:
-        return 2
     entries = sort_entries(list_entries(settings.cache.dir, settings.buckets), args.sort)
     if args.json:
         print(json.dumps([_entry_json(entry) for entry in entries], indent=1))
@@ -110,7 +106,7 @@ def _ls(args: argparse.Namespace) -> int:
             entry.key[:SHOWN_KEY],
             entry.bucket or "-",
             entry.object,
-            human_size(entry.meta.size),
+            format_size(entry.meta.size),
             _when(entry.meta.stored_at),
             _when(entry.last_used),
             str(entry.hits),
@@ -144,8 +140,6 @@ def _entry_json(entry: CacheEntry) -> dict[str, Any]:
 
 def _rm(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if settings is None:
-        return 2
     root = settings.cache.dir
     try:
         found = find_entries(
@@ -162,8 +156,6 @@ def _rm(args: argparse.Namespace) -> int:
 
 def _stats(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if settings is None:
-        return 2
     cache = settings.cache
     stats = cache_stats(
         cache.dir, max_size=cache.max_size, min_free=cache.min_free, watermarks=cache.watermarks
@@ -174,16 +166,16 @@ def _stats(args: argparse.Namespace) -> int:
     print(f"directory:  {cache.dir}")
     print(f"entries:    {stats.entries}")
     print(
-        f"size:       {human_size(stats.bytes)} of max_size {human_size(stats.max_size)} "
+        f"size:       {format_size(stats.bytes)} of max_size {format_size(stats.max_size)} "
         f"({stats.bytes} bytes)"
     )
     print(f"hits:       {stats.hits}")
-    print(f"filling:    {stats.filling} ({human_size(stats.filling_bytes)} written so far)")
+    print(f"filling:    {stats.filling} ({format_size(stats.filling_bytes)} written so far)")
     if stats.disk is not None and stats.keep is not None:
         disk = stats.disk
         print(
-            f"disk:       {100 * disk.used_fraction:.1f}% used, {human_size(disk.free)} free "
-            f"of {human_size(disk.size)}"
+            f"disk:       {100 * disk.used_fraction:.1f}% used, {format_size(disk.free)} free "
+            f"of {format_size(disk.size)}"
         )
         marks = cache.watermarks
         evicts = (
@@ -192,8 +184,8 @@ def _stats(args: argparse.Namespace) -> int:
             else "into min_free"
         )
         print(
-            f"keeps free: {human_size(stats.keep.floor)} (min_free {human_size(cache.min_free)}); "
-            f"evicts {evicts}"
+            f"keeps free: {format_size(stats.keep.floor)} "
+            f"(min_free {format_size(cache.min_free)}); evicts {evicts}"
         )
     return 0
 
@@ -220,8 +212,6 @@ def _stats_json(stats: CacheStats, settings: Settings) -> dict[str, Any]:
 
 def _verify(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if settings is None:
-        return 2
     counts = dict.fromkeys(Result, 0)
     for checked in verify_entries(settings.cache.dir, remove=not args.dry_run):
         counts[checked.result] += 1
@@ -236,15 +226,6 @@ def _verify(args: argparse.Namespace) -> int:
         f"{counts[Result.CHANGED]} changed while checked"
     )
     return 1 if counts[Result.BAD] else 0
-
-
-def human_size(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 def _when(stamp: float | None) -> str:

@@ -29,7 +29,7 @@ from shim.cache.store import EntryMeta, load_meta
 from shim.cache.usage import USAGE_FILE, read_usage
 from shim.identity import identify
 from shim.providers import PROVIDERS, BucketConfig
-from shim.recognize import recognize
+from shim.recognize import ObjectRef, recognize
 
 # Bytes per read of a body being checked.
 _READ_SIZE = 1 << 20
@@ -73,12 +73,17 @@ def _metadata_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def _recognized(url: str, buckets: Iterable[BucketConfig]) -> ObjectRef | None:
+    """The object of a configured bucket ``url`` names; None when none does."""
+    try:
+        return recognize(url, buckets)
+    except RequestError:
+        return None
+
+
 def _describe(url: str, buckets: Iterable[BucketConfig]) -> tuple[str | None, str]:
     """The bucket and object key ``url`` names, when a configured bucket recognises it."""
-    try:
-        ref = recognize(url, buckets)
-    except RequestError:
-        ref = None
+    ref = _recognized(url, buckets)
     if ref is None:
         return None, unquote(urlsplit(url).path)
     return ref.bucket.name, ref.key
@@ -129,10 +134,7 @@ def sort_entries(entries: Iterable[CacheEntry], by: str) -> list[CacheEntry]:
 
 
 def _object_of(url: str, buckets: Iterable[BucketConfig]) -> tuple[str, str, object] | None:
-    try:
-        ref = recognize(url, buckets)
-    except RequestError:
-        return None
+    ref = _recognized(url, buckets)
     return None if ref is None else (ref.bucket.reverse_alias, ref.key, ref.params)
 
 

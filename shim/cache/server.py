@@ -254,6 +254,11 @@ class CacheServer:
         self._upkeep = Upkeep(store, self._update_gauges)
         self.address: tuple[str, int] = ("127.0.0.1", 0)
 
+    @property
+    def keeps_copies(self) -> bool:
+        """Whether fills keep the objects in ``store`` (else the dfdaemon keeps them)."""
+        return self._keep
+
     async def start(self) -> None:
         self.store.open()
         self._session = aiohttp.ClientSession(

@@ -34,6 +34,7 @@ from pathlib import Path
 from shim._errors import ShimError
 from shim.cache.disk import DiskSpace, FreeToKeep, Watermarks, disk_space, free_to_keep
 from shim.cache.usage import USAGE_FILE, Usage, UsageLog, encode, read_usage, write_usage
+from shim.units import format_size
 
 log = logging.getLogger("shim.cache")
 
@@ -175,12 +176,12 @@ class CacheStore:
                 "cache.max_size (%s) is more than %s can hold (%s cached + %s free - %s kept "
                 "free by min_free and the high watermark = %s): objects that do not fit stream "
                 "through without being kept",
-                _size(self.max_size),
+                format_size(self.max_size),
                 self.root,
-                _size(self.used),
-                _size(free),
-                _size(keep),
-                _size(max(holdable, 0)),
+                format_size(self.used),
+                format_size(free),
+                format_size(keep),
+                format_size(max(holdable, 0)),
             )
 
     # -- lookup -----------------------------------------------------------------------------
@@ -401,8 +402,8 @@ class CacheStore:
                 "the cache's disk is %.0f%% full: evicted %d entries (%s free, %s wanted)",
                 100 * self.disk().used_fraction,
                 evicted,
-                _size(self.disk_free()),
-                _size(keep.target),
+                format_size(self.disk_free()),
+                format_size(keep.target),
             )
         return evicted
 
@@ -440,7 +441,3 @@ def _private_dir(path: Path) -> None:
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=DIR_MODE)
     path.chmod(DIR_MODE)  # the umask may have taken more away, or an older shim made it
-
-
-def _size(count: int) -> str:
-    return f"{count / 1024**3:.1f} GiB" if count >= 1024**3 else f"{count / 1024**2:.1f} MiB"

@@ -44,10 +44,6 @@ class UsageLog:
         if self._records.pop(key, None) is not None:
             self._dirty = True
 
-    def keep_only(self, keys: set[str]) -> None:
-        for key in self._records.keys() - keys:
-            del self._records[key]
-
     def snapshot(self) -> dict[str, Usage] | None:
         """The records, if anything changed since the last snapshot: a copy, cheap enough for
         the event loop (the records themselves never change); ``encode`` it anywhere."""

@@ -18,7 +18,7 @@ from typing import Protocol
 import aiohttp
 
 from shim.cache.server import CACHE_STATUS_HEADER, ERROR_HEADER, ROUTE_HEADER, TASK_ID_HEADER
-from shim.redact import redact_url
+from shim.redact import redact_url, redact_urls
 
 _CHUNK = 1 << 20
 
@@ -136,7 +136,9 @@ class _Fetcher:
             except aiohttp.ClientConnectorCertificateError:
                 error = "TLS: the certificate is not shim's (is --proxy a shim with this confdir?)"
             except (aiohttp.ClientError, TimeoutError) as problem:
-                error = f"{type(problem).__name__}: {problem}" if str(problem) else "timed out"
+                # Its message may quote the URL (InvalidURL): never with its signature.
+                text = redact_urls(str(problem))
+                error = f"{type(problem).__name__}: {text}" if text else "timed out"
         fetched = Fetched(
             redact_url(url),
             status,

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 from rich import box
 from rich.console import Console
-from rich.filesize import decimal
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -24,17 +23,14 @@ from rich.progress import (
 from rich.table import Table
 
 from shim.prefetch.client import Fetched
+from shim.units import format_size
 
 # Plain output: the overall progress at most this often, in seconds.
 PLAIN_INTERVAL = 5.0
 
 
-def size_text(count: int | None) -> str:
-    return "?" if count is None else decimal(count)
-
-
 def rate_text(count: int, seconds: float) -> str:
-    return f"{decimal(int(count / seconds))}/s" if seconds > 0 else "-"
+    return f"{format_size(count / seconds)}/s" if seconds > 0 else "-"
 
 
 class BarsReport:
@@ -104,12 +100,12 @@ class PlainReport:
         self._total = sum(known)
         unknown = len(sizes) - len(known)
         self._print(
-            f"prefetching {len(sizes)} object(s), {size_text(self._total)}"
+            f"prefetching {len(sizes)} object(s), {format_size(self._total)}"
             + (f" ({unknown} of unknown size)" if unknown else "")
         )
 
     def started(self, index: int, size: int | None) -> None:
-        self._print(f"started  {self._labels[index]} ({size_text(size)})")
+        self._print(f"started  {self._labels[index]} ({format_size(size)})")
 
     def advanced(self, index: int, count: int) -> None:
         self._received += count
@@ -124,7 +120,7 @@ class PlainReport:
             self._print(f"FAILED   {self._labels[index]}: {fetched.error}")
         else:
             self._print(
-                f"done     {self._labels[index]} {size_text(fetched.received)} in "
+                f"done     {self._labels[index]} {format_size(fetched.received)} in "
                 f"{fetched.seconds:.1f} s ({rate_text(fetched.received, fetched.seconds)}), "
                 f"{fetched.cache} via {fetched.route}"
             )
@@ -132,8 +128,8 @@ class PlainReport:
     def _overall_line(self, now: float) -> str:
         elapsed = now - self._started
         line = (
-            f"progress {self._done}/{len(self._labels)} objects, {size_text(self._received)} "
-            f"of {size_text(self._total)}, {rate_text(self._received, elapsed)}"
+            f"progress {self._done}/{len(self._labels)} objects, {format_size(self._received)} "
+            f"of {format_size(self._total)}, {rate_text(self._received, elapsed)}"
         )
         if self._total and self._received and elapsed > 0:
             remaining = (self._total - self._received) / (self._received / elapsed)
@@ -167,7 +163,7 @@ def summary_table(results: Sequence[Fetched], *, plain: bool) -> Table:
         table.add_row(
             "FAILED" if failed else "ok",
             fetched.url,
-            "-" if failed else size_text(fetched.received),
+            "-" if failed else format_size(fetched.received),
             f"{fetched.seconds:.1f} s",
             "-" if failed else rate_text(fetched.received, fetched.seconds),
             fetched.cache,

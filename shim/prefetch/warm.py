@@ -23,6 +23,7 @@ from shim.decide import Refuse
 
 # The ticket a client's GET of the URL would get: signed, identified; or why it gets none.
 TicketFor = Callable[[str], Awaitable[Ticket | Refuse]]
+NOT_KEPT = "fetched but not kept: no room under max_size / min_free / the high watermark"
 # Spans are waited for, never read: one per piece of the fill, however large.
 _SPAN_LIMIT = 64 << 20
 
@@ -74,6 +75,9 @@ async def warm(
         except TransferAborted as error:
             cache.count_aborted(error)
             return _failed(outcome, f"cut short after {received} bytes: {error}")
+    if cache.keeps_copies and cache.store.lookup(ticket.identity.task_id) is None:
+        # The fill had no room reserved (or was evicted at once): nothing is warm.
+        return _failed(outcome, NOT_KEPT)
     return replace(outcome, size=received)
 
 

@@ -3,7 +3,9 @@ the tests of the store and of what reads its directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any
 
 import blake3
 
@@ -11,10 +13,16 @@ from shim.cache.store import CacheStore, EntryMeta
 
 
 def commit_entry(
-    store: CacheStore, key: str, body: bytes, *, url: str | None = None, digest: bool = True
+    store: CacheStore,
+    key: str,
+    body: bytes,
+    *,
+    url: str | None = None,
+    digest: bool = True,
+    **fields: Any,
 ) -> EntryMeta:
     """Commit ``body`` as entry ``key`` (with its BLAKE3, as a fill keeps it, unless
-    ``digest`` is False: an entry of an older shim)."""
+    ``digest`` is False: an entry of an older shim); ``fields`` of its EntryMeta on top."""
     reservation = store.reserve(len(body))
     assert reservation is not None, "no room for the entry"
     temp = store.temp_path(key)
@@ -24,12 +32,15 @@ def commit_entry(
     finally:
         os.close(fd)
     reservation.written = len(body)
-    meta = EntryMeta(
-        key=key,
-        url=url or f"https://h/{key[:4]}",
-        size=len(body),
-        stored_at=1_700_000_000.0,
-        blake3=blake3.blake3(body).hexdigest() if digest else None,
+    meta = dataclasses.replace(
+        EntryMeta(
+            key=key,
+            url=url or f"https://h/{key[:4]}",
+            size=len(body),
+            stored_at=1_700_000_000.0,
+            blake3=blake3.blake3(body).hexdigest() if digest else None,
+        ),
+        **fields,
     )
     store.commit(meta, temp, reservation)
     return meta

@@ -130,3 +130,17 @@ def test_a_cache_that_cannot_be_read_is_an_error_not_an_empty_cache(
         code, out, err = _run(capsys, "cache", command, "--config", str(path))
         assert (code, out) == (2, "")
         assert err == f"shim: cannot read {tmp_path / 'cache' / 'objects'}: Not a directory\n"
+
+
+# And shim's other commands that read a config: main says it for every one.
+@pytest.mark.parametrize(
+    "command", [["cache", "ls"], ["cache", "stats"], ["ca", "--out", "ca-out"], ["env"]]
+)
+def test_a_broken_config_is_one_line_and_exit_2(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("cache: [\n")
+    assert main([*command, "--config", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"shim: {broken}: not valid YAML") and err.count("\n") == 1

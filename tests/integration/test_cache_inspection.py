@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,8 +16,8 @@ import pytest
 
 from shim.cache.server import CACHE_STATUS_HEADER
 from tests.support.http import via_proxy
-from tests.support.servers import REPO_ROOT, S3Server, put_object, s3_client
-from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
+from tests.support.servers import S3Server, put_object, s3_client
+from tests.support.shim_process import ShimProcess, s3_bucket_config, shim_command, start_shim
 
 pytestmark = pytest.mark.slow
 
@@ -49,13 +48,7 @@ def _get(shim: ShimProcess, s3rver: S3Server, name: str) -> str:
 
 def _cache(shim: ShimProcess, *args: str) -> subprocess.CompletedProcess[str]:
     """``shim cache ARGS`` on the running shim's config, as an operator runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "shim", "cache", *args, "--config", str(shim.workdir / "shim.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO_ROOT,
-    )
+    return shim_command("cache", *args, "--config", str(shim.workdir / "shim.yaml"))
 
 
 def _listed(shim: ShimProcess) -> dict[str, dict[str, Any]]:

@@ -171,23 +171,16 @@ def test_torchserve_registers_a_model_through_shim_and_dfdaemon(
 ) -> None:
     from tests.support.torchserve import (
         build_echo_archive,
-        echo_reply,
-        java_tool_options_from_shim_env,
         require_torchserve,
-        start_torchserve,
+        serve_echo_through_shim,
     )
 
     require_torchserve()
-    archive = build_echo_archive(tmp_path / "archives")
-    put_object(s3_client(cluster.origin), BUCKET, "echo.mar", archive.read_bytes())
-    options = java_tool_options_from_shim_env(cluster.b.shim.proxy_port)
+    archive = build_echo_archive(tmp_path / "archives").read_bytes()
+    put_object(s3_client(cluster.origin), BUCKET, "echo.mar", archive)
     before = cluster.b.shim.metrics()
-    with start_torchserve(tmp_path / "ts", java_tool_options=options) as ts:
-        status, text = ts.register(cluster.url("echo.mar"))
-        assert status == 200, text
-        assert ts.scale("echo")[0] == 200
-        assert ts.predict("echo", b"p2p") == (200, echo_reply(b"p2p"))
-        assert (ts.model_store / "echo.mar").read_bytes() == archive.read_bytes()
+    url = cluster.url("echo.mar")
+    serve_echo_through_shim(tmp_path / "ts", cluster.b.shim.proxy_port, url, archive, b"p2p")
     after = cluster.b.shim.metrics()
     ok = 'shim_dfdaemon_requests_total{result="ok"}'
     assert after[ok] - before.get(ok, 0) == 1

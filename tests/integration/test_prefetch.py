@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -22,8 +21,8 @@ import pytest
 from shim.taskid import rust_task_id
 from tests.support.http import via_proxy
 from tests.support.procs import direct_opener
-from tests.support.servers import REPO_ROOT, S3Server, put_object, s3_client
-from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
+from tests.support.servers import S3Server, put_objects
+from tests.support.shim_process import ShimProcess, s3_bucket_config, shim_command, start_shim
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +33,13 @@ PROXY_PASSWORD = "proxy-password-for-prefetch"
 
 @pytest.fixture(scope="module")
 def objects(s3rver: S3Server) -> dict[str, bytes]:
-    client = s3_client(s3rver)
     bodies = {
         "model a.mar": os.urandom(3 * 1024 * 1024),
         "b.mar": os.urandom(200_000),
         "job.mar": os.urandom(1024 * 1024),
         "removed.mar": os.urandom(100_000),
     }
-    for key, body in bodies.items():
-        put_object(client, BUCKET, key, body)
+    put_objects(s3rver, {f"{BUCKET}/{key}": body for key, body in bodies.items()})
     return bodies
 
 
@@ -68,21 +65,7 @@ def shim(tmp_path_factory: pytest.TempPathFactory, s3rver: S3Server) -> Iterator
 
 
 def _prefetch(shim: ShimProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shim",
-            "prefetch",
-            "--config",
-            str(shim.workdir / "shim.yaml"),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-    )
+    return shim_command("prefetch", "--config", str(shim.workdir / "shim.yaml"), *args, timeout=120)
 
 
 def _proxy_headers() -> dict[str, str]:
@@ -106,7 +89,7 @@ def test_prefetch_fills_the_cache_and_later_requests_hit(
     out = result.stdout
     # Not a terminal: plain lines, no control sequences, every URL on one line.
     assert "\x1b" not in out
-    assert f"done     {urls[0]} 3.1 MB" in out
+    assert f"done     {urls[0]} 3.0 MiB" in out
     assert "MISS via direct" in out
     assert "prefetch summary" in out
     assert result.stderr == ""
@@ -289,13 +272,7 @@ def test_a_world_readable_token_file_stops_start_up(tmp_path: Path) -> None:
     token_file.chmod(0o644)
     config = tmp_path / "shim.yaml"
     config.write_text(json.dumps({"admin_token_file": str(token_file)}))
-    result = subprocess.run(
-        [sys.executable, "-m", "shim", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO_ROOT,
-    )
+    result = shim_command("run", "--config", str(config))
     assert result.returncode == 2
     assert result.stderr == (
         f"shim: admin_token_file {token_file} is readable by every user (mode 644): chmod "

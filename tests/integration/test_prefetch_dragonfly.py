@@ -10,15 +10,14 @@ result): that is the local-peer hit. The origin's relay shows it sent nothing bu
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.dragonfly import require_dragonfly
 from tests.support.p2p import start_cluster
-from tests.support.servers import REPO_ROOT, put_object, s3_client
+from tests.support.servers import put_object, s3_client
+from tests.support.shim_process import shim_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.dragonfly, pytest.mark.torchserve]
 require_dragonfly()
@@ -31,10 +30,8 @@ def test_prefetch_warms_the_task_torchserve_then_downloads_from_the_local_peer(
 ) -> None:
     from tests.support.torchserve import (
         build_echo_archive,
-        echo_reply,
-        java_tool_options_from_shim_env,
         require_torchserve,
-        start_torchserve,
+        serve_echo_through_shim,
     )
 
     require_torchserve()
@@ -45,21 +42,8 @@ def test_prefetch_warms_the_task_torchserve_then_downloads_from_the_local_peer(
         put_object(s3_client(cluster.origin), BUCKET, "echo.mar", archive.read_bytes())
         url = cluster.url("echo.mar")
         node = cluster.a.shim
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "shim",
-                "prefetch",
-                "--config",
-                str(node.workdir / "shim.yaml"),
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=REPO_ROOT,
-        )
+        config = str(node.workdir / "shim.yaml")
+        result = shim_command("prefetch", "--config", config, url, timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
         (row,) = [line for line in result.stdout.splitlines() if url in line and "|" in line]
         warmed_task = row.split("|")[-2].strip()
@@ -68,13 +52,9 @@ def test_prefetch_warms_the_task_torchserve_then_downloads_from_the_local_peer(
 
         cluster.relay.reset_counters()
         before = node.metrics()
-        options = java_tool_options_from_shim_env(node.proxy_port)
-        with start_torchserve(tmp_path / "ts", java_tool_options=options) as ts:
-            status, text = ts.register(url)
-            assert status == 200, text
-            assert ts.scale("echo")[0] == 200
-            assert ts.predict("echo", b"warm") == (200, echo_reply(b"warm"))
-            assert (ts.model_store / "echo.mar").read_bytes() == archive.read_bytes()
+        serve_echo_through_shim(
+            tmp_path / "ts", node.proxy_port, url, archive.read_bytes(), b"warm"
+        )
         after = node.metrics()
 
     def delta(sample: str) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,8 +42,8 @@ from tests.support.manager import (
     wait_announced,
 )
 from tests.support.relay import Relay
-from tests.support.servers import REPO_ROOT, S3Server, put_object, s3_client, start_s3rver
-from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
+from tests.support.servers import S3Server, put_object, s3_client, start_s3rver
+from tests.support.shim_process import ShimProcess, s3_bucket_config, shim_command, start_shim
 
 pytestmark = [pytest.mark.slow, pytest.mark.dragonfly]
 require_dragonfly()
@@ -118,14 +117,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def _shim_preheat(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shim", "preheat", "--poll-interval", "1", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    return shim_command("preheat", "--poll-interval", "1", *args, timeout=240)
 
 
 def test_preheat_puts_the_object_on_every_node_for_the_task_shim_downloads(

@@ -17,7 +17,7 @@ import yaml
 from tests.integration.test_shutdown import Download, until
 from tests.support.http import via_proxy
 from tests.support.relay import RelayFactory
-from tests.support.servers import S3Server, put_object, s3_client
+from tests.support.servers import S3Server, put_objects
 from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
 
 pytestmark = pytest.mark.slow
@@ -33,17 +33,15 @@ SECRET = "wJalrXUtnFEMI-K7MDENG-reload-secret"
 
 @pytest.fixture(scope="module")
 def objects(s3rver: S3Server) -> dict[str, bytes]:
-    client = s3_client(s3rver)
-    bodies = {
-        f"{RUNNING}/slow.bin": os.urandom(16 * MIB),
-        f"{RUNNING}/later.bin": os.urandom(1000),
-        f"{ADDED}/new.bin": os.urandom(3 * MIB),
-        f"{FIXED}/fixed.bin": os.urandom(2000),
-    }
-    for path, body in bodies.items():
-        bucket, key = path.split("/")
-        put_object(client, bucket, key, body)
-    return bodies
+    return put_objects(
+        s3rver,
+        {
+            f"{RUNNING}/slow.bin": os.urandom(16 * MIB),
+            f"{RUNNING}/later.bin": os.urandom(1000),
+            f"{ADDED}/new.bin": os.urandom(3 * MIB),
+            f"{FIXED}/fixed.bin": os.urandom(2000),
+        },
+    )
 
 
 def get(shim: ShimProcess, endpoint: str, path: str) -> tuple[int, bytes]:

@@ -17,7 +17,7 @@ import yaml
 from tests.support.http import via_proxy
 from tests.support.procs import direct_opener, free_port
 from tests.support.servers import REPO_ROOT, S3Server, put_object, s3_client
-from tests.support.shim_process import s3_bucket_config, start_shim
+from tests.support.shim_process import s3_bucket_config, shim_command, start_shim
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -86,13 +86,7 @@ def test_a_bucket_without_credentials_is_reported_at_start_up(
 def test_broken_config_stops_start_up_with_one_message(tmp_path: Path) -> None:
     config = tmp_path / "shim.yaml"
     config.write_text(yaml.safe_dump({"buckets": [{"provider": "s3", "bucket": "b"}], "lisen": 1}))
-    result = subprocess.run(
-        [sys.executable, "-m", "shim", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO_ROOT,
-    )
+    result = shim_command("run", "--config", str(config))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "lisen: Extra inputs are not permitted" in result.stderr

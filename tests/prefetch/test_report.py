@@ -34,11 +34,13 @@ def test_plain_lines_name_each_object_and_the_overall_progress(
     plain.finished(0, OK)
     plain.finished(1, FAILED)
     lines = out.getvalue().splitlines()
-    assert lines[0] == "prefetching 2 object(s), 3.0 MB (1 of unknown size)"
-    assert lines[1] == "started  http://h/b/model.mar (3.0 MB)"
-    assert lines[2].startswith("progress 0/2 objects, 1.0 MB of 3.0 MB, ")
+    assert lines[0] == "prefetching 2 object(s), 2.9 MiB (1 of unknown size)"
+    assert lines[1] == "started  http://h/b/model.mar (2.9 MiB)"
+    assert lines[2].startswith("progress 0/2 objects, 976.6 KiB of 2.9 MiB, ")
     assert ", ETA " in lines[2]
-    assert lines[3] == "done     http://h/b/model.mar 3.0 MB in 1.5 s (2.0 MB/s), MISS via dfdaemon"
+    assert lines[3] == (
+        "done     http://h/b/model.mar 2.9 MiB in 1.5 s (1.9 MiB/s), MISS via dfdaemon"
+    )
     assert lines[4] == "FAILED   http://h/b/absent.mar: 404 Not Found"
     assert "\x1b" not in out.getvalue()
 
@@ -49,7 +51,7 @@ def test_the_plain_summary_holds_whole_task_ids_and_no_control_sequences() -> No
     text = out.getvalue()
     assert "\x1b" not in text
     ok_row = next(line for line in text.splitlines() if "model.mar" in line)
-    assert TASK in ok_row and "3.0 MB" in ok_row and "ok" in ok_row
+    assert TASK in ok_row and "2.9 MiB" in ok_row and "ok" in ok_row
     failed_row = next(line for line in text.splitlines() if "absent.mar" in line)
     assert "FAILED" in failed_row and " - " in failed_row
 

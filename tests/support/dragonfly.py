@@ -269,29 +269,19 @@ def start_scheduler(
         str(dynconfig_path),
         "--console",
     ]
-    with contextlib.ExitStack() as on_failure:
-        log = on_failure.enter_context(tempfile.TemporaryFile())
-        process = subprocess.Popen(
-            cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
-        scheduler = Scheduler(
-            name="scheduler",
-            workdir=workdir,
-            process=process,
-            _log=log,
-            port=port,
-            config_path=config_path,
-            dynconfig_path=dynconfig_path,
-        )
-        on_failure.callback(scheduler.stop)
-        _wait_until(
-            scheduler,
-            time.monotonic() + timeout,
-            timeout,
-            lambda: "started grpc server" in scheduler.output() and _accepts(port),
-        )
-        on_failure.pop_all()
-    return scheduler
+    process, log = _launch(workdir, cmd)
+    scheduler = Scheduler(
+        name="scheduler",
+        workdir=workdir,
+        process=process,
+        _log=log,
+        port=port,
+        config_path=config_path,
+        dynconfig_path=dynconfig_path,
+    )
+    return _started(
+        scheduler, timeout, lambda: "started grpc server" in scheduler.output() and _accepts(port)
+    )
 
 
 def start_dfdaemon(
@@ -436,14 +426,7 @@ def _launch_dfdaemon(
         log_level,
         "--console",
     ]
-    log = tempfile.TemporaryFile()  # noqa: SIM115 (owned by the Dfdaemon, closed by stop())
-    try:
-        process = subprocess.Popen(
-            cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
-    except BaseException:
-        log.close()
-        raise
+    process, log = _launch(workdir, cmd)
     return Dfdaemon(
         name=name,
         workdir=workdir,
@@ -494,6 +477,38 @@ def _healthy(port: int) -> bool:
             return bool(response.status == 200)
     except (OSError, urllib.error.URLError):
         return False
+
+
+def _launch(
+    workdir: Path, cmd: Sequence[str], env: Mapping[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """Start `cmd` in `workdir`, its output in an unlinked temp file (for the `_Process` that
+    owns it, which closes it on stop()); the caller waits."""
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (owned by the process object)
+    try:
+        process = subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    except BaseException:
+        log.close()
+        raise
+    return process, log
+
+
+def _started[P: _Process](proc: P, timeout: float, ready: Callable[[], bool]) -> P:
+    """`proc` once `ready()`; stopped, and DragonflyError with its log, if it exits or is not
+    ready after `timeout` s first."""
+    try:
+        _wait_until(proc, time.monotonic() + timeout, timeout, ready)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
 
 
 def _wait_until(proc: _Process, deadline: float, timeout: float, ready: Callable[[], bool]) -> None:

@@ -21,19 +21,17 @@ Typical use::
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import os
 import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.error
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 
@@ -45,7 +43,9 @@ from tests.support.dragonfly import (
     DragonflyError,
     Scheduler,
     _accepts,
+    _launch,
     _Process,
+    _started,
     _wait_until,
     dragonfly_bin_dir,
     reported_version,
@@ -99,26 +99,6 @@ def require_manager() -> None:
 def _program(name: str) -> str | None:
     # Debian installs the daemons in /usr/sbin, which a user's PATH may not hold.
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
-
-
-def _launch(
-    workdir: Path, cmd: Sequence[str], env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
-    """Start `cmd` in `workdir`, its output in an unlinked temp file; the caller waits."""
-    log = tempfile.TemporaryFile()  # noqa: SIM115 (owned by the process object, closed by stop())
-    try:
-        process = subprocess.Popen(
-            cmd,
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-    except BaseException:
-        log.close()
-        raise
-    return process, log
 
 
 @dataclass
@@ -176,16 +156,7 @@ def start_mariadb(workdir: Path, *, timeout: float = 60.0) -> MariaDB:
         ],
     )
     db = MariaDB("mariadb", workdir, process, log, port=port, password=password)
-    with contextlib.ExitStack() as on_failure:
-        on_failure.callback(db.stop)
-        _wait_until(
-            db,
-            time.monotonic() + timeout,
-            timeout,
-            lambda: "ready for connections" in db.output() and _accepts(port),
-        )
-        on_failure.pop_all()
-    return db
+    return _started(db, timeout, lambda: "ready for connections" in db.output() and _accepts(port))
 
 
 @dataclass
@@ -211,16 +182,8 @@ def start_redis(workdir: Path, *, timeout: float = 30.0) -> Redis:
     ]  # fmt: skip
     process, log = _launch(workdir, cmd)
     redis = Redis("redis", workdir, process, log, port=port)
-    with contextlib.ExitStack() as on_failure:
-        on_failure.callback(redis.stop)
-        _wait_until(
-            redis,
-            time.monotonic() + timeout,
-            timeout,
-            lambda: "Ready to accept connections" in redis.output() and _accepts(port),
-        )
-        on_failure.pop_all()
-    return redis
+    ready = "Ready to accept connections"
+    return _started(redis, timeout, lambda: ready in redis.output() and _accepts(port))
 
 
 @dataclass
@@ -299,11 +262,7 @@ def start_manager(workdir: Path, *, db: MariaDB, redis: Redis, timeout: float = 
         redis=redis,
         token=token,
     )
-    with contextlib.ExitStack() as on_failure:
-        on_failure.callback(manager.stop)
-        _wait_until(manager, time.monotonic() + timeout, timeout, lambda: _healthy(manager.url))
-        on_failure.pop_all()
-    return manager
+    return _started(manager, timeout, lambda: _healthy(manager.url))
 
 
 def _healthy(url: str) -> bool:

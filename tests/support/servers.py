@@ -197,3 +197,12 @@ def put_object(client: S3Client, bucket: str, key: str, body: bytes) -> None:
         ):
             raise
     client.put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def put_objects(server: S3Server, objects: Mapping[str, bytes]) -> dict[str, bytes]:
+    """Store each body of ``objects`` at its ``bucket/key`` on ``server``; returns ``objects``."""
+    client = s3_client(server)
+    for path, body in objects.items():
+        bucket, _, key = path.partition("/")
+        put_object(client, bucket, key, body)
+    return dict(objects)

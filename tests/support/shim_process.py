@@ -17,6 +17,18 @@ from tests.support.procs import Stoppable, direct_opener, free_port, terminate
 from tests.support.servers import REPO_ROOT, ServerStartError
 
 
+def shim_command(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``shim ARGS`` (this tree's) run to its end as a user runs it; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "shim", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+
+
 @dataclass
 class ShimProcess(Stoppable):
     process: subprocess.Popen[bytes] = field(repr=False)

@@ -668,6 +668,22 @@ def java_tool_options_from_shim_env(proxy_port: int, *, truststore: Path | None 
     return shlex.split(line.removeprefix(prefix))[0]
 
 
+def serve_echo_through_shim(
+    workdir: Path, proxy_port: int, url: str, archive: bytes, payload: bytes
+) -> None:
+    """Start a TorchServe sent through the shim at ``proxy_port`` (as ``shim env`` says), have
+    it register the echo model at ``url``, scale it and answer ``payload``; its model store
+    must then hold ``archive``. Raises AssertionError naming the step that failed."""
+    options = java_tool_options_from_shim_env(proxy_port)
+    with start_torchserve(workdir, java_tool_options=options) as ts:
+        status, text = ts.register(url)
+        assert status == 200, f"register: {status} {text}"
+        status, text = ts.scale("echo")
+        assert status == 200, f"scale: {status} {text}"
+        assert ts.predict("echo", payload) == (200, echo_reply(payload)), "predict"
+        assert (ts.model_store / "echo.mar").read_bytes() == archive, "the stored archive"
+
+
 def truststore_from_shim_ca(shim_config: Path, out_dir: Path) -> Path:
     """The truststore ``shim ca`` writes for the shim run with `shim_config` (the JDK's CAs plus
     the shim's interception CA, PKCS12), for https model URLs through CONNECT."""
