@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from shim._errors import RequestError
 
@@ -26,6 +27,12 @@ def checked_urls(urls: Iterable[str]) -> list[str]:
             raise RequestError(f"URL {index + 1}: longer than {MAX_URL_LENGTH} characters")
         if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
             raise RequestError(f"URL {index + 1}: holds spaces or control characters")
+        try:
+            host = urlsplit(url).hostname
+        except ValueError as error:  # e.g. an unclosed IPv6 bracket
+            raise RequestError(f"URL {index + 1}: not a URL ({error})") from None
+        if not host:
+            raise RequestError(f"URL {index + 1}: names no host")
         unique[url] = None
         if len(unique) > MAX_URLS:
             raise RequestError(f"more than {MAX_URLS} URLs in one prefetch request")
