@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Mapping
 
 import aiohttp
+import yarl
 
 from shim._errors import SigningError
 from shim.cache.server import ERROR_HEADER, Reply
@@ -168,7 +169,9 @@ class BucketRequests:
                 auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self._timeout),
             )
-        async with self._session.get(url, headers=dict(extra_headers)) as response:
+        # As signed: not normalised again on the way (shim.upstream does the same).
+        target = yarl.URL(url, encoded=True)
+        async with self._session.get(target, headers=dict(extra_headers)) as response:
             body = bytearray()
             async for chunk in response.content.iter_any():
                 body += chunk
