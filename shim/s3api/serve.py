@@ -25,6 +25,7 @@ from shim.s3api.errors import (
     S3Error,
     error_for_status,
     error_xml,
+    invalid_argument,
     not_implemented,
 )
 from shim.s3api.listing import (
@@ -33,6 +34,7 @@ from shim.s3api.listing import (
     ListingError,
     ListRequest,
     Page,
+    UnencodableKey,
     azure_list_query,
     list_result_xml,
     parse_azure_listing,
@@ -118,6 +120,9 @@ class BucketRequests:
         except SigningError as error:
             log.warning("listing %s: %s", alias, error)
             return error_reply(S3Error(502, "InternalError", str(error), resource), "GET")
+        except UnencodableKey:
+            message = "a listed key cannot be written in XML: list with encoding-type=url"
+            return error_reply(invalid_argument(resource, message), "GET")
         except ListingError as error:
             log.warning("listing %s: %s", alias, error)
             message = f"the store's listing cannot be read: {error}"

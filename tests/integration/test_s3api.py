@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -217,7 +216,7 @@ def test_every_write_is_access_denied_and_never_reaches_the_store(
     relay.reset_counters()
     for anonymous in (True, False):
         s3 = client(shim, anonymous=anonymous)
-        writes = [
+        writes: list[tuple[Callable[..., object], dict[str, Any]]] = [
             (s3.put_object, {"Bucket": ALIAS, "Key": "writes/new.bin", "Body": b"x" * 100_000}),
             (s3.delete_object, {"Bucket": ALIAS, "Key": "writes/kept.bin"}),
             (
