@@ -265,6 +265,10 @@ def test_the_s3_api_and_the_url_route_share_cache_entries(
     assert (by_url.status, by_url.headers["X-Shim-Cache"]) == (200, "MISS")
     got = client(shim).get_object(Bucket=ALIAS, Key="shared/one.bin")
     assert (got["Body"].read(), cache_state(got)) == (body, "HIT")
+    # One identity, so one Dragonfly task too when a dfdaemon fetches it.
+    assert (
+        got["ResponseMetadata"]["HTTPHeaders"]["x-shim-task-id"] == by_url.headers["X-Shim-Task-Id"]
+    )
     got = client(shim).get_object(Bucket=ALIAS, Key="shared/two.bin")
     assert (got["Body"].read(), cache_state(got)) == (body, "MISS")
     by_url = direct(f"{endpoint(shim, 'reverse')}/{ALIAS}/shared/two.bin")
