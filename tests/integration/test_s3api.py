@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -366,3 +367,37 @@ def test_an_azure_container_reads_and_lists_through_the_s3_api(
         403,
         "AccessDenied",
     )
+
+
+def test_answers_relayed_by_the_cache_server_are_s3_answers_too(
+    tmp_path: Path, s3rver: S3Server
+) -> None:
+    # zero_copy_hits off: every answer is relayed from the loopback cache server through
+    # mitmproxy, whose failures must read as S3's too.
+    body = os.urandom(150_000)
+    put_object(s3_client(s3rver), BUCKET, "relayed/a.bin", body)
+    config = {
+        "s3_api": {"listen": f"127.0.0.1:{free_port()}"},
+        "cache": {"zero_copy_hits": False},
+        "buckets": [{**s3_bucket_config(BUCKET, s3rver.endpoint), "alias": ALIAS}],
+    }
+    with start_shim(tmp_path, config) as relayed:
+        s3 = client(relayed)
+        got = s3.get_object(Bucket=ALIAS, Key="relayed/a.bin", Range="bytes=10-19")
+        assert got["Body"].read() == body[10:20]
+        assert error_of(s3.get_object, Bucket=ALIAS, Key="relayed/absent") == (404, "NoSuchKey")
+        assert error_of(
+            s3.get_object, Bucket=ALIAS, Key="relayed/a.bin", Range="bytes=9999999-"
+        ) == (
+            416,
+            "InvalidRange",
+        )
+        assert error_of(s3.head_object, Bucket=ALIAS, Key="relayed/absent")[0] == 404
+        # shim's XML, not the origin's relayed as it was.
+        missing = direct(f"{endpoint(relayed)}/{ALIAS}/relayed/absent")
+        assert b"<Resource>/models/relayed/absent</Resource>" in missing.body
+        assert missing.headers["x-amz-request-id"] in missing.body.decode()
+        assert error_of(s3.put_object, Bucket=ALIAS, Key="relayed/new", Body=b"x" * 200_000) == (
+            403,
+            "AccessDenied",
+        )
