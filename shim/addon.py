@@ -776,7 +776,11 @@ def _is_s3(flow: http.HTTPFlow) -> bool:
 
 
 def _resource(flow: http.HTTPFlow) -> str:
-    """The S3 resource a request names, for its errors."""
+    """The S3 resource a request names, for its errors (the object served, whatever path a
+    relay to the cache server gave the request since)."""
+    shim = flow.metadata.get("shim")
+    if shim is not None:
+        return f"/{shim['bucket']}/{shim['key']}"
     return flow.request.path.partition("?")[0]
 
 
