@@ -50,6 +50,7 @@ RESTART_ONLY: Final = (
     "admin",
     "transparent",
     "reverse",
+    "s3_api.listen",
     "confdir",
     "cache.dir",
     "cache.max_size",
