@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 
     from shim.recognize import ObjectRef
 
+# The SDK loads on first use (its modules, and more of them as sessions and clients are made),
+# in whichever thread signs or checks credentials first: one thread at a time, since two
+# threads entering botocore's circular imports by different modules fail with "cannot import
+# name ... from partially initialized module" (seen as a 500 on a fresh shim's first request).
+_SDK_LOADING = threading.RLock()
+
 # Dragonfly's Rust dfdaemon default list for S3: the parameters that vary per signature.
 SIGNATURE_PARAMS = frozenset(
     {
@@ -125,44 +131,50 @@ class S3Signer:
 
     def _session(self) -> Session:
         # Imported here: boto3 and botocore load only for buckets that sign with them.
-        import boto3.session
+        with _SDK_LOADING:
+            import boto3.session
 
-        creds = self._bucket.credentials
-        if creds.source == "static":
-            assert creds.access_key_id and creds.secret_access_key
-            return boto3.session.Session(
-                aws_access_key_id=creds.access_key_id.get_secret_value(),
-                aws_secret_access_key=creds.secret_access_key.get_secret_value(),
-                aws_session_token=(
-                    creds.session_token.get_secret_value() if creds.session_token else None
-                ),
-            )
-        return boto3.session.Session(profile_name=creds.profile)
+            creds = self._bucket.credentials
+            if creds.source == "static":
+                assert creds.access_key_id and creds.secret_access_key
+                return boto3.session.Session(
+                    aws_access_key_id=creds.access_key_id.get_secret_value(),
+                    aws_secret_access_key=creds.secret_access_key.get_secret_value(),
+                    aws_session_token=(
+                        creds.session_token.get_secret_value() if creds.session_token else None
+                    ),
+                )
+            return boto3.session.Session(profile_name=creds.profile)
 
     def _client(self, endpoint: str) -> S3Client:
         with self._lock:
             client = self._clients.get(endpoint)
             if client is None:
-                import botocore.config
-                from botocore.handlers import set_list_objects_encoding_type_url
-
-                client = self._session().client(
-                    "s3",
-                    region_name=self._bucket.region,
-                    endpoint_url=endpoint,
-                    config=botocore.config.Config(
-                        signature_version="s3v4",
-                        s3={"addressing_style": self._bucket.addressing_style},
-                    ),
-                )
-                # boto3 asks for URL-encoded keys in every listing it makes, and decodes them
-                # itself; a listing signed for a client must ask for what the client asked.
-                for operation in ("ListObjects", "ListObjectsV2"):
-                    client.meta.events.unregister(
-                        f"before-parameter-build.s3.{operation}", set_list_objects_encoding_type_url
-                    )
+                client = self._new_client(endpoint)
                 self._clients[endpoint] = client
             return client
+
+    def _new_client(self, endpoint: str) -> S3Client:
+        with _SDK_LOADING:
+            import botocore.config
+            from botocore.handlers import set_list_objects_encoding_type_url
+
+            client = self._session().client(
+                "s3",
+                region_name=self._bucket.region,
+                endpoint_url=endpoint,
+                config=botocore.config.Config(
+                    signature_version="s3v4",
+                    s3={"addressing_style": self._bucket.addressing_style},
+                ),
+            )
+        # boto3 asks for URL-encoded keys in every listing it makes, and decodes them itself;
+        # a listing signed for a client must ask for what the client asked.
+        for operation in ("ListObjects", "ListObjectsV2"):
+            client.meta.events.unregister(
+                f"before-parameter-build.s3.{operation}", set_list_objects_encoding_type_url
+            )
+        return client
 
     def _no_credentials(self) -> SigningError:
         return SigningError(
