@@ -17,12 +17,21 @@ import pytest
 direct_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+# Ports already handed out by this process: the OS may offer a port again as soon as its probe
+# socket closes, before the server it was meant for binds it.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that the OS says is free now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on ``host`` that the OS says is free now, and that no earlier call returned
+    (two servers of one test never get the same port)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class Stoppable:
