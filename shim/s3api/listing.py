@@ -154,6 +154,10 @@ class ListingError(Exception):
 
 def parse_azure_listing(body: bytes) -> Page:
     """Azure's EnumerationResults as a page of entries and common prefixes."""
+    try:
+        body.decode("utf-8")  # what Azure sends; a UTF-16 body would hide a DTD from the check
+    except UnicodeDecodeError:
+        raise ListingError("the store's listing is not UTF-8") from None
     if _DECLARATION.search(body):
         # No listing has one; a DTD's entities are how XML bombs go off.
         raise ListingError("the store's listing holds a DTD")
@@ -220,10 +224,9 @@ def list_result_xml(request: ListRequest, alias: str, page: Page) -> bytes:
         element("Prefix", text(request.prefix)),
     ]
     if request.version == 1:
-        parts.append(element("Marker", escape(request.token or "")))
-        if truncated:
-            assert page.next_token is not None
-            parts.append(element("NextMarker", escape(page.next_token)))
+        parts.append(element("Marker", text(request.token or "")))
+        if page.next_token is not None:
+            parts.append(element("NextMarker", text(page.next_token)))
     parts.append(element("MaxKeys", str(request.max_keys)))
     if request.delimiter:
         parts.append(element("Delimiter", text(request.delimiter)))

@@ -176,7 +176,10 @@ class BucketRequests:
             )
         # As signed: not normalised again on the way (shim.upstream does the same).
         target = yarl.URL(url, encoded=True)
-        async with self._session.get(target, headers=dict(extra_headers)) as response:
+        # No redirect followed (a 3xx is the store's answer, as for objects: the extra headers
+        # go nowhere else), and no compressed body to pass on as if it were XML.
+        headers = {**extra_headers, "Accept-Encoding": "identity"}
+        async with self._session.get(target, headers=headers, allow_redirects=False) as response:
             body = bytearray()
             async for chunk in response.content.iter_any():
                 body += chunk

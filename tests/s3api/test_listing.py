@@ -82,6 +82,10 @@ def test_a_v1_page_carries_its_markers_and_url_encoding() -> None:
         b"not xml",
         b"<Error><Code>x</Code></Error>",
         b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaa">]><EnumerationResults/>',
+        # The same, in UTF-16 (which expat reads by its BOM): a DTD the byte check cannot see.
+        '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaa">]><EnumerationResults/>'.encode(
+            "utf-16"
+        ),
         b"<EnumerationResults><Blobs><Blob><Name>a</Name></Blob></Blobs></EnumerationResults>",
         b"<EnumerationResults><Blobs><Blob><Properties><Content-Length>1</Content-Length>"
         b"</Properties></Blob></Blobs></EnumerationResults>",

@@ -4,6 +4,7 @@ that do not list), and the cache's failures told in S3's XML with its own header
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
@@ -16,6 +17,7 @@ from shim.s3api.errors import S3Error
 from shim.s3api.listing import ListRequest
 from shim.s3api.request import BucketRead
 from shim.s3api.serve import BucketRequests, object_reply, refusal
+from tests.support.nginx import start_nginx
 
 S3_BUCKET = {
     "provider": "s3",
@@ -94,3 +96,17 @@ def test_a_refusal_carries_its_xml_and_its_kind() -> None:
     assert refused.body is not None
     assert ElementTree.fromstring(refused.body).findtext("Code") == "AccessDenied"
     assert refusal(S3Error(403, "AccessDenied", "x"), "HEAD").body == b""
+
+
+@pytest.mark.origin
+def test_a_listing_redirect_is_not_followed(tmp_path: Path) -> None:
+    """nginx answers 301 for a directory named without its final slash: the listing is an
+    error, and nothing (the signed URL, the configured headers) went to the redirect's target."""
+    root = tmp_path / "root"
+    (root / "real").mkdir(parents=True)
+    with start_nginx(root, tmp_path / "nginx") as nginx:
+        reply = answer({**S3_BUCKET, "endpoint": nginx.endpoint}, "list", ListRequest(2))
+    requests = (nginx.prefix / "access.log").read_text().splitlines()  # read once stopped
+    assert reply.status != 200
+    assert ElementTree.fromstring(reply.body).findtext("Code") is not None
+    assert len(requests) == 1 and '" 301 ' in requests[0]
