@@ -242,6 +242,14 @@ class Fill:
             self._window_start += len(dropped)
             self._window_bytes -= len(dropped)
 
+    def _move(self, reader: FillReader, position: int) -> None:
+        """``reader`` goes on from ``position``: what it left behind may be dropped, and a
+        fetch waiting for room must hear of it (else a reader skipping ahead to a range and the
+        fetch waiting for it to read wait for each other for ever)."""
+        self._cursors[reader] = position
+        self._trim()
+        self._notify()
+
     def _from_window(self, reader: FillReader, position: int, count: int) -> memoryview:
         """Up to ``count`` bytes from ``position``, as a view of the chunk they are in."""
         assert self._window is not None and position >= self._window_start
@@ -338,8 +346,7 @@ class FillReader:
         if stop is not None and position == stop - 1:
             return await self._last(position)
         if fill.in_memory:
-            fill._cursors[self] = position
-            fill._trim()
+            fill._move(self, position)
         await fill.wait_past(position)
         if fill.error is not None:
             raise TransferAborted(str(fill.error))
@@ -363,13 +370,11 @@ class FillReader:
         fill = self.fill
         last: bytes | memoryview = b""
         if fill.in_memory:
-            fill._cursors[self] = position
-            fill._trim()
+            fill._move(self, position)
             await fill.wait_past(position)
             if fill.error is None and fill.written > position:
                 last = fill._from_window(self, position, 1)
-                fill._cursors[self] = _PAST_THE_WINDOW
-                fill._trim()
+                fill._move(self, _PAST_THE_WINDOW)
         await fill.wait_ended()
         if fill.error is not None:
             raise TransferAborted(str(fill.error))

@@ -190,6 +190,31 @@ def test_without_room_on_disk_readers_share_a_bounded_window(
     run(store, scenario)
 
 
+def test_a_range_ahead_of_a_full_window_is_served(origin: Origin, tmp_path: Path) -> None:
+    """A range reader that has not read yet holds the window at its start; the fetch fills the
+    window and waits. Moving on to the range's start must wake the fetch, or both wait for
+    each other for ever (a range of a local dfdaemon hit hung so)."""
+    body = os.urandom(3 * MEMORY_WINDOW)
+    origin.put(KEY, body)
+    store = CacheStore(tmp_path, 100 * MiB)
+    start_at = MEMORY_WINDOW + MiB + 7  # beyond the first full window
+    stop = start_at + 1000
+
+    async def scenario(runner: FillRunner, metrics: Metrics) -> None:
+        fill = start(runner, origin.ticket(KEY))
+        with fill.reader() as reader:
+            await fill.headers_ready.wait()
+            assert fill.in_memory
+            while fill.written < MEMORY_WINDOW:  # the fetch stops once the window is full
+                await fill.wait_past(fill.written)
+            parked = fill.written
+            await asyncio.sleep(0.5)  # time for the fetch to come to its wait for room
+            assert fill.written == parked
+            assert await asyncio.wait_for(read(reader, start_at, stop), 20) == body[start_at:stop]
+
+    run(store, scenario, keep=False)
+
+
 def test_without_room_on_disk_the_fetch_stops_when_every_reader_left(
     origin: Origin, tmp_path: Path
 ) -> None:
