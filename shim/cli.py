@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import os
 import signal
@@ -56,6 +57,11 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Python's warnings from here on as log lines too (JSON ones under log_format: json).
     logging.captureWarnings(True)
+    # One line, one write, at once: a log collector reading a pipe or file never waits for a
+    # block to fill, nor sees a line cut in two by whatever else writes to stderr meanwhile.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
     return asyncio.run(_serve(settings, args.config, overrides))
 
 
