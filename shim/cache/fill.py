@@ -259,9 +259,7 @@ class Fill:
                 break
             offset -= len(chunk)
         data = memoryview(chunk)[offset : offset + count]
-        self._cursors[reader] = position + len(data)
-        self._trim()
-        self._notify()  # a fetch waiting for room
+        self._move(reader, position + len(data))
         return data
 
 
