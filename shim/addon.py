@@ -47,7 +47,7 @@ from shim.cache.server import (
     error_reply,
 )
 from shim.cache.store import CacheStore
-from shim.config import DfdaemonSettings, Settings, load_settings
+from shim.config import S3_API_TARGET, DfdaemonSettings, Settings, load_settings
 from shim.decide import (
     Decision,
     IPAddress,
@@ -74,6 +74,9 @@ from shim.recognize import ObjectRef, recognize
 from shim.redact import redact_url
 from shim.reload import carry_signers, needs_restart, restart_message
 from shim.requestlog import RecentRequests, RequestRecord, text_line
+from shim.s3api import serve as s3api
+from shim.s3api.errors import S3Error, error_for_status
+from shim.s3api.request import BucketRead
 from shim.signing import CachedSigner, credential_problem_in_background, signers_for
 from shim.status_gather import StatusGatherer
 from shim.takeover import SPAN_SIZE, ClientConnection, ClientConnections, response_head
@@ -89,11 +92,15 @@ _DROPPED_REQUEST_HEADERS = ("Authorization", "Proxy-Authorization", "Proxy-Conne
 
 
 def error_response(
-    status: int, kind: str, message: str, headers: tuple[tuple[str, str], ...] = ()
+    status: int,
+    kind: str,
+    message: str,
+    headers: tuple[tuple[str, str], ...] = (),
+    body: bytes = b"",
 ) -> http.Response:
     return http.Response.make(
         status,
-        f"shim: {message}\n",
+        body or f"shim: {message}\n",
         {"Content-Type": "text/plain", ERROR_HEADER: kind, **dict(headers)},
     )
 
@@ -110,7 +117,7 @@ def dfdaemon_route(dfdaemon: DfdaemonSettings, links: LinkDir | None) -> Dfdaemo
 
 def listener_of(mode: mode_specs.ProxyMode) -> Listener:
     if isinstance(mode, mode_specs.ReverseMode):
-        return "reverse"
+        return "s3" if mode.data == S3_API_TARGET else "reverse"
     if isinstance(mode, mode_specs.TransparentMode):
         return "transparent"
     return "regular"
@@ -150,6 +157,7 @@ class ShimAddon:
         self._cache: CacheServer | None = None
         self._admin: AdminServer | None = None
         self._prefetch: PrefetchJobs | None = None
+        self._s3_buckets: s3api.BucketRequests | None = None
         self._credential_checks: set[asyncio.Task[None]] = set()
         # Per client connection: what its CONNECT (or transparent TLS) was allowed to become,
         # and whether it proved proxy credentials in its CONNECT.
@@ -174,6 +182,11 @@ class ShimAddon:
         if ctx.options.connection_strategy != "lazy":
             # Eager would connect to the bucket host at CONNECT time, before shim reroutes.
             ctx.options.update(connection_strategy="lazy")  # type: ignore[no-untyped-call]
+        if not ctx.options.keep_host_header:
+            # The S3 API's virtual-hosted requests name their bucket in Host. Every reverse
+            # request is answered or rerouted by the addon: the Host mitmproxy would set names
+            # a target never contacted.
+            ctx.options.update(keep_host_header=True)  # type: ignore[no-untyped-call]
         limits.apply_options(ctx.options)
         if self.settings is not None and "shim_config" not in updated:
             return
@@ -247,6 +260,7 @@ class ShimAddon:
             keep=dfdaemon is None or dfdaemon.keep_copy,
         )
         await self._cache.start()
+        self._s3_buckets = s3api.BucketRequests(origin_timeout=settings.origin_timeout)
         self._prefetch = PrefetchJobs(self._warm)
         actions = AdminActions(
             lambda: self._settings().admin_token, self._prefetch, self._cache, self.object_ticket
@@ -301,6 +315,8 @@ class ShimAddon:
             await self._prefetch.close()
         if self._cache is not None:
             await self._cache.stop()
+        if self._s3_buckets is not None:
+            await self._s3_buckets.close()
 
     def _settings(self) -> Settings:
         assert self.settings is not None, "configure() runs before any hook"
@@ -399,6 +415,11 @@ class ShimAddon:
     def _apply(self, flow: http.HTTPFlow, facts: RequestFacts, decision: Decision) -> None:
         if isinstance(decision, Refuse):
             self._refuse(flow, decision)
+        elif isinstance(decision, S3Error):
+            self._refuse(flow, s3api.refusal(decision, facts.method))
+        elif isinstance(decision, BucketRead):
+            flow.metadata["shim_bucket_read"] = decision
+            flow.metadata["shim_signer"] = self._signers[decision.bucket]
         elif isinstance(decision, PassThrough):
             self.metrics.requests.labels(route="pass").inc()
             if facts.listener == "transparent":
@@ -414,13 +435,32 @@ class ShimAddon:
 
     async def request(self, flow: http.HTTPFlow) -> None:
         serve = flow.metadata.pop("shim_serve", None)
+        bucket_read = flow.metadata.pop("shim_bucket_read", None)
         signer = flow.metadata.pop("shim_signer", None)
-        if serve is None or flow.response or flow.error or not flow.live:
+        if (serve is None and bucket_read is None) or flow.response or flow.error or not flow.live:
             return
         try:
-            await self._serve(flow, serve, signer)
+            if bucket_read is not None:
+                await self._read_bucket(flow, bucket_read, signer)
+            else:
+                await self._serve(flow, serve, signer)
         except Exception:
             self._internal_error(flow)
+
+    async def _read_bucket(
+        self, flow: http.HTTPFlow, read: BucketRead, signer: CachedSigner
+    ) -> None:
+        """An S3 API request for a bucket (a listing...): never cached, never a Dragonfly task."""
+        assert self._s3_buckets is not None
+        reply = await self._s3_buckets.answer(read, signer.signer, self._settings().headers)
+        log.info(
+            "%s %s -> %d (s3 %s)",
+            flow.request.method,
+            redact_url(flow.request.pretty_url),
+            reply.status,
+            read.operation,
+        )
+        flow.response = _response_of(flow.request.method, reply)
 
     async def _serve(self, flow: http.HTTPFlow, serve: Serve, signer: CachedSigner) -> None:
         ref = serve.ref
@@ -501,6 +541,8 @@ class ShimAddon:
     async def _answer(self, flow: http.HTTPFlow, reply: Reply, client: ClientConnection) -> None:
         """Answer with ``reply``: as mitmproxy's response when it is small (the connection
         stays open for the next request), else written on the client's connection here."""
+        if _is_s3(flow):
+            reply = s3api.object_reply(reply, flow.request.method, _resource(flow))
         stream = reply.stream
         if stream is not None and stream.length is not None and stream.length <= SMALL_BODY:
             reply = await self._read_small(reply, stream)
@@ -566,6 +608,10 @@ class ShimAddon:
         if "shim" not in flow.metadata:
             flow.response.stream = True
             return
+        if _is_s3(flow) and flow.response.status_code >= 400:
+            # Read whole (the cache server's errors are short), for response() to tell in XML.
+            self._answered(flow, flow.response.status_code, flow.response.headers)
+            return
         self._answered(flow, flow.response.status_code, flow.response.headers)
         # A relayed answer is counted as it streams; one the addon made is sent whole.
         flow.response.stream = functools.partial(self._relayed, flow)
@@ -576,6 +622,12 @@ class ShimAddon:
 
     def response(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
+        if "shim" in flow.metadata and _is_s3(flow) and flow.response.status_code >= 400:
+            # An error relayed from the cache server, told in S3's XML.
+            response = flow.response
+            relayed = Reply(response.status_code, dict(response.headers), response.content or b"")
+            reply = s3api.object_reply(relayed, flow.request.method, _resource(flow))
+            flow.response = _response_of(flow.request.method, reply)
         if "shim" in flow.metadata:
             self._count_sent(flow, len(flow.response.raw_content or b""))
             self._ended(flow)
@@ -676,8 +728,12 @@ class ShimAddon:
 
     def _reply(self, flow: http.HTTPFlow, refusal: Refuse) -> None:
         self._count_refusal(flow, refusal)
+        if _is_s3(flow) and not refusal.body:
+            error = error_for_status(refusal.status, _resource(flow))
+            error = replace(error, message=refusal.message, kind=refusal.kind)
+            refusal = s3api.refusal(error, flow.request.method)
         flow.response = error_response(
-            refusal.status, refusal.kind, refusal.message, refusal.headers
+            refusal.status, refusal.kind, refusal.message, refusal.headers, refusal.body
         )
 
     def _count_refusal(self, flow: http.HTTPFlow, refusal: Refuse) -> None:
@@ -715,6 +771,15 @@ def _response_of(method: str, reply: Reply) -> http.Response:
     elif method == "HEAD" and length is not None:
         response.headers["Content-Length"] = length
     return response
+
+
+def _is_s3(flow: http.HTTPFlow) -> bool:
+    return listener_of(flow.client_conn.proxy_mode) == "s3"
+
+
+def _resource(flow: http.HTTPFlow) -> str:
+    """The S3 resource a request names, for its errors."""
+    return flow.request.path.partition("?")[0]
 
 
 def _drop_body(chunk: bytes) -> bytes:

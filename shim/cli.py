@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 def _run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         key: getattr(args, key)
-        for key in ("listen", "admin", "transparent", "reverse")
+        for key in ("listen", "admin", "transparent", "reverse", "s3_api")
         if getattr(args, key)
     }
     try:
@@ -283,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--transparent", metavar="HOST:PORT", help="also listen in transparent mode (iptables)"
     )
     run.add_argument("--reverse", metavar="HOST:PORT", help="also serve http://HOST:PORT/ALIAS/KEY")
+    run.add_argument(
+        "--s3-api", metavar="HOST:PORT", help="also serve a read-only S3 API on HOST:PORT"
+    )
     run.set_defaults(handler=_run)
     ca = commands.add_parser(
         "ca", help="write the interception CA and a Java truststore (JDK CAs + shim's) to DIR"

@@ -329,6 +329,39 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+# The target mitmproxy's reverse mode needs: never contacted, since the addon answers or
+# reroutes every request; the S3 API's own one tells its listener apart from ``reverse``.
+REVERSE_TARGET = "http://127.0.0.1:9"
+S3_API_TARGET = "http://127.0.0.1:10"
+_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+
+class S3ApiSettings(_Strict):
+    """A read-only S3 API for SDK clients (``AWS_ENDPOINT_URL=http://HOST:PORT``)."""
+
+    listen: str = Field(description="HOST:PORT it listens on")
+    domain: str | None = Field(
+        default=None,
+        description="base domain of virtual-hosted requests (ALIAS.DOMAIN); without it, "
+        "path-style (/ALIAS/KEY) only",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @field_validator("domain")
+    @classmethod
+    def _domain_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            value = value.lower().rstrip(".")
+            if not _DOMAIN.fullmatch(value):
+                raise ValueError(f"expected a DNS name such as s3.shim.local, got {value!r}")
+        return value
+
+
 class Settings(_Strict):
     listen: str = DEFAULT_LISTEN
     admin: str = DEFAULT_ADMIN
@@ -337,6 +370,9 @@ class Settings(_Strict):
     )
     reverse: str | None = Field(
         default=None, description="HOST:PORT of a standalone service: GET /ALIAS/KEY"
+    )
+    s3_api: S3ApiSettings | None = Field(
+        default=None, description="a read-only S3 API for SDK clients (HOST:PORT, or a mapping)"
     )
     confdir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_data_dir("shim")),
@@ -421,6 +457,12 @@ class Settings(_Strict):
                 raise ValueError(f"expected CIDR networks such as 10.0.0.0/8: {error}") from None
         return value
 
+    @field_validator("s3_api", mode="before")
+    @classmethod
+    def _listen_alone(cls, value: Any) -> Any:
+        # `s3_api: HOST:PORT` is short for `s3_api: {listen: HOST:PORT}`.
+        return {"listen": value} if isinstance(value, str) else value
+
     @field_validator("dfdaemon", mode="before")
     @classmethod
     def _url_alone(cls, value: Any) -> Any:
@@ -451,8 +493,10 @@ class Settings(_Strict):
         # A signing proxy reachable from the network with no guard is an open door. Only the
         # explicit proxy can ask for credentials: model servers behind a transparent redirect
         # or fetching a reverse URL send none, so those listeners need client networks.
-        for name in ("listen", "transparent", "reverse"):
+        for name in ("listen", "transparent", "reverse", "s3_api"):
             address = getattr(self, name)
+            if isinstance(address, S3ApiSettings):
+                address = address.listen
             if address is None or is_loopback_host(split_host_port(address)[0]):
                 continue
             if self.clients or (name == "listen" and self.proxy_auth):
@@ -470,9 +514,9 @@ class Settings(_Strict):
         if self.transparent:
             modes.append(f"transparent@{self.transparent}")
         if self.reverse:
-            # Every reverse request is answered or rerouted by the addon; the target is never
-            # contacted, it only satisfies the mode's syntax.
-            modes.append(f"reverse:http://127.0.0.1:9@{self.reverse}")
+            modes.append(f"reverse:{REVERSE_TARGET}@{self.reverse}")
+        if self.s3_api:
+            modes.append(f"reverse:{S3_API_TARGET}@{self.s3_api.listen}")
         return modes
 
     @property

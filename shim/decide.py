@@ -23,8 +23,10 @@ from typing import Literal
 from shim._errors import RequestError
 from shim.config import Passthrough, Settings, split_authority
 from shim.recognize import ObjectRef, is_bucket_host, recognize, recognize_reverse
+from shim.s3api.errors import S3Error
+from shim.s3api.request import BucketRead, ObjectRead, operation
 
-Listener = Literal["regular", "transparent", "reverse"]
+Listener = Literal["regular", "transparent", "reverse", "s3"]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 READ_METHODS = ("GET", "HEAD")
@@ -51,6 +53,7 @@ class Refuse:
     kind: str  # the metrics label and the X-Shim-Error value
     message: str  # for the client: never a secret, a signature or the list of aliases
     headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""  # the answer's body when it is not the message (an S3 error's XML)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +79,16 @@ class Tunnel:
     """Relay the bytes untouched: the pass-through policy allows the host."""
 
 
-Decision = Refuse | PassThrough | Serve
+# On the S3 API listener: an S3 error, or a request for a bucket rather than an object.
+Decision = Refuse | PassThrough | Serve | S3Error | BucketRead
 TunnelDecision = Refuse | Intercept | Tunnel
 
 
 def decide(facts: RequestFacts, settings: Settings) -> Decision:
     if facts.listener == "reverse":
         return _decide_reverse(facts, settings)
+    if facts.listener == "s3":
+        return _decide_s3(facts, settings)
     if facts.listener == "regular" and not _host_header_agrees(facts):
         return Refuse(400, "request", "the Host header does not match the request target")
     url = f"{facts.scheme}://{_bracketed(facts.host)}:{facts.port}{facts.target}"
@@ -120,6 +126,15 @@ def _decide_reverse(facts: RequestFacts, settings: Settings) -> Decision:
             (("Allow", ", ".join(READ_METHODS)),),
         )
     return _serve(ref, facts)
+
+
+def _decide_s3(facts: RequestFacts, settings: Settings) -> Decision:
+    """The S3 API (shim.s3api.request): an object read is served as any URL of its bucket."""
+    domain = settings.s3_api.domain if settings.s3_api else None
+    read = operation(
+        facts.method, facts.host_header, facts.target, facts.has_body, settings.buckets, domain
+    )
+    return Serve(read.ref) if isinstance(read, ObjectRead) else read
 
 
 def _serve(ref: ObjectRef, facts: RequestFacts) -> Decision:

@@ -49,6 +49,7 @@ RESTART_ONLY: Final = (
     "admin",
     "transparent",
     "reverse",
+    "s3_api.listen",
     "confdir",
     "cache.dir",
     "cache.max_size",

@@ -62,6 +62,11 @@ class CachedSigner:
     def check(self) -> None:
         self._signer.check()
 
+    @property
+    def signer(self) -> Signer:
+        """The provider's signer itself (for requests other than object reads: listings)."""
+        return self._signer
+
 
 def signers_for(
     buckets: Iterable[BucketConfig], default_lifetime: int

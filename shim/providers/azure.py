@@ -14,11 +14,11 @@ import functools
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -406,6 +406,42 @@ class AzureSigner:
         bucket = self._bucket
         params = dict(ref.params)
         account_url = bucket.account_url(ref.client_scheme)
+        sas = self._sas(
+            account_url,
+            lambda **signing: generate_blob_sas(
+                bucket.account,
+                bucket.container,
+                ref.key,
+                snapshot=params.get("snapshot"),
+                version_id=params.get("versionid"),
+                permission="r",
+                **signing,
+            ),
+        )
+        # The path exactly as the SDK itself would request the blob: what the SAS signs.
+        url = BlobClient(account_url, bucket.container, ref.key).url
+        selected = [f"{name}={quote(value, safe=':')}" for name, value in ref.params]
+        return f"{url}?{'&'.join([*selected, sas])}"
+
+    def sign_listing(self, query: Sequence[tuple[str, str]]) -> str:
+        """A List Blobs URL of the container with ``query``, under a SAS that allows listing
+        it and nothing else (may block)."""
+        from azure.storage.blob import ContainerClient, generate_container_sas
+
+        bucket = self._bucket
+        account_url = bucket.account_url("https")
+        sas = self._sas(
+            account_url,
+            lambda **signing: generate_container_sas(
+                bucket.account, bucket.container, permission="l", **signing
+            ),
+        )
+        url = ContainerClient(account_url, bucket.container).url
+        return f"{url}?{urlencode([*query], quote_via=quote)}&{sas}"
+
+    def _sas(self, account_url: str, generate: Callable[..., str]) -> str:
+        """A SAS token from ``generate``, given the key, expiry and protocol to sign with."""
+        bucket = self._bucket
         expiry = datetime.now(UTC) + self._expires
         signing: dict[str, Any]
         if bucket.credentials.source == "default":
@@ -416,13 +452,7 @@ class AzureSigner:
         else:
             signing = {"account_key": self._account_key}
         try:
-            sas = generate_blob_sas(
-                bucket.account,
-                bucket.container,
-                ref.key,
-                snapshot=params.get("snapshot"),
-                version_id=params.get("versionid"),
-                permission="r",
+            return generate(
                 expiry=expiry,
                 # HTTPS only, unless the account URL itself is plain http (an emulator).
                 protocol="https" if account_url.startswith("https://") else "https,http",
@@ -432,10 +462,6 @@ class AzureSigner:
             raise SigningError(
                 f"cannot sign for container {bucket.container!r}: {type(error).__name__}"
             ) from None
-        # The path exactly as the SDK itself would request the blob: what the SAS signs.
-        url = BlobClient(account_url, bucket.container, ref.key).url
-        selected = [f"{name}={quote(value, safe=':')}" for name, value in ref.params]
-        return f"{url}?{'&'.join([*selected, sas])}"
 
 
 def check_object_params(params: Mapping[str, str]) -> None:

@@ -144,6 +144,7 @@ class S3Signer:
             client = self._clients.get(endpoint)
             if client is None:
                 import botocore.config
+                from botocore.handlers import set_list_objects_encoding_type_url
 
                 client = self._session().client(
                     "s3",
@@ -154,6 +155,12 @@ class S3Signer:
                         s3={"addressing_style": self._bucket.addressing_style},
                     ),
                 )
+                # boto3 asks for URL-encoded keys in every listing it makes, and decodes them
+                # itself; a listing signed for a client must ask for what the client asked.
+                for operation in ("ListObjects", "ListObjectsV2"):
+                    client.meta.events.unregister(
+                        f"before-parameter-build.s3.{operation}", set_list_objects_encoding_type_url
+                    )
                 self._clients[endpoint] = client
             return client
 
@@ -179,16 +186,24 @@ class S3Signer:
         self._client(self._bucket.endpoint_url("https"))
 
     def sign(self, ref: ObjectRef, method: str) -> str:
-        import botocore.exceptions
-
-        params: dict[str, Any] = {"Bucket": self._bucket.bucket, "Key": ref.key}
+        params: dict[str, Any] = {"Key": ref.key}
         for name, value in ref.params:
             # boto3 validates types: a part number is an int (check_params checked its digits).
             params[_PARAM_NAMES[name]] = int(value) if name == "partNumber" else value
+        return self._presign(_OPERATIONS[method], params, ref.client_scheme)
+
+    def sign_listing(self, operation: str, params: Mapping[str, Any]) -> str:
+        """A presigned URL of the bucket's ``operation`` (list_objects or list_objects_v2) with
+        boto3's ``params``, bucket aside (may block)."""
+        return self._presign(operation, params, "https")
+
+    def _presign(self, operation: str, params: Mapping[str, Any], client_scheme: str) -> str:
+        import botocore.exceptions
+
         try:
-            client = self._client(self._bucket.endpoint_url(ref.client_scheme))
+            client = self._client(self._bucket.endpoint_url(client_scheme))
             return client.generate_presigned_url(
-                _OPERATIONS[method], Params=params, ExpiresIn=self._expires
+                operation, Params={"Bucket": self._bucket.bucket, **params}, ExpiresIn=self._expires
             )
         except botocore.exceptions.NoCredentialsError:
             raise self._no_credentials() from None
