@@ -165,8 +165,9 @@ def _run(
 # --- boto3 -------------------------------------------------------------------------------------
 
 
-def boto3_client(endpoint: Endpoint) -> S3Client:
-    """A boto3 client of ``endpoint``: path-style, unsigned or signing with its credentials."""
+def boto3_client(endpoint: Endpoint, *, connections: int = 10) -> S3Client:
+    """A boto3 client of ``endpoint``: path-style, unsigned or signing with its credentials, no
+    retries, up to ``connections`` kept open (for as many threads)."""
     signing: Config = (
         Config(signature_version=UNSIGNED)
         if endpoint.credentials is None
@@ -178,7 +179,13 @@ def boto3_client(endpoint: Endpoint) -> S3Client:
         region_name=REGION,
         aws_access_key_id=endpoint.credentials[0] if endpoint.credentials else None,
         aws_secret_access_key=endpoint.credentials[1] if endpoint.credentials else None,
-        config=signing.merge(Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1})),
+        config=signing.merge(
+            Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 1},
+                max_pool_connections=connections,
+            )
+        ),
     )
 
 
