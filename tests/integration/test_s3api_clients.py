@@ -146,39 +146,70 @@ def test_kserve_downloads_with_dummy_credentials(shim: Shim, s3: S3Client, tmp_p
 # --- the Run:ai model streamer ---------------------------------------------------------------
 
 
+# A model directory's files besides its weights, which vLLM pulls to a local directory.
+MODEL_FILES = {
+    "config.json": b'{"architectures": ["LlamaForCausalLM"], "hidden_size": 1024}\n',
+    "tokenizer/tokenizer.json": b'{"version": "1.0", "model": {"type": "BPE"}}\n',
+}
+
+
 def stream_through_shim(
-    shim: Shim, s3: S3Client, tmp_path: Path, size: int, credentials: tuple[str, str] | None
+    shim: Shim,
+    s3: S3Client,
+    tmp_path: Path,
+    shard_sizes: list[int],
+    credentials: tuple[str, str] | None,
 ) -> tuple[str, TensorDigests]:
-    """Stream a safetensors file of ``size`` bytes cold through shim: the tensors are those of a
-    local load, the origin sent about one copy. Returns the file's s3:// URI and its tensors."""
-    local = tmp_path / "model.safetensors"
-    write_safetensors(local, size, seed=size)
-    key = f"runai/{size}/model.safetensors"
-    s3.upload_file(str(local), BUCKET, key, Config=TransferConfig(multipart_threshold=1 << 40))
-    expected = local_tensor_digests(local)
-    assert len(expected) > 4
+    """Safetensors shards of these sizes and a model's other files under a new prefix, loaded
+    cold through shim by the Run:ai streamer: it lists the shards, pulls the other files
+    byte-identical, streams the tensors of a local load, and the origin sends about one copy.
+    Returns the model's URI and its tensors."""
+    prefix = f"runai/{'-'.join(map(str, shard_sizes))}/"
+    shards = [
+        tmp_path / f"model-{n:05d}-of-{len(shard_sizes):05d}.safetensors"
+        for n in range(1, len(shard_sizes) + 1)
+    ]
+    expected: TensorDigests = {}
+    for n, (shard, size) in enumerate(zip(shards, shard_sizes, strict=True)):
+        write_safetensors(shard, size, seed=n, names=f"model.layers.{n}")
+        whole = TransferConfig(multipart_threshold=1 << 40)
+        s3.upload_file(str(shard), BUCKET, prefix + shard.name, Config=whole)
+        expected |= local_tensor_digests(shard)
+        shard.unlink()
+    upload(s3, {prefix + name: body for name, body in MODEL_FILES.items()})
+    model = f"s3://{BUCKET}/{prefix}"
 
     shim.relay.reset_counters()
-    streamed = runai_stream(shim.endpoint(credentials), f"s3://{BUCKET}/{key}")
-    assert streamed == expected
-    file_size = local.stat().st_size
-    assert file_size <= shim.relay.bytes_down <= 1.05 * file_size
-    return f"s3://{BUCKET}/{key}", expected
+    streamed = runai_stream(shim.endpoint(credentials), model, tmp_path / "pulled")
+    assert streamed.files == [model + shard.name for shard in shards]
+    assert streamed.tensors == expected
+    assert tree(tmp_path / "pulled") == {**MODEL_FILES, ".runai_complete": b""}
+    weights = sum(
+        s3.head_object(Bucket=BUCKET, Key=prefix + shard.name)["ContentLength"] for shard in shards
+    )
+    assert weights <= shim.relay.bytes_down <= 1.05 * weights
+    return model, expected
 
 
-def test_runai_streamer_streams_safetensors_with_dummy_credentials_then_from_the_cache(
+def test_runai_streamer_loads_sharded_safetensors_with_dummy_credentials_then_from_the_cache(
     shim: Shim, s3: S3Client, tmp_path: Path
 ) -> None:
-    uri, expected = stream_through_shim(shim, s3, tmp_path, 24 * MiB, DUMMY_CREDENTIALS)
+    model, expected = stream_through_shim(
+        shim, s3, tmp_path, [16 * MiB, 8 * MiB], DUMMY_CREDENTIALS
+    )
+    misses = shim.cache_misses()
     shim.relay.reset_counters()
-    assert runai_stream(shim.endpoint(DUMMY_CREDENTIALS), uri) == expected
-    assert shim.relay.bytes_down == 0
+    again = runai_stream(shim.endpoint(DUMMY_CREDENTIALS), model, tmp_path / "again")
+    assert again.tensors == expected
+    # From the cache: the origin answered the listings alone.
+    assert shim.cache_misses() == misses
+    assert shim.relay.bytes_down <= LISTING_ALLOWANCE
 
 
 def test_runai_streamer_streams_512_mb_of_safetensors_unsigned(
     shim: Shim, s3: S3Client, tmp_path: Path
 ) -> None:
-    stream_through_shim(shim, s3, tmp_path, 512 * MiB, None)
+    stream_through_shim(shim, s3, tmp_path, [512 * MiB], None)
 
 
 # --- boto3 and the AWS CLI -------------------------------------------------------------------

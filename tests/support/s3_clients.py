@@ -242,18 +242,24 @@ def digest(tensor):
     return [str(tensor.dtype), list(tensor.shape), hashlib.sha256(raw).hexdigest()]
 """
 
+# As vLLM's runai_streamer load format reads a model directory: the files other than weights
+# pulled to a local directory, the safetensors files listed and all streamed in one session.
 _STREAM = (
     _DIGEST
     + """
-from runai_model_streamer import SafetensorsStreamer
+from runai_model_streamer import ObjectStorageModel, SafetensorsStreamer, list_safetensors
 
+model, local_dir = sys.argv[1], sys.argv[2]
+with ObjectStorageModel(model_path=model, dst=local_dir) as pulled:
+    pulled.pull_files(ignore_pattern=["*.pt", "*.safetensors", "*.bin", "*.tensors", "*.pth"])
+files = sorted(list_safetensors(model))
 digests = {}
 with SafetensorsStreamer() as streamer:
-    streamer.stream_file(sys.argv[1])
+    streamer.stream_files(files)
     for name, tensor in streamer.get_tensors():
         digests[name] = digest(tensor)
         del tensor
-json.dump(digests, sys.stdout)
+json.dump({"files": files, "tensors": digests}, sys.stdout)
 """
 )
 
@@ -273,7 +279,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-size, seed = int(sys.argv[2]), int(sys.argv[3])
+size, seed, names = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 generator = torch.Generator().manual_seed(seed)
 kinds = [(torch.float32, 1024), (torch.bfloat16, 768), (torch.float16, 512), (torch.int8, 4096)]
 tensors, left, index = {}, size, 0
@@ -282,22 +288,31 @@ while left > 0:
     width = torch.tensor([], dtype=dtype).element_size() * columns
     rows = max(1, min(left // width, 1 + (size // 7) // width))
     raw = torch.randint(0, 256, (rows * width,), dtype=torch.uint8, generator=generator)
-    tensors[f"layers.{index}.weight"] = raw.view(dtype).reshape(rows, columns)
+    tensors[f"{names}.{index}.weight"] = raw.view(dtype).reshape(rows, columns)
     left -= rows * width
     index += 1
 save_file(tensors, sys.argv[1], metadata={"format": "pt"})
 """
 
 
-def _digests(printed: str) -> TensorDigests:
-    return {
-        name: (dtype, tuple(shape), sha)
-        for name, (dtype, shape, sha) in json.loads(printed).items()
-    }
+def _digests(printed: dict[str, list[Any]]) -> TensorDigests:
+    return {name: (dtype, tuple(shape), sha) for name, (dtype, shape, sha) in printed.items()}
 
 
-def runai_stream(endpoint: Endpoint, uri: str, *, timeout: float = 600) -> TensorDigests:
-    """The Run:ai streamer streams the safetensors file at ``uri``; its tensors' digests."""
+@dataclass(frozen=True)
+class StreamedModel:
+    """What the Run:ai streamer read of a model directory."""
+
+    files: list[str]  # the safetensors files it listed (s3:// URIs)
+    tensors: TensorDigests  # of every file
+
+
+def runai_stream(
+    endpoint: Endpoint, model: str, local_dir: Path, *, timeout: float = 600
+) -> StreamedModel:
+    """The Run:ai streamer loads the model directory ``model`` (``s3://BUCKET/PREFIX/``) as vLLM's
+    ``runai_streamer`` load format does: its other files pulled into ``local_dir``, every
+    safetensors file streamed."""
     extra = {
         "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0",
         # Anonymous requests (the C++ backend's anonymous credentials provider): no signature.
@@ -305,12 +320,13 @@ def runai_stream(endpoint: Endpoint, uri: str, *, timeout: float = 600) -> Tenso
     }
     python = clients_venv() / "bin" / "python"
     done = _run(
-        [str(python), "-W", "ignore", "-c", _STREAM, uri],
+        [str(python), "-W", "ignore", "-c", _STREAM, model, str(local_dir)],
         client_env(endpoint, extra),
-        f"the Run:ai streamer ({uri})",
+        f"the Run:ai streamer ({model})",
         timeout,
     )
-    return _digests(done.stdout)
+    printed = json.loads(done.stdout)
+    return StreamedModel(printed["files"], _digests(printed["tensors"]))
 
 
 def local_tensor_digests(path: Path) -> TensorDigests:
@@ -322,14 +338,15 @@ def local_tensor_digests(path: Path) -> TensorDigests:
         f"safetensors loading {path}",
         600,
     )
-    return _digests(done.stdout)
+    return _digests(json.loads(done.stdout))
 
 
-def write_safetensors(path: Path, size: int, seed: int = 0) -> None:
-    """A safetensors file of random tensors (several dtypes and shapes) of about ``size`` bytes."""
+def write_safetensors(path: Path, size: int, *, seed: int = 0, names: str = "layers") -> None:
+    """A safetensors file of random tensors (several dtypes and shapes) of about ``size`` bytes,
+    named ``NAMES.0.weight``, ``NAMES.1.weight``..."""
     python = clients_venv() / "bin" / "python"
     _run(
-        [str(python), "-W", "ignore", "-c", _WRITE, str(path), str(size), str(seed)],
+        [str(python), "-W", "ignore", "-c", _WRITE, str(path), str(size), str(seed), names],
         dict(os.environ),
         f"writing {path}",
         600,
