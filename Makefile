@@ -57,10 +57,11 @@ bench-cluster: $(VENV)/.dev-installed tests/servers/node_modules/.installed deps
 bench-paths: $(VENV)/.dev-installed tests/servers/node_modules/.installed deps
 	$(BIN)/python -m bench.bench_paths $(ARGS)
 
-# Streamer-shaped reads through the S3 API: N concurrent ranged readers of one 2 GiB object,
-# through shim cold and warm against the rate-limited origin directly (ARGS="--size-mib 256" for a
-# quick look).
+# Streamer-shaped reads through the S3 API: N concurrent ranged readers (boto3, and the Run:ai
+# streamer) of one 2 GiB object, through shim cold and warm against the rate-limited origin
+# directly (about 10 min; ARGS="--size-mib 256" for a quick look).
 bench-s3api: $(VENV)/.dev-installed tests/servers/node_modules/.installed
+	scripts/install-s3-clients
 	$(BIN)/python -m bench.bench_s3api $(ARGS)
 
 # Every fault injected into a real shim, with what the client saw and the cache held; exits 1 if

@@ -3,13 +3,16 @@
     python -m bench.bench_s3api [--size-mib 2048] [--readers 4,16] [--chunk-mib 32]
                                 [--origin-rate-mb 50] [--out FILE]
 
-How model streamers (the Run:ai streamer in vLLM, Triton's S3 readers) load weights: N workers
-share one object, each taking the next chunk in order and reading it with a ranged GET
-(``Range: bytes=A-B``) until the whole object is read once. Here the workers are threads with a
-boto3 client each reading CHUNK-sized ranges; every chunk is checked against its SHA-256.
+How model streamers load weights: many workers share one object, each reading the next range
+with a ranged GET (``Range: bytes=A-B``) until the whole object is read once. Two kinds of
+readers of one safetensors file of SIZE:
+  N boto3 readers   threads with a boto3 client each, taking the next CHUNK-sized range in
+                    order; every range checked against its SHA-256
+  Run:ai streamer   the real Run:ai model streamer (its C++ S3 backend, default concurrency),
+                    loading the file as vLLM does; every tensor checked against a local load
 
 The origin is the strict S3 server (s3rver) behind a relay limited to an object-storage-like rate,
-as in the other benchmarks; the relay counts what the origin sends. For each N, the same readers:
+as in the other benchmarks; the relay counts what the origin sends. Each kind of reader runs
   direct      against the origin (through the rate-limited relay), signing with the store's key
   shim cold   against shim's S3 API, unsigned, a new shim with an empty cache: every range is
               served from one fill of the object as it progresses
@@ -25,34 +28,44 @@ import json
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from boto3.s3.transfer import TransferConfig
 
-from bench._files import write_random
 from tests.support.relay import Relay
-from tests.support.s3_clients import Endpoint, boto3_client, start_shim_s3_api
+from tests.support.s3_clients import (
+    Endpoint,
+    boto3_client,
+    local_tensor_digests,
+    runai_stream,
+    start_shim_s3_api,
+    write_safetensors,
+)
 from tests.support.servers import REPO_ROOT, s3_client, start_s3rver
-from tests.support.shim_process import s3_bucket_config
+from tests.support.shim_process import ShimProcess, s3_bucket_config
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
 BUCKET = "weights"
-KEY = "llm/model-00001-of-00001.safetensors"
+MODEL = "llm/"
+KEY = MODEL + "model-00001-of-00001.safetensors"
+STREAMER = "Run:ai streamer"
 
 
-class ChunkMismatch(RuntimeError):
-    """A ranged read returned other bytes than the object holds there."""
+class Mismatch(RuntimeError):
+    """A reader got other bytes than the object holds."""
 
 
 @dataclass
 class Row:
-    readers: int
+    readers: str  # N boto3 readers, or the Run:ai streamer
     path: str  # direct, shim cold, shim warm
     seconds: float
     size: int
@@ -97,7 +110,7 @@ def read_concurrently(
             while piece := body.read(1 << 20):
                 digest.update(piece)
             if digest.hexdigest() != digests[index]:
-                raise ChunkMismatch(f"bytes {first}-{last} differ from the object's")
+                raise Mismatch(f"bytes {first}-{last} differ from the object's")
 
     start = time.monotonic()
     with ThreadPoolExecutor(readers) as pool:
@@ -109,43 +122,65 @@ def read_concurrently(
 def run(
     size_mib: int, readers_list: list[int], chunk_mib: int, origin_rate: float, work: Path
 ) -> list[Row]:
-    size, chunk = size_mib << 20, chunk_mib << 20
+    chunk = chunk_mib << 20
     rows: list[Row] = []
     with ExitStack() as stack:
-        blob = work / "object.bin"
-        print(f"writing {size_mib} MiB of random bytes...", flush=True)
-        write_random(blob, size)
+        blob = work / "model.safetensors"
+        print(f"writing a safetensors file of {size_mib} MiB of random tensors...", flush=True)
+        write_safetensors(blob, size_mib << 20)
+        size = blob.stat().st_size
         digests = chunk_digests(blob, chunk)
+        tensors = local_tensor_digests(blob)
         origin = stack.enter_context(start_s3rver(work / "origin"))
         store = s3_client(origin)
         store.create_bucket(Bucket=BUCKET)
         # One part: its ETag is its MD5, which shim verifies the body against.
-        store.upload_file(
-            str(blob), BUCKET, KEY, Config=TransferConfig(multipart_threshold=1 << 40)
-        )
+        whole = TransferConfig(multipart_threshold=1 << 40)
+        store.upload_file(str(blob), BUCKET, KEY, Config=whole)
+        # What the streamer's model directory holds besides weights (vLLM pulls it first).
+        store.put_object(Bucket=BUCKET, Key=MODEL + "config.json", Body=b'{"model_type": "llama"}')
         blob.unlink()
         relay = stack.enter_context(Relay(origin.host, origin.port))
         relay.rate_limit_bytes_per_s = origin_rate
-        print(f"origin limited to {origin_rate / 1e6:.0f} MB/s; {chunk_mib} MiB ranges", flush=True)
+        print(f"origin limited to {origin_rate / 1e6:.0f} MB/s", flush=True)
+        signed = Endpoint(relay.endpoint, (origin.access_key, origin.secret_key))
 
-        def measure(readers: int, path: str, client: S3Client) -> None:
+        def measure(readers: str, path: str, read: Callable[[], float]) -> None:
             relay.reset_counters()
-            seconds = read_concurrently(client, size, chunk, readers, digests)
+            seconds = read()
             row = Row(readers, path, seconds, size, relay.bytes_down)
-            print(f"  {readers:>3} readers, {path:<9}: {seconds:6.1f} s, {row.mb_s:6.0f} MB/s, "
+            print(f"  {readers:<16} {path:<9}: {seconds:6.1f} s, {row.mb_s:6.0f} MB/s, "
                   f"origin {row.copies:.3f} copies", flush=True)  # fmt: skip
             rows.append(row)
 
-        for readers in readers_list:
-            signed = Endpoint(relay.endpoint, (origin.access_key, origin.secret_key))
-            measure(readers, "direct", boto3_client(signed, connections=readers))
-            shim, url = start_shim_s3_api(
-                work / f"shim-{readers}", {"buckets": [s3_bucket_config(BUCKET, relay.endpoint)]}
-            )
+        def shim_s3_api(name: str) -> tuple[ShimProcess, str]:
+            config = {"buckets": [s3_bucket_config(BUCKET, relay.endpoint)]}
+            return start_shim_s3_api(work / name, config)
+
+        for n in readers_list:
+            readers = f"{n} boto3 readers"
+
+            def ranges(endpoint: Endpoint, n: int = n) -> float:
+                client = boto3_client(endpoint, connections=n)
+                return read_concurrently(client, size, chunk, n, digests)
+
+            measure(readers, "direct", partial(ranges, signed))
+            shim, url = shim_s3_api(f"shim-{n}")
             with shim:
-                through = boto3_client(Endpoint(url), connections=readers)
-                measure(readers, "shim cold", through)
-                measure(readers, "shim warm", through)
+                measure(readers, "shim cold", partial(ranges, Endpoint(url)))
+                measure(readers, "shim warm", partial(ranges, Endpoint(url)))
+
+        def streamed(endpoint: Endpoint, pulled: str) -> float:
+            model = runai_stream(endpoint, f"s3://{BUCKET}/{MODEL}", work / pulled)
+            if model.tensors != tensors:
+                raise Mismatch(f"the {STREAMER}'s tensors differ from a local load's")
+            return model.seconds
+
+        measure(STREAMER, "direct", partial(streamed, signed, "direct"))
+        shim, url = shim_s3_api("shim-runai")
+        with shim:
+            measure(STREAMER, "shim cold", partial(streamed, Endpoint(url), "cold"))
+            measure(STREAMER, "shim warm", partial(streamed, Endpoint(url), "warm"))
     return rows
 
 
@@ -162,9 +197,11 @@ def main() -> None:
         rows = run(args.size_mib, readers, args.chunk_mib, args.origin_rate_mb * 1e6, Path(tmp))
     print(f"\n{args.size_mib} MiB object, {args.chunk_mib} MiB ranges, origin limited to "
           f"{args.origin_rate_mb:.0f} MB/s")  # fmt: skip
-    print(f"{'readers':>7} {'path':<10} {'seconds':>8} {'MB/s':>7} {'origin MB':>10} {'copies':>7}")
+    print(
+        f"{'readers':<16} {'path':<10} {'seconds':>8} {'MB/s':>7} {'origin MB':>10} {'copies':>7}"
+    )
     for r in rows:
-        print(f"{r.readers:>7} {r.path:<10} {r.seconds:>8.1f} {r.mb_s:>7.0f} "
+        print(f"{r.readers:<16} {r.path:<10} {r.seconds:>8.1f} {r.mb_s:>7.0f} "
               f"{r.origin_bytes / 1e6:>10.0f} {r.copies:>7.3f}")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(

@@ -247,9 +247,11 @@ def digest(tensor):
 _STREAM = (
     _DIGEST
     + """
+import time
 from runai_model_streamer import ObjectStorageModel, SafetensorsStreamer, list_safetensors
 
 model, local_dir = sys.argv[1], sys.argv[2]
+start = time.monotonic()
 with ObjectStorageModel(model_path=model, dst=local_dir) as pulled:
     pulled.pull_files(ignore_pattern=["*.pt", "*.safetensors", "*.bin", "*.tensors", "*.pth"])
 files = sorted(list_safetensors(model))
@@ -259,7 +261,8 @@ with SafetensorsStreamer() as streamer:
     for name, tensor in streamer.get_tensors():
         digests[name] = digest(tensor)
         del tensor
-json.dump({"files": files, "tensors": digests}, sys.stdout)
+seconds = time.monotonic() - start
+json.dump({"files": files, "tensors": digests, "seconds": seconds}, sys.stdout)
 """
 )
 
@@ -305,6 +308,7 @@ class StreamedModel:
 
     files: list[str]  # the safetensors files it listed (s3:// URIs)
     tensors: TensorDigests  # of every file
+    seconds: float  # from the first request to the last tensor (not the imports)
 
 
 def runai_stream(
@@ -326,7 +330,7 @@ def runai_stream(
         timeout,
     )
     printed = json.loads(done.stdout)
-    return StreamedModel(printed["files"], _digests(printed["tensors"]))
+    return StreamedModel(printed["files"], _digests(printed["tensors"]), printed["seconds"])
 
 
 def local_tensor_digests(path: Path) -> TensorDigests:
