@@ -608,11 +608,9 @@ class ShimAddon:
         if "shim" not in flow.metadata:
             flow.response.stream = True
             return
-        if _is_s3(flow) and flow.response.status_code >= 400:
-            # Read whole (the cache server's errors are short), for response() to tell in XML.
-            self._answered(flow, flow.response.status_code, flow.response.headers)
-            return
         self._answered(flow, flow.response.status_code, flow.response.headers)
+        if _is_s3(flow) and flow.response.status_code >= 400:
+            return  # read whole (the cache server's errors are short), for response() to tell
         # A relayed answer is counted as it streams; one the addon made is sent whole.
         flow.response.stream = functools.partial(self._relayed, flow)
 
@@ -778,7 +776,11 @@ def _is_s3(flow: http.HTTPFlow) -> bool:
 
 
 def _resource(flow: http.HTTPFlow) -> str:
-    """The S3 resource a request names, for its errors."""
+    """The S3 resource a request names, for its errors (the object served, whatever path a
+    relay to the cache server gave the request since)."""
+    shim = flow.metadata.get("shim")
+    if shim is not None:
+        return f"/{shim['bucket']}/{shim['key']}"
     return flow.request.path.partition("?")[0]
 
 

@@ -681,3 +681,24 @@ def test_a_preheat_without_manager_or_token_says_what_to_set() -> None:
         preheat_manager(_manager())
     with pytest.raises(ConfigError, match=r"manager: url: Value error"):
         preheat_manager(_manager(token=PAT), url="ftp://manager")
+
+
+def test_the_s3_api_listener_is_a_host_port_or_a_mapping_and_guarded() -> None:
+    short = settings_from_mapping({"s3_api": "127.0.0.1:8792"}, env={})
+    assert short.s3_api is not None and (short.s3_api.listen, short.s3_api.domain) == (
+        "127.0.0.1:8792",
+        None,
+    )
+    full = settings_from_mapping(
+        {"s3_api": {"listen": "127.0.0.1:8792", "domain": "S3.Shim.Local."}}, env={}
+    )
+    assert full.s3_api is not None and full.s3_api.domain == "s3.shim.local"
+    # Its own reverse mode, told apart from the reverse listener by its (never contacted) target.
+    assert full.mitmproxy_modes()[-1] == "reverse:http://127.0.0.1:10@127.0.0.1:8792"
+    with pytest.raises(ConfigError, match=r"s3_api 0\.0\.0\.0:8792 is reachable from other hosts"):
+        settings_from_mapping({"s3_api": "0.0.0.0:8792"}, env={})
+    open_with_clients = {"s3_api": "0.0.0.0:8792", "clients": ["10.0.0.0/8"]}
+    assert settings_from_mapping(open_with_clients, env={}).s3_api is not None
+    for bad in ({"s3_api": "8792"}, {"s3_api": {"listen": "h:1", "domain": "a_b.test"}}):
+        with pytest.raises(ConfigError, match="s3_api"):
+            settings_from_mapping(bad, env={})

@@ -26,6 +26,8 @@ from shim.decide import (
 )
 from shim.identity import filtered_params, identify
 from shim.providers.s3 import S3Signer
+from shim.s3api.errors import S3Error
+from shim.s3api.request import BucketRead
 
 AWS_HOST = "models.s3.us-east-1.amazonaws.com"
 PATH_HOST = "s3.us-east-1.amazonaws.com"
@@ -170,6 +172,19 @@ def test_reverse_405_names_the_allowed_methods_and_404_names_no_alias() -> None:
     missing = decide(facts("/nope/a", listener="reverse", host="s"), DEFAULT)
     assert isinstance(missing, Refuse)
     assert "m" not in missing.message.split() and "local" not in missing.message
+
+
+def test_the_s3_api_serves_objects_as_the_reverse_listener_and_refuses_in_s3_terms() -> None:
+    s3 = make_settings(s3_api={"listen": "127.0.0.1:8792", "domain": "s3.local"})
+    same = decide(facts("/m/dir/a%20b.mar", listener="reverse", host="shim"), s3)
+    assert decide(facts("/m/dir/a%20b.mar", listener="s3", host="shim"), s3) == same
+    vhost = facts("/dir/a%20b.mar", listener="s3", host="shim", host_header="m.s3.local:8792")
+    assert decide(vhost, s3) == same
+    for method, target in (("PUT", "/m/a"), ("DELETE", "/m/a"), ("POST", "/m?delete")):
+        write = decide(facts(target, method=method, listener="s3", host="shim"), s3)
+        assert isinstance(write, S3Error) and (write.status, write.code) == (403, "AccessDenied")
+    listing = decide(facts("/m?list-type=2", listener="s3", host="shim"), s3)
+    assert isinstance(listing, BucketRead) and listing.operation == "list"
 
 
 # -- pass-through policy --------------------------------------------------------------------

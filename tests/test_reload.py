@@ -59,6 +59,7 @@ RESTART_CHANGES = {
     "admin": {"admin": "127.0.0.1:9"},
     "transparent": {"transparent": "127.0.0.1:9"},
     "reverse": {"reverse": "127.0.0.1:9"},
+    "s3_api.listen": {"s3_api": "127.0.0.1:9"},
     "confdir": {"confdir": "/elsewhere"},
     "cache.dir": {"cache": {"dir": "/elsewhere"}},
     "cache.max_size": {"cache": {"max_size": "1GiB"}},

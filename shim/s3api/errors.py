@@ -33,11 +33,21 @@ def not_implemented(resource: str, message: str) -> S3Error:
     return S3Error(501, "NotImplemented", message, resource, "not_implemented")
 
 
+# Characters XML 1.0 cannot carry, not even as references.
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _text(value: str) -> str:
+    # A resource is what the client sent, whatever it holds; the XML stays well-formed.
+    # A bare CR would be read back as LF.
+    return escape(NOT_XML.sub("\ufffd", value), {"\r": "&#13;"})
+
+
 def error_xml(error: S3Error, request_id: str) -> bytes:
-    resource = f"<Resource>{escape(error.resource)}</Resource>" if error.resource else ""
+    resource = f"<Resource>{_text(error.resource)}</Resource>" if error.resource else ""
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Error><Code>{error.code}</Code><Message>{escape(error.message)}</Message>"
+        f"<Error><Code>{error.code}</Code><Message>{_text(error.message)}</Message>"
         f"{resource}<RequestId>{request_id}</RequestId></Error>"
     ).encode()
 

@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
-from shim.s3api.errors import S3Error, invalid_argument
+from shim.s3api.errors import NOT_XML, S3Error, invalid_argument
 
 LIST_PARAMS = frozenset(
     {
@@ -144,6 +144,10 @@ class Page:
 _DECLARATION = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
+class UnencodableKey(ValueError):
+    """A listed key XML cannot carry: the client must ask for encoding-type=url."""
+
+
 class ListingError(Exception):
     """The store's listing is not what it should be: answered as a 502, not guessed at."""
 
@@ -201,7 +205,11 @@ def list_result_xml(request: ListRequest, alias: str, page: Page) -> bytes:
     """S3's ListBucketResult (v1 or v2, as ``request`` asked) for one page."""
 
     def text(value: str) -> str:
-        return escape(quote(value, safe="/") if request.url_encoded else value)
+        if request.url_encoded:
+            return escape(quote(value, safe="/"))
+        if NOT_XML.search(value):
+            raise UnencodableKey(value)
+        return escape(value, {"\r": "&#13;"})
 
     def element(name: str, value: str) -> str:
         return f"<{name}>{value}</{name}>"

@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Mapping
 
 import aiohttp
+import yarl
 
 from shim._errors import SigningError
 from shim.cache.server import ERROR_HEADER, Reply
@@ -24,6 +25,7 @@ from shim.s3api.errors import (
     S3Error,
     error_for_status,
     error_xml,
+    invalid_argument,
     not_implemented,
 )
 from shim.s3api.listing import (
@@ -32,6 +34,7 @@ from shim.s3api.listing import (
     ListingError,
     ListRequest,
     Page,
+    UnencodableKey,
     azure_list_query,
     list_result_xml,
     parse_azure_listing,
@@ -117,6 +120,9 @@ class BucketRequests:
         except SigningError as error:
             log.warning("listing %s: %s", alias, error)
             return error_reply(S3Error(502, "InternalError", str(error), resource), "GET")
+        except UnencodableKey:
+            message = "a listed key cannot be written in XML: list with encoding-type=url"
+            return error_reply(invalid_argument(resource, message), "GET")
         except ListingError as error:
             log.warning("listing %s: %s", alias, error)
             message = f"the store's listing cannot be read: {error}"
@@ -168,7 +174,9 @@ class BucketRequests:
                 auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self._timeout),
             )
-        async with self._session.get(url, headers=dict(extra_headers)) as response:
+        # As signed: not normalised again on the way (shim.upstream does the same).
+        target = yarl.URL(url, encoded=True)
+        async with self._session.get(target, headers=dict(extra_headers)) as response:
             body = bytearray()
             async for chunk in response.content.iter_any():
                 body += chunk
