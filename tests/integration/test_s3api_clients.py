@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 from boto3.s3.transfer import TransferConfig
 
+from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, AzuriteServer, put_blob, start_azurite
 from tests.support.relay import Relay
 from tests.support.s3_clients import (
     DUMMY_CREDENTIALS,
@@ -41,6 +42,7 @@ pytestmark = pytest.mark.slow
 require_s3_clients()
 
 BUCKET = "s3api-clients"
+CONTAINER = "s3api-clients-azure"  # an Azure container, read through the same S3 API
 MiB = 1 << 20
 # What a download may cost the origin besides object bodies: HeadBucket and listing answers.
 LISTING_ALLOWANCE = 32 * 1024
@@ -63,12 +65,28 @@ class Shim:
 
 
 @pytest.fixture(scope="module")
-def shim(tmp_path_factory: pytest.TempPathFactory, s3rver: S3Server) -> Iterator[Shim]:
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+    with start_azurite(tmp_path_factory.mktemp("azurite")) as server:
+        put_blob(server, CONTAINER, "seed", b"seed")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shim(
+    tmp_path_factory: pytest.TempPathFactory, s3rver: S3Server, azurite: AzuriteServer
+) -> Iterator[Shim]:
     s3_client(s3rver).create_bucket(Bucket=BUCKET)
+    azure = {
+        "provider": "azure",
+        "account": ACCOUNT,
+        "container": CONTAINER,
+        "endpoint": azurite.endpoint,
+        "credentials": {"source": "static", "account_key": ACCOUNT_KEY},
+    }
     with Relay(s3rver.host, s3rver.port) as relay:
         process, url = start_shim_s3_api(
             tmp_path_factory.mktemp("shim"),
-            {"buckets": [s3_bucket_config(BUCKET, relay.endpoint)]},
+            {"buckets": [s3_bucket_config(BUCKET, relay.endpoint), azure]},
         )
         with process:
             yield Shim(process, url, relay)
@@ -206,6 +224,27 @@ def test_runai_streamer_streams_512_mb_of_safetensors_unsigned(
     shim: Shim, s3: S3Client, tmp_path: Path
 ) -> None:
     stream_through_shim(shim, s3, tmp_path, [512 * MiB], None)
+
+
+# --- an Azure container, to S3-only clients ------------------------------------------------
+
+
+def test_kserve_and_the_runai_streamer_read_an_azure_container_as_s3(
+    shim: Shim, azurite: AzuriteServer, tmp_path: Path
+) -> None:
+    weights = tmp_path / "model.safetensors"
+    write_safetensors(weights, 6 * MiB, names="azure.layers")
+    blobs = {"llm/model.safetensors": weights.read_bytes()}
+    blobs |= {f"llm/{name}": body for name, body in MODEL_FILES.items()}
+    for name, body in blobs.items():
+        put_blob(azurite, CONTAINER, name, body)
+
+    kserve_download(shim.endpoint(), f"s3://{CONTAINER}/llm", tmp_path / "kserve")
+    assert tree(tmp_path / "kserve") == under(blobs, "llm/")
+    model = f"s3://{CONTAINER}/llm/"
+    streamed = runai_stream(shim.endpoint(), model, tmp_path / "runai")
+    assert streamed.files == [f"{model}model.safetensors"]
+    assert streamed.tensors == local_tensor_digests(weights)
 
 
 # --- boto3 and the AWS CLI -------------------------------------------------------------------
