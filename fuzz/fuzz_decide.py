@@ -10,7 +10,8 @@ header, any listener and method). The properties, which abort the run when broke
   characters, of at most 1024 bytes;
 - for every served key, the signed URL names that key and its task identity keeps the signed
   path byte for byte (what is cached is what is fetched);
-- it passes through nothing to loopback or link-local hosts unless named.
+- it passes through nothing to loopback or link-local hosts unless named;
+- on the S3 API listener, every method but GET and HEAD is AccessDenied.
 """
 
 from __future__ import annotations
@@ -25,10 +26,14 @@ with atheris.instrument_imports():
     from shim.decide import PassThrough, RequestFacts, Serve, decide
     from shim.identity import filtered_params, identify
     from shim.providers.s3 import S3Signer
+    from shim.s3api.errors import S3Error
     from tests.test_decide import make_settings
 
 # The buckets of the decision table (tests/test_decide.py), with an allow-list to pass through.
-SETTINGS = make_settings(passthrough=["example.com", "*.example.org:8080"])
+SETTINGS = make_settings(
+    passthrough=["example.com", "*.example.org:8080"],
+    s3_api={"listen": "127.0.0.1:8792", "domain": "s3.example.com"},
+)
 SIGNERS = {bucket.bucket: S3Signer(bucket, 3600) for bucket in SETTINGS.buckets}
 HOSTS = [
     "models.s3.us-east-1.amazonaws.com",
@@ -41,8 +46,9 @@ HOSTS = [
     "169.254.169.254",
     "localhost",
     "::1",
+    "m.s3.example.com",
 ]
-LISTENERS = ("regular", "transparent", "reverse")
+LISTENERS = ("regular", "transparent", "reverse", "s3")
 METHODS = ("GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "get")
 INTERNAL = {"127.0.0.1", "169.254.169.254", "localhost", "::1"}
 OUTCOMES: collections.Counter[str] = collections.Counter()
@@ -50,13 +56,16 @@ OUTCOMES: collections.Counter[str] = collections.Counter()
 
 def check(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
-    listener = LISTENERS[fdp.ConsumeIntInRange(0, 2)]
+    listener = LISTENERS[fdp.ConsumeIntInRange(0, len(LISTENERS) - 1)]
     method = METHODS[fdp.ConsumeIntInRange(0, len(METHODS) - 1)]
     host = HOSTS[fdp.ConsumeIntInRange(0, len(HOSTS) - 1)]
     port = (80, 443, 9000, 8080)[fdp.ConsumeIntInRange(0, 3)]
     has_body = fdp.ConsumeBool()
     # Mostly well-formed, so that many inputs get as far as signing.
     host_header = fdp.ConsumeUnicodeNoSurrogates(40) if fdp.ConsumeIntInRange(0, 7) == 0 else None
+    if listener == "s3" and host_header is None:
+        # The S3 API reads the bucket from Host when it ends in its domain (virtual-hosted).
+        host_header = f"{host}:{port}"
     prefix = ("", "models/", "local/", "m/")[fdp.ConsumeIntInRange(0, 3)]
     target = "/" + prefix + fdp.ConsumeUnicodeNoSurrogates(200)
     facts = RequestFacts(
@@ -75,6 +84,8 @@ def check(data: bytes) -> None:
         print(f"fuzz_decide: {OUTCOMES.total()} cases, {dict(OUTCOMES)}", file=sys.stderr)
     if isinstance(decision, PassThrough):
         assert host not in INTERNAL, facts
+    if listener == "s3" and method not in ("GET", "HEAD"):
+        assert isinstance(decision, S3Error) and decision.code == "AccessDenied", facts
     if not isinstance(decision, Serve):
         return
     key = decision.ref.key

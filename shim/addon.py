@@ -96,11 +96,11 @@ def error_response(
     kind: str,
     message: str,
     headers: tuple[tuple[str, str], ...] = (),
-    body: bytes = b"",
+    body: bytes | None = None,
 ) -> http.Response:
     return http.Response.make(
         status,
-        body or f"shim: {message}\n",
+        f"shim: {message}\n" if body is None else body,
         {"Content-Type": "text/plain", ERROR_HEADER: kind, **dict(headers)},
     )
 
@@ -726,7 +726,7 @@ class ShimAddon:
 
     def _reply(self, flow: http.HTTPFlow, refusal: Refuse) -> None:
         self._count_refusal(flow, refusal)
-        if _is_s3(flow) and not refusal.body:
+        if _is_s3(flow) and refusal.body is None:
             error = error_for_status(refusal.status, _resource(flow))
             error = replace(error, message=refusal.message, kind=refusal.kind)
             refusal = s3api.refusal(error, flow.request.method)

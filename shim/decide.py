@@ -53,7 +53,7 @@ class Refuse:
     kind: str  # the metrics label and the X-Shim-Error value
     message: str  # for the client: never a secret, a signature or the list of aliases
     headers: tuple[tuple[str, str], ...] = ()
-    body: bytes = b""  # the answer's body when it is not the message (an S3 error's XML)
+    body: bytes | None = None  # the answer's body when not the message (an S3 error's XML)
 
 
 @dataclass(frozen=True, slots=True)

@@ -396,7 +396,7 @@ class CacheServer:
         if not isinstance(refusal, Refuse):
             return error_response(403, "forbidden", "this port serves the shim proxy only")
         response = error_response(refusal.status, refusal.kind, refusal.message)
-        if refusal.body:
+        if refusal.body is not None:
             response = web.Response(status=refusal.status, body=refusal.body)
         response.headers.update(dict(refusal.headers))
         response.force_close()

@@ -30,7 +30,7 @@ def invalid_argument(resource: str, message: str) -> S3Error:
 
 
 def not_implemented(resource: str, message: str) -> S3Error:
-    return S3Error(501, "NotImplemented", message, resource, "not_implemented")
+    return S3Error(501, "NotImplemented", message, resource)
 
 
 # Characters XML 1.0 cannot carry, not even as references.

@@ -77,7 +77,7 @@ def object_reply(reply: Reply, method: str, resource: str) -> Reply:
     if reply.stream is not None:
         reply.stream.close()
     error = error_for_status(reply.status, resource, reply.body)
-    kept = {k: v for k, v in reply.headers.items() if k.startswith("X-Shim-")}
+    kept = {k: v for k, v in reply.headers.items() if k.lower().startswith("x-shim-")}
     if "Content-Range" in reply.headers:  # a 416's, the object's size
         kept["Content-Range"] = reply.headers["Content-Range"]
     return error_reply(error, method, kept)

@@ -91,5 +91,6 @@ def test_a_refusal_carries_its_xml_and_its_kind() -> None:
     refused = refusal(S3Error(403, "AccessDenied", "read-only", "/m/k", "method"), "PUT")
     headers = dict(refused.headers)
     assert (refused.status, refused.kind, headers[ERROR_HEADER]) == (403, "method", "method")
+    assert refused.body is not None
     assert ElementTree.fromstring(refused.body).findtext("Code") == "AccessDenied"
     assert refusal(S3Error(403, "AccessDenied", "x"), "HEAD").body == b""
