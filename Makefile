@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= $(shell scripts/find-python)
 
-.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-cluster bench-load bench-faults bench-signing bench-revalidate bench-integrity bench-paths mutate fuzz lock clean
+.PHONY: run test check deps lint typecheck bench bench-dragonfly bench-cluster bench-load bench-faults bench-signing bench-revalidate bench-integrity bench-paths bench-s3api mutate fuzz lock clean
 
 run: $(VENV)/.installed
 	$(BIN)/shim run $(ARGS)
@@ -16,6 +16,7 @@ SHIM_REQUIRE ?= 1
 test: export SHIM_REQUIRE_TORCHSERVE ?= $(SHIM_REQUIRE)
 test: export SHIM_REQUIRE_NETNS ?= $(SHIM_REQUIRE)
 test: export SHIM_REQUIRE_DRAGONFLY ?= $(SHIM_REQUIRE)
+test: export SHIM_REQUIRE_S3_CLIENTS ?= $(SHIM_REQUIRE)
 test: check deps
 	$(BIN)/pytest
 
@@ -23,6 +24,7 @@ test: check deps
 deps:
 	scripts/install-torchserve
 	scripts/build-dragonfly
+	scripts/install-s3-clients
 
 check: lint typecheck
 
@@ -54,6 +56,13 @@ bench-cluster: $(VENV)/.dev-installed tests/servers/node_modules/.installed deps
 # shim's main paths (through the dfdaemon, hits, HTTPS) against what they front, side by side.
 bench-paths: $(VENV)/.dev-installed tests/servers/node_modules/.installed deps
 	$(BIN)/python -m bench.bench_paths $(ARGS)
+
+# Streamer-shaped reads through the S3 API: N concurrent ranged readers (boto3, and the Run:ai
+# streamer) of one 2 GiB object, through shim cold and warm against the rate-limited origin
+# directly (about 10 min; ARGS="--size-mib 256" for a quick look).
+bench-s3api: $(VENV)/.dev-installed tests/servers/node_modules/.installed
+	scripts/install-s3-clients
+	$(BIN)/python -m bench.bench_s3api $(ARGS)
 
 # Every fault injected into a real shim, with what the client saw and the cache held; exits 1 if
 # one breaks a promise (about 75 s; the full-disk rows mount a tmpfs: root).
