@@ -1,11 +1,16 @@
 """Single-flight fills: one origin fetch per object, however many clients ask at once.
 
 A fill that is to be kept streams the origin's body into a temporary file and tells its
-readers as bytes arrive, so each client streams at the origin's pace. It belongs to no
-client: a client that goes away does not cancel it. It becomes a cache entry only when every
-byte promised by Content-Length arrived and the body matches the strongest checksum the
-origin offered for it (``shim.cache.integrity``); every reader's last byte waits for that
-check.
+readers as bytes arrive, so each client streams at the origin's pace. A reader waiting far
+ahead of the body's progress (a range deep into a cold object) gets a ranged origin request
+of its own beside it, each byte still fetched once (``shim.cache.fetchplan``). A fill belongs
+to no client: a client that goes away does not cancel it. It becomes a cache entry only when
+every byte promised by Content-Length arrived and the body matches the strongest checksum the
+origin offered for it (``shim.cache.integrity``); the object's last byte waits for that check,
+so no client holds a complete-looking object that then fails it. A range that ends before
+the object's end is sent as its bytes arrive, each ranged answer checked to be of the same
+object (its ETag and length): a client that reads ranges cannot wait for a whole multi-GB
+object to be checked, and streamers time a silent range out within seconds.
 
 A fill that is not kept (behind a dfdaemon, an uncacheable answer, no room on disk) streams
 through memory instead: a bounded window of the body that the readers waiting for it share,
@@ -26,12 +31,13 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from shim._errors import ShimError, UpstreamError
+from shim.cache.fetchplan import UNBOUNDED, Claim, FetchPlan
 from shim.cache.integrity import (
     Checksum,
     Mismatch,
@@ -57,8 +63,10 @@ READ_SIZE = 1 << 20
 _FILE_CHECK_STEP = 8 << 20
 # Body bytes a fill streaming through memory holds unread (plus one chunk of the origin's).
 MEMORY_WINDOW = 4 << 20
-# The cursor of a reader that needs nothing more from a fill's window.
-_PAST_THE_WINDOW = 1 << 62
+# Seconds a reader waits for the body to reach it before it may get an origin request of its
+# own (shim.cache.fetchplan): from a fast origin the bytes come first, and no request is cut
+# short for it (what a request cut short had on its way is lost: at loopback rates, megabytes).
+PATIENCE = 0.25
 # Times a fill whose write found the disk full evicts entries and writes again.
 _DISK_FULL_RETRIES = 3
 # Origin headers that describe the object itself and are kept with the entry: validators first.
@@ -109,6 +117,10 @@ class Fill:
     def __init__(self, key: str, identity_url: str, temp: Path) -> None:
         self.key = key
         self.identity_url = identity_url
+        # What its ranged requests are sent with: the newest signature of a request for it
+        # (a fill may outlive the first one's), and the parameters it is filtered of.
+        self.signed_url = ""
+        self.filtered: Sequence[str] = ()
         self.path = temp  # where the body is written; moved into the store on commit
         # Readers pread one descriptor, so a commit (rename) or a drop (unlink) of the file
         # never gets in their way; it closes once the fill ended and its last reader left.
@@ -122,6 +134,10 @@ class Fill:
         self._window_start = 0
         self._window_bytes = 0
         self._cursors: dict[FillReader, int] = {}
+        # Written to a file: which bytes it has, and which origin request brings which.
+        self.plan: FetchPlan | None = None
+        # Starts an origin request for a reader waiting far ahead (set while the fill fetches).
+        self._on_want: Callable[[int, int | None], None] | None = None
         self.headers_ready = asyncio.Event()
         self.size: int | None = None
         self.headers: dict[str, str] = {}
@@ -188,6 +204,12 @@ class Fill:
         self.written += count
         self._notify()
 
+    def wrote(self, claim: Claim, count: int) -> None:
+        """``count`` bytes written to the file at ``claim``'s position."""
+        assert self.plan is not None
+        self.plan.wrote(claim, count)
+        self.advance(count)
+
     def finish(self) -> None:
         self.finished = True
         self._notify()
@@ -197,16 +219,42 @@ class Fill:
         self.headers_ready.set()
         self._notify()
 
-    @property
-    def readable(self) -> int:
-        """Bytes readers may send. The last byte waits until the whole body is verified, so no
-        client holds a complete-looking response that the fill then rejects."""
-        return self.written if self.finished else max(self.written - 1, 0)
+    def readable_end(self, position: int, *, part: bool = False) -> int:
+        """Where the bytes readers may send from ``position`` end (``position``: none yet).
+        The object's last byte waits until the whole body is verified, so no client holds a
+        complete-looking object that the fill then rejects; a ``part`` of it (a range) does
+        not wait."""
+        if self.finished:
+            return max(self.written, position)
+        end = self.written if self.plan is None else self.plan.have.end_from(position)
+        if not part:
+            end = min(end, (self.written if self.size is None else self.size) - 1)
+        return max(end, position)
 
-    async def wait_past(self, offset: int) -> None:
-        """Return once more than ``offset`` bytes are readable, or the fill ended."""
-        while self.readable <= offset and not self.finished and self.error is None:
-            await self._changed.wait()
+    async def wait_past(self, offset: int, stop: int | None = None, *, part: bool = False) -> None:
+        """Return once the byte at ``offset`` is readable (for a ``part``: see readable_end),
+        or the fill ended. A reader still waiting there after PATIENCE seconds (for bytes up
+        to ``stop``) may get an origin request of its own."""
+        impatient_at = time.monotonic() + PATIENCE
+        while (
+            self.readable_end(offset, part=part) <= offset
+            and not self.finished
+            and self.error is None
+        ):
+            changed = self._changed
+            patience = impatient_at - time.monotonic()
+            if self._on_want is None:
+                await changed.wait()
+            elif patience > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(patience):
+                        await changed.wait()
+            else:
+                self._on_want(offset, stop)
+                await changed.wait()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
 
     async def wait_ended(self) -> None:
         while not self.finished and self.error is None:
@@ -333,57 +381,32 @@ class FillReader:
         self.close()
 
     async def span(
-        self, position: int, stop: int | None, limit: int
+        self, position: int, stop: int | None, limit: int, *, part: bool = False
     ) -> FileSpan | bytes | memoryview:
         """The next bytes from ``position`` (up to ``stop``, None: the end) once readable, at
-        most ``limit`` of them; b"" at the end of the object. Where they are in the fill's
+        most ``limit`` of them; b"" at the end of the object. ``part``: they are sent as part
+        of the object (a range), which never waits for the whole object's check. Where they are in the fill's
         file, for a caller that sends (or reads, ``read_span``) them from there, rather than
-        the bytes themselves (which a fill streaming through memory, and the last byte, still
-        are). TransferAborted when the body cannot be completed."""
+        the bytes themselves (which a fill streaming through memory still is). TransferAborted
+        when the body cannot be completed."""
         fill = self.fill
-        if stop is not None and position == stop - 1:
-            return await self._last(position)
         if fill.in_memory:
             fill._move(self, position)
-        await fill.wait_past(position)
+        await fill.wait_past(position, stop, part=part)
         if fill.error is not None:
             raise TransferAborted(str(fill.error))
-        # The last byte asked for waits for _last, a range's too: a range client never holds
-        # a complete-looking part of an object that then fails its check.
-        readable = fill.readable if stop is None else min(fill.readable, stop - 1)
-        if position >= readable:
+        end = fill.readable_end(position, part=part)
+        if stop is not None:
+            end = min(end, stop)
+        if position >= end:
             if stop is None and fill.finished:
                 return b""
             raise TransferAborted("the object ended before the promised length")
-        count = min(limit, readable - position)
+        count = min(limit, end - position)
         if fill.in_memory:
             return fill._from_window(self, position, count)
         assert fill.fd is not None, "a fill opens its file before any byte is readable"
         return FileSpan(fill.fd, position, count)
-
-    async def _last(self, position: int) -> bytes | memoryview:
-        """The last byte asked for, once the whole object is verified. Through memory, it is
-        taken out of the window as soon as it arrives, so that waiting for the verdict never
-        holds back the window, and with it the fetch."""
-        fill = self.fill
-        last: bytes | memoryview = b""
-        if fill.in_memory:
-            fill._move(self, position)
-            await fill.wait_past(position)
-            if fill.error is None and fill.written > position:
-                last = fill._from_window(self, position, 1)
-                fill._move(self, _PAST_THE_WINDOW)
-        await fill.wait_ended()
-        if fill.error is not None:
-            raise TransferAborted(str(fill.error))
-        if fill.written <= position:
-            raise TransferAborted("the object ended before the promised length")
-        if not last:
-            assert fill.fd is not None, "a fill opens its file before any byte is readable"
-            last = await asyncio.to_thread(os.pread, fill.fd, 1, position)
-            if len(last) != 1:
-                raise TransferAborted("the cache file is shorter than its entry")
-        return last
 
 
 class FillRunner:
@@ -426,16 +449,17 @@ class FillRunner:
         fill = self._fills.get(key)
         if fill is not None and opened is not None:
             opened.close()
+        if fill is not None:
+            fill.signed_url = signed_url
         if fill is None:
             fill = Fill(key, identity_url, self._store.temp_path(key))
+            fill.signed_url, fill.filtered = signed_url, filtered
             fill.policy, fill.tag, fill.opened = policy or fill.policy, tag, opened
             # The dfdaemon's task ID for that tag, until the dfdaemon reports its own.
             fill.task_id = rust_task_id(identity_url, tag=tag) if tag else key
             self._fills[key] = fill
             self._running.add(fill)
-            task = asyncio.create_task(
-                self._run(fill, signed_url, filtered), name=f"fill {key[:12]}"
-            )
+            task = asyncio.create_task(self._run(fill), name=f"fill {key[:12]}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return fill
@@ -452,11 +476,11 @@ class FillRunner:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._hasher.shutdown(wait=True)
 
-    async def _run(self, fill: Fill, signed_url: str, filtered: Sequence[str]) -> None:
+    async def _run(self, fill: Fill) -> None:
         self._metrics.origin_fetches.inc()
         started = time.monotonic()
         try:
-            await self._fetch(fill, signed_url, filtered)
+            await self._fetch(fill)
         except ShimError as error:
             fill.fail(error)
         except asyncio.CancelledError:
@@ -483,9 +507,12 @@ class FillRunner:
                 self._metrics.errors.labels(kind=_error_kind(fill.error)).inc()
                 log.warning("fetch of %s failed: %s", fill.identity_url, fill.error)
 
-    async def _fetch(self, fill: Fill, signed_url: str, filtered: Sequence[str]) -> None:
+    async def _fetch(self, fill: Fill) -> None:
         """Fetch into ``fill``; keep it in the store when there is room and keeping is on."""
-        reply = fill.opened or await self._upstream.open("GET", signed_url, filtered, tag=fill.tag)
+        signed_url = fill.signed_url
+        reply = fill.opened or await self._upstream.open(
+            "GET", signed_url, fill.filtered, tag=fill.tag
+        )
         try:
             if reply.status not in (200, 206):
                 body = await reply.head_of_body()
@@ -503,6 +530,8 @@ class FillRunner:
                 cache_control = reply.headers.get("Cache-Control")
                 keepable = whole and storable(cache_control, fill.policy)
                 self._find_room(fill, size, keepable=keepable)
+            if fill.reservation is not None:
+                fill.plan = FetchPlan(size, split=splittable(reply, kept))
             fill.publish(size, kept, reply)
             # A part's checksums are the whole object's: nothing to check the part against.
             offer = offered(reply.headers) if whole else Unchecked("part", "a part (partNumber)")
@@ -574,21 +603,20 @@ class FillRunner:
     async def _copy_body(self, fill: Fill, reply: UpstreamReply, verifier: Verifier) -> None:
         if reply.body_file is not None:
             await self._check_file(fill, reply.body_file, verifier)
-            return
+        elif fill.plan is None:
+            await self._stream_through_memory(fill, reply, verifier)
+        else:
+            await self._write_file(fill, fill.plan, reply, verifier)
+
+    async def _stream_through_memory(
+        self, fill: Fill, reply: UpstreamReply, verifier: Verifier
+    ) -> None:
         loop = asyncio.get_running_loop()
         pending: asyncio.Future[None] | None = None
-        reservation = fill.reservation
-        fd = None if reservation is None else self._store.create_temp(fill.path)
         received = self._metrics.received(fill.route)
         try:
-            if fd is not None:
-                fill.open_for_readers()
             async for chunk in reply.chunks():
-                if fd is None:
-                    await fill.hold(chunk)
-                else:
-                    assert reservation is not None
-                    self._write(fd, chunk, reservation)
+                await fill.hold(chunk)
                 fill.advance(len(chunk))
                 received.inc(len(chunk))
                 if verifier.hashing:
@@ -597,16 +625,123 @@ class FillRunner:
                     pending = loop.run_in_executor(self._hasher, verifier.update, chunk)
             if pending is not None:
                 await pending
-            if fd is not None:
-                await asyncio.to_thread(os.fsync, fd)  # durable before it becomes an entry
         except UpstreamError as error:
             raise UpstreamError(f"{error} after {fill.written} bytes") from None
         finally:
-            if fd is not None:
-                os.close(fd)
             if pending is not None and not pending.done():
                 with contextlib.suppress(Exception):
                     await pending
+
+    async def _write_file(
+        self, fill: Fill, plan: FetchPlan, reply: UpstreamReply, verifier: Verifier
+    ) -> None:
+        """Write the body to the fill's file, from ``reply`` and the ranged requests its
+        readers call for, while checking it in order as far as it is there."""
+        assert fill.reservation is not None
+        fd = self._store.create_temp(fill.path)
+        requests = _Requests()
+
+        def fetch(claim: Claim, reply: UpstreamReply | None = None) -> None:
+            requests.start(self._fetch_claims(fill, plan, fd, claim, reply))
+
+        def on_want(position: int, stop: int | None) -> None:
+            claim = plan.for_reader(position, stop)
+            if claim is not None:
+                fetch(claim)
+
+        checking: asyncio.Task[None] | None = None
+        try:
+            fill.open_for_readers()
+            fill._on_want = on_want
+            fetch(plan.first(), reply)
+            checking = asyncio.create_task(self._check_written(fill, plan, verifier))
+            await requests.wait()
+            if not plan.complete:
+                raise UpstreamError(f"the fill ended with {plan.have.total} bytes of {plan.size}")
+            fill._notify()  # the check may be waiting for the last bytes
+            await checking
+            await asyncio.to_thread(os.fsync, fd)  # durable before it becomes an entry
+        finally:
+            fill._on_want = None
+            await requests.cancel()
+            if checking is not None and not checking.done():
+                checking.cancel()
+                with contextlib.suppress(BaseException):
+                    await checking
+            os.close(fd)
+
+    async def _fetch_claims(
+        self,
+        fill: Fill,
+        plan: FetchPlan,
+        fd: int,
+        claim: Claim | None,
+        reply: UpstreamReply | None,
+    ) -> None:
+        """Write ``claim``'s bytes (from ``reply``, else a ranged request), then its
+        successors', until the plan has none left for this request."""
+        assert fill.reservation is not None
+        received = self._metrics.received(fill.route)
+        while claim is not None:
+            if reply is None:
+                reply = await self._open_range(fill, plan, claim)
+            try:
+                async for chunk in reply.chunks():
+                    # A later request may have taken the rest: stop where it starts.
+                    count = min(len(chunk), claim.end - claim.pos)
+                    self._write(fd, claim.pos, memoryview(chunk)[:count], fill.reservation)
+                    fill.wrote(claim, count)
+                    received.inc(count)
+                    if claim.pos == claim.end:
+                        break
+            except UpstreamError as error:
+                raise UpstreamError(f"{error} after {fill.written} bytes") from None
+            finally:
+                reply.close()
+            reply = None
+            if claim.pos < claim.end:
+                if plan.size != UNBOUNDED:
+                    raise UpstreamError(f"{fill.route} sent {fill.written} of {plan.size} bytes")
+                plan.ended(claim)  # a body of unknown length is whole at its end
+            claim = plan.next_after(claim)
+
+    async def _open_range(self, fill: Fill, plan: FetchPlan, claim: Claim) -> UpstreamReply:
+        """The origin's answer to a request for ``claim``'s bytes, checked to be those bytes
+        of the same object: a changed object fails the fill rather than mix two versions."""
+        reply = await self._upstream.open(
+            "GET", fill.signed_url, fill.filtered, direct=True, headers={"Range": claim.ranged}
+        )
+        wanted = f"bytes {claim.pos}-{claim.asked - 1}/{plan.size}"
+        answered = reply.headers.get("Content-Range")
+        etag = reply.headers.get("ETag")
+        if reply.status == 206 and answered == wanted and etag == fill.headers.get("ETag"):
+            return reply
+        reply.close()
+        if reply.status != 206:
+            raise UpstreamError(f"origin answered {reply.status} to a range of the object")
+        raise UpstreamError(
+            f"origin answered a range of the object with other bytes (Content-Range "
+            f"{(answered or '')[:80]!r}, ETag {(etag or '')[:80]!r}): it changed during the fill"
+        )
+
+    async def _check_written(self, fill: Fill, plan: FetchPlan, verifier: Verifier) -> None:
+        """Check the body in order, from the file (the readers' descriptor), as far as it is
+        written."""
+        if not verifier.hashing:
+            return
+        fd = fill.fd
+        assert fd is not None
+        loop = asyncio.get_running_loop()
+        checked = 0
+        while not (plan.complete and checked == plan.size):
+            written = plan.have.end_from(checked)
+            if written == checked:
+                await fill.wait_changed()
+                continue
+            for offset in range(checked, written, _FILE_CHECK_STEP):
+                count = min(_FILE_CHECK_STEP, written - offset)
+                await loop.run_in_executor(self._hasher, _check_span, verifier, fd, offset, count)
+            checked = written
 
     async def _check_file(self, fill: Fill, fd: int, verifier: Verifier) -> None:
         """A body whole in a file already: readable as far as it is checked, the last byte
@@ -621,14 +756,15 @@ class FillRunner:
             fill.advance(count)
             received.inc(count)
 
-    def _write(self, fd: int, chunk: bytes | memoryview, reservation: Reservation) -> None:
-        """Write all of ``chunk``. When the disk is full, evict entries to make room for the
-        rest of the body and write again, a few times; then DiskFull."""
-        view = memoryview(chunk)
+    def _write(self, fd: int, offset: int, chunk: memoryview, reservation: Reservation) -> None:
+        """Write all of ``chunk`` at ``offset``. When the disk is full, evict entries to make
+        room for the rest of the body and write again, a few times; then DiskFull."""
+        view = chunk
         retries = 0
         while view:
             try:
-                view = view[os.write(fd, view) :]
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
             except OSError as error:
                 if error.errno != errno.ENOSPC:
                     raise
@@ -645,8 +781,57 @@ class FillRunner:
 def _check_span(verifier: Verifier, fd: int, offset: int, count: int) -> None:
     data = os.pread(fd, count, offset)
     if len(data) != count:
-        raise UpstreamError("the dfdaemon's file is shorter than its answer")
+        raise UpstreamError("the body's file is shorter than its bytes")
     verifier.update(data)
+
+
+def splittable(reply: UpstreamReply, kept: Mapping[str, str]) -> bool:
+    """Whether the object in ``reply`` may be fetched in ranged requests beside it: from the
+    origin itself (a dfdaemon answers for its own task), which says it serves ranges, of a
+    known length, and with an ETag that tells each range's answer is of the same object."""
+    return (
+        reply.route == "direct"
+        and reply.status == 200
+        and reply.content_length is not None
+        and reply.headers.get("Accept-Ranges", "").strip().lower() == "bytes"
+        and "ETag" in kept
+    )
+
+
+class _Requests:
+    """The origin requests of one fill in flight: the first to fail ends the others."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._error: BaseException | None = None
+
+    def start(self, request: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(request)
+        self._tasks.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._error is None:
+            self._error = task.exception()
+            for other in self._tasks:
+                other.cancel()
+        if not self._tasks:
+            self._idle.set()
+
+    async def wait(self) -> None:
+        """Return once every request ended; raise the first failure."""
+        await self._idle.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def _error_kind(error: ShimError) -> str:

@@ -128,6 +128,10 @@ class Answer:
 
 
 PRECONDITION_FAILED_BODY = b"shim: precondition failed\n"
+# Connections open to origins at once, all fills together: a cold object read at many places
+# at once (a model streamer's hundreds of ranges) gets a request for each (shim.cache.fetchplan),
+# as it would reading the origin directly; aiohttp's default of 100 would hold the rest back.
+ORIGIN_CONNECTIONS = 1024
 
 
 def plan_answer(
@@ -162,13 +166,14 @@ def plan_answer(
 @dataclass
 class BodyStream:
     """The object bytes an answer sends: ``start`` to ``stop`` (None: to the end of a body of
-    unknown length) of a fill, read through ``reader``. Whoever sends it closes it, which
-    ends the reading and unpins the entry."""
+    unknown length) of a fill, read through ``reader``; a ``part`` of the object (a range)
+    or all of it. Whoever sends it closes it, which ends the reading and unpins the entry."""
 
     reader: FillReader
     start: int
     stop: int | None
     on_close: Callable[[], None]
+    part: bool = False
 
     @property
     def length(self) -> int | None:
@@ -180,7 +185,7 @@ class BodyStream:
         TransferAborted when the body cannot be completed."""
         position = self.start
         while self.stop is None or position < self.stop:
-            span = await self.reader.span(position, self.stop, limit)
+            span = await self.reader.span(position, self.stop, limit, part=self.part)
             count = span.count if isinstance(span, FileSpan) else len(span)
             if count == 0:
                 return
@@ -263,6 +268,7 @@ class CacheServer:
         self.store.open()
         self._session = aiohttp.ClientSession(
             auto_decompress=False,
+            connector=aiohttp.TCPConnector(limit=ORIGIN_CONNECTIONS),
             timeout=aiohttp.ClientTimeout(
                 total=None, connect=30, sock_connect=30, sock_read=self._origin_timeout
             ),
@@ -480,7 +486,7 @@ class CacheServer:
             self.store.unpin(fill.key)
             self._update_gauges()
 
-        stream = BodyStream(reader, start, stop, finished)
+        stream = BodyStream(reader, start, stop, finished, part=byte_range is not None)
         return Reply(answer.status, {**answer.headers, **cache}, stream=stream)
 
     async def _stream(self, request: web.Request, reply: Reply) -> web.StreamResponse:

@@ -24,6 +24,7 @@ from shim.cache.fill import (
     FillReader,
     FillRunner,
     ReadersGone,
+    TransferAborted,
     read_span,
 )
 from shim.cache.server import Ticket
@@ -34,7 +35,8 @@ from tests.cache.origin import Origin, sample, until
 
 pytestmark = pytest.mark.origin
 
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
 KEY = "models/resnet.mar"
 NO_ROOM = 1 << 60  # as min_free: no disk has room for even a temporary file
 
@@ -90,8 +92,7 @@ async def read(reader: FillReader, start: int = 0, stop: int | None = None) -> b
 
 
 async def read_some(reader: FillReader, count: int) -> bytes:
-    """At least the first ``count`` bytes, read as the whole body's reader: a range's last
-    byte would wait until the whole object is verified."""
+    """At least the first ``count`` bytes, read as the whole body's reader."""
     out = bytearray()
     while len(out) < count:
         out += await next_bytes(reader, len(out), None)
@@ -111,10 +112,13 @@ def test_the_last_byte_waits_until_the_body_is_verified(origin: Origin, tmp_path
         origin.relay.stall_after_bytes = await origin.head_length(KEY) + len(body) - 1
         fill = start(runner, origin.ticket(KEY))
         with fill.reader() as reader:
-            await fill.wait_past(len(body) - 3)  # every byte but the last has arrived
-            assert (fill.written, fill.finished) == (len(body) - 1, False)
-            assert fill.readable == len(body) - 2
-            first = await read_some(reader, fill.readable)
+            while fill.written < len(body) - 1:  # every byte but the last has arrived
+                await fill.wait_changed()
+            assert not fill.finished
+            assert fill.readable_end(0) == len(body) - 1
+            # A range that ends before the object's last byte is sent whole meanwhile.
+            assert await read(reader, MiB, len(body) - 1) == body[MiB:-1]
+            first = await read_some(reader, len(body) - 1)
             origin.relay.resume()
             assert first + await read(reader, len(first)) == body
         assert fill.finished
@@ -377,3 +381,66 @@ def test_a_fills_progress_never_shows_a_signature(tmp_path: Path) -> None:
     progress = FillProgress.of(fill, fill.started + 2)
     assert progress.url == "https://h/b/k?x=1&X-Goog-Signature=REDACTED&Signature=REDACTED"
     assert (progress.seconds, progress.rate, progress.answered) == (2, 0, False)
+
+
+def test_a_range_far_ahead_of_the_fill_gets_a_request_of_its_own(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A reader deep into a cold object is not held until the body gets there: a ranged
+    request of its own brings its bytes while the first request is stalled, and the origin
+    still sends each byte once; the whole is checked and kept."""
+    body = os.urandom(8 * MiB)
+    origin.put(KEY, body)
+    store = CacheStore(tmp_path, 100 * MiB)
+    wanted = (4 * MiB, 4 * MiB + MiB // 2)
+
+    async def scenario(runner: FillRunner, metrics: Metrics) -> None:
+        # Every response stalls after its first MiB: the whole-object one, the ranged ones.
+        origin.relay.stall_after_bytes = await origin.head_length(KEY) + MiB
+        origin.relay.reset_counters()
+        fill = start(runner, origin.ticket(KEY))
+        with fill.reader() as whole, fill.reader() as ranged:
+            while fill.written < MiB:
+                await fill.wait_changed()
+            assert await read(ranged, *wanted) == body[slice(*wanted)]
+            assert not fill.finished and fill.written < 3 * MiB
+            # At an origin's pace (not loopback's), so that the first request, cut short where
+            # the ranged one began, had little more than that on its way.
+            origin.relay.rate_limit_bytes_per_s = 32 * MiB
+            origin.relay.resume()
+            assert await read(whole) == body
+        ranges = [head for head in origin.relay.request_heads if b"Range:" in head]
+        assert any(f"bytes={wanted[0]}-{wanted[1] - 1}".encode() in head for head in ranges)
+        heads = 2 * KiB * len(origin.relay.request_heads)
+        assert len(body) <= origin.relay.bytes_down <= len(body) + heads + MiB // 2
+        meta = store.lookup(fill.key)
+        assert meta is not None and meta.blake3 == blake3.blake3(body).hexdigest()
+        assert sample(metrics, "shim_integrity_total", result="verified", kind="md5") == 1
+        assert sample(metrics, "shim_origin_fetches_total") == 1
+
+    run(store, scenario)
+
+
+def test_an_object_that_changes_during_a_fill_fails_it(origin: Origin, tmp_path: Path) -> None:
+    """A ranged request answered with another version's bytes (another ETag) fails the fill:
+    two versions are never mixed into one body, nothing is kept."""
+    body = os.urandom(8 * MiB)
+    origin.put(KEY, body)
+    store = CacheStore(tmp_path, 100 * MiB)
+
+    async def scenario(runner: FillRunner, metrics: Metrics) -> None:
+        origin.relay.stall_after_bytes = await origin.head_length(KEY) + MiB
+        fill = start(runner, origin.ticket(KEY))
+        with fill.reader() as whole, fill.reader() as ranged:
+            while fill.written < MiB:
+                await fill.wait_changed()
+            await asyncio.to_thread(origin.put, KEY, os.urandom(8 * MiB))
+            with pytest.raises(TransferAborted, match="changed during the fill"):
+                await read(ranged, 6 * MiB, 7 * MiB)
+            origin.relay.resume()
+            with pytest.raises(TransferAborted):
+                await read(whole)
+        assert len(store) == 0
+        assert sample(metrics, "shim_errors_total", kind="origin") == 1
+
+    run(store, scenario)

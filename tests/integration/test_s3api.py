@@ -327,7 +327,9 @@ def test_concurrent_ranged_readers_of_a_cold_object_cost_one_origin_copy(
     finally:
         relay.rate_limit_bytes_per_s = None
     assert b"".join(got[i] for i in range(readers)) == body
-    assert size <= relay.bytes_down <= size * 1.01, relay.bytes_down
+    # Each byte once; readers far ahead of the fill get requests of their own, and the request
+    # cut short where one of them begins had a little more on its way (at most ~rate x 30 ms).
+    assert size <= relay.bytes_down <= size + 512 * 1024, relay.bytes_down
     assert shim.metrics()["shim_origin_fetches_total"] == fetches + 1
 
 
