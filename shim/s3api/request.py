@@ -17,11 +17,10 @@ from shim._errors import RequestError
 from shim.config import split_authority
 from shim.providers import BucketConfig
 from shim.providers.s3 import SIGNATURE_PARAMS as S3_SIGNATURE_PARAMS
-from shim.recognize import ObjectRef, recognize_reverse
+from shim.recognize import READ_METHODS, ObjectRef, recognize_reverse
 from shim.s3api.errors import S3Error, access_denied, invalid_argument, not_implemented
 from shim.s3api.listing import LIST_PARAMS, ListRequest, parse_list
 
-READ_METHODS = ("GET", "HEAD")
 # Added by SDKs to name the operation (the AWS SDKs for Go, JavaScript, Java...): no meaning.
 _OPERATION_NAME = "x-id"
 # Sub-resources of an object or a bucket: other operations than a read, not served.
