@@ -13,7 +13,7 @@ import aiohttp
 import yarl
 
 from shim._errors import SigningError
-from shim.cache.server import ERROR_HEADER, Reply
+from shim.cache.server import ERROR_HEADER, Reply, shim_headers
 from shim.decide import Refuse
 from shim.providers import Signer
 from shim.providers.azure import AzureBucket, AzureSigner
@@ -44,6 +44,8 @@ from shim.s3api.listing import (
 from shim.s3api.request import BucketRead
 
 log = logging.getLogger("shim.s3api")
+# The error kind of the store's own answer to a listing (as of an object fetch's).
+ORIGIN = "origin_status"
 
 
 def new_request_id() -> str:
@@ -76,8 +78,12 @@ def object_reply(reply: Reply, method: str, resource: str) -> Reply:
         return reply
     if reply.stream is not None:
         reply.stream.close()
-    error = error_for_status(reply.status, resource, reply.body)
-    kept = {k: v for k, v in reply.headers.items() if k.lower().startswith("x-shim-")}
+    kept = shim_headers(reply.headers)
+    told = [kept.pop(name) for name in list(kept) if name.lower() == ERROR_HEADER.lower()]
+    # The kind the cache told (the origin's answer, a failed fetch...), else the request's own:
+    # a precondition, a range.
+    kind = told[0] if told else "request"
+    error = error_for_status(reply.status, resource, reply.body, kind)
     if "Content-Range" in reply.headers:  # a 416's, the object's size
         kept["Content-Range"] = reply.headers["Content-Range"]
     return s3_error_reply(error, method, kept)
@@ -119,7 +125,8 @@ class BucketRequests:
                 return await self._list_azure(read.listing, signer, alias, extra_headers)
         except SigningError as error:
             log.warning("listing %s: %s", alias, error)
-            return s3_error_reply(S3Error(502, "InternalError", str(error), resource), "GET")
+            failure = S3Error(502, "InternalError", str(error), resource, "signing")
+            return s3_error_reply(failure, "GET")
         except UnencodableKey:
             message = "a listed key cannot be written in XML: list with encoding-type=url"
             return s3_error_reply(invalid_argument(resource, message), "GET")
@@ -144,7 +151,7 @@ class BucketRequests:
         url = await asyncio.to_thread(signer.sign_listing, *s3_list_call(request))
         status, body = await self._get(url, extra_headers)
         if status != 200:
-            return s3_error_reply(error_for_status(status, f"/{alias}", body), "GET")
+            return s3_error_reply(error_for_status(status, f"/{alias}", body, ORIGIN), "GET")
         return Reply(200, xml_headers(new_request_id()), rename_bucket(body, alias))
 
     async def _list_azure(
@@ -163,7 +170,7 @@ class BucketRequests:
             url = await asyncio.to_thread(signer.sign_listing, azure_list_query(request))
             status, body = await self._get(url, extra_headers)
             if status != 200:
-                return s3_error_reply(error_for_status(status, f"/{alias}", body), "GET")
+                return s3_error_reply(error_for_status(status, f"/{alias}", body, ORIGIN), "GET")
             page = parse_azure_listing(body)
         return Reply(200, xml_headers(new_request_id()), list_result_xml(request, alias, page))
 
