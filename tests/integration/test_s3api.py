@@ -350,6 +350,12 @@ def test_virtual_hosted_requests_name_the_bucket_in_host(
     assert status == 200 and b"<Key>vhost/k v.bin</Key>" in body
     status, body = _raw(shim, "/k", headers={"Host": f"other.{DOMAIN}:{port}"})
     assert status == 403 and b"AccessDenied" in body
+    # A Host in any case names the bucket; the key is fetched exactly as named.
+    for key in ("vhost/MiXeD.bin", "vhost/mixed.bin"):
+        put_object(s3_client(s3rver), BUCKET, key, key.encode())
+    for key in ("vhost/MiXeD.bin", "vhost/mixed.bin"):
+        host = f"{ALIAS.upper()}.{DOMAIN.upper()}:{port}"
+        assert _raw(shim, f"/{key}", headers={"Host": host}) == (200, key.encode())
 
 
 def test_concurrent_ranged_readers_of_a_cold_object_cost_one_origin_copy(
