@@ -45,6 +45,7 @@ from shim.cache.server import (
     Reply,
     Ticket,
     error_reply,
+    shim_headers,
 )
 from shim.cache.store import CacheStore
 from shim.config import S3_API_TARGET, DfdaemonSettings, Settings, load_settings
@@ -75,7 +76,7 @@ from shim.redact import redact_url, redact_urls
 from shim.reload import carry_signers, changes, told, worth_applying
 from shim.requestlog import RecentRequests, RequestRecord, text_line
 from shim.s3api import serve as s3api
-from shim.s3api.errors import S3Error, error_for_status
+from shim.s3api.errors import REQUEST_ID_HEADER, S3Error, error_for_status
 from shim.s3api.request import BucketRead
 from shim.signing import CachedSigner, credential_problem_in_background, signers_for
 from shim.status_gather import StatusGatherer
@@ -458,16 +459,15 @@ class ShimAddon:
     async def _read_bucket(
         self, flow: http.HTTPFlow, read: BucketRead, signer: CachedSigner
     ) -> None:
-        """An S3 API request for a bucket (a listing...): never cached, never a Dragonfly task."""
+        """An S3 API request for a bucket (a listing...): never cached, never a Dragonfly task;
+        recorded, logged and counted as a request for an object is (route "bucket")."""
         assert self._s3_buckets is not None
+        # No object, so no object series (key "").
+        shim = _record_fields(flow.request.pretty_url, read.bucket.reverse_alias, "")
+        flow.metadata["shim"] = {**shim, "bucket_read": True}
         reply = await self._s3_buckets.answer(read, signer.signer, self._settings().headers)
-        log.info(
-            "%s %s -> %d (s3 %s)",
-            flow.request.method,
-            redact_url(flow.request.pretty_url),
-            reply.status,
-            read.operation,
-        )
+        if ERROR_HEADER in reply.headers:
+            self.metrics.errors.labels(kind=reply.headers[ERROR_HEADER]).inc()
         flow.response = _response_of(flow.request.method, reply)
 
     async def _serve(self, flow: http.HTTPFlow, serve: Serve, signer: CachedSigner) -> None:
@@ -547,13 +547,7 @@ class ShimAddon:
         """A request for ``ref`` begins: counted, and what its record will need, filled in
         until its answer's last byte."""
         self.metrics.requested(ref.bucket.reverse_alias, ref.key)
-        return {
-            "url": redact_url(url),
-            "bucket": ref.bucket.reverse_alias,
-            "key": ref.key,
-            "task_id": "-",
-            "sent": 0,
-        }
+        return _record_fields(url, ref.bucket.reverse_alias, ref.key)
 
     def _client_connection(self, flow: http.HTTPFlow) -> ClientConnection | None:
         """The client's connection, to answer on directly; None: through the cache server."""
@@ -565,11 +559,11 @@ class ShimAddon:
     async def _answer(self, flow: http.HTTPFlow, reply: Reply, client: ClientConnection) -> None:
         """Answer with ``reply``: as mitmproxy's response when it is small (the connection
         stays open for the next request), else written on the client's connection here."""
-        if _is_s3(flow):
-            reply = s3api.object_reply(reply, flow.request.method, _resource(flow))
         stream = reply.stream
         if stream is not None and stream.length is not None and stream.length <= SMALL_BODY:
             reply = await self._read_small(reply, stream)
+        if _is_s3(flow):  # after the read: its failure too
+            reply = s3api.object_reply(reply, flow.request.method, _resource(flow))
         if reply.stream is None:
             flow.response = _response_of(flow.request.method, reply)
             return
@@ -585,8 +579,7 @@ class ShimAddon:
             except TransferAborted as error:
                 self._cache.count_aborted(error)
                 failed = error_reply(502, "origin", str(error))
-                cache = {k: v for k, v in reply.headers.items() if k.startswith("X-Shim-")}
-                failed.headers.update(cache)
+                failed.headers.update(shim_headers(reply.headers))
                 return failed
             self.metrics.response_bytes.inc(len(body))
             return replace(reply, body=body, stream=None)
@@ -644,9 +637,15 @@ class ShimAddon:
 
     def response(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
-        if "shim" in flow.metadata and _is_s3(flow) and flow.response.status_code >= 400:
-            # An error relayed from the cache server, told in S3's XML.
-            response = flow.response
+        response = flow.response
+        if (
+            "shim" in flow.metadata
+            and _is_s3(flow)
+            and response.status_code >= 400
+            and REQUEST_ID_HEADER not in response.headers
+        ):
+            # An error relayed from the cache server, told in S3's XML; not one shim already
+            # told so (its own carry a request ID), which would lose its message.
             relayed = Reply(response.status_code, dict(response.headers), response.content or b"")
             reply = s3api.object_reply(relayed, flow.request.method, _resource(flow))
             flow.response = _response_of(flow.request.method, reply)
@@ -658,7 +657,12 @@ class ShimAddon:
         """The answer's status and headers are known (its body may follow): count it."""
         shim = flow.metadata["shim"]
         state = headers.get(CACHE_STATUS_HEADER, "-")
-        route = {"HIT": "hit", "MISS": "miss"}.get(state, "error")
+        # An S3 API bucket request has no cache state, whatever its answer.
+        route = (
+            "bucket"
+            if "bucket_read" in shim
+            else {"HIT": "hit", "MISS": "miss"}.get(state, "error")
+        )
         self.metrics.requests.labels(route=route).inc()
         self.metrics.answered(shim["bucket"], shim["key"], state)
         shim.update(
@@ -789,6 +793,11 @@ class ShimAddon:
         for name in _DROPPED_REQUEST_HEADERS:
             request.headers.pop(name, None)
         request.headers[TICKET_HEADER] = ticket_id
+
+
+def _record_fields(url: str, bucket: str, key: str) -> dict[str, Any]:
+    """What a request's record needs, filled in until its answer's last byte."""
+    return {"url": redact_url(url), "bucket": bucket, "key": key, "task_id": "-", "sent": 0}
 
 
 def _dated(headers: Mapping[str, str]) -> dict[str, str]:

@@ -22,14 +22,13 @@ from typing import Literal
 
 from shim._errors import RequestError
 from shim.config import Passthrough, Settings, split_authority
-from shim.recognize import ObjectRef, is_bucket_host, recognize, recognize_reverse
+from shim.recognize import READ_METHODS, ObjectRef, is_bucket_host, recognize, recognize_reverse
 from shim.s3api.errors import S3Error
 from shim.s3api.request import BucketRead, ObjectRead, operation
 
 Listener = Literal["regular", "transparent", "reverse", "s3"]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-READ_METHODS = ("GET", "HEAD")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 

@@ -26,6 +26,8 @@ class ObjectRef:
     client_scheme: str
 
 
+# The methods that read an object: the only ones shim serves (shim.decide, shim.s3api).
+READ_METHODS = ("GET", "HEAD")
 # Object stores' limit on a key, in UTF-8 bytes (S3, GCS and Azure: 1024).
 MAX_KEY_BYTES = 1024
 

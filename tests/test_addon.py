@@ -11,9 +11,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from xml.etree import ElementTree
 
 import aiohttp
 import pytest
@@ -22,9 +24,11 @@ from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy import context, mode_specs, server_hooks
 from mitmproxy.test import taddons, tflow, tutils
+from prometheus_client import generate_latest
 
 import shim.addon
 from shim.addon import ShimAddon, dfdaemon_route
+from shim.cache.conditional import Preconditions
 from shim.cache.server import (
     CACHE_STATUS_HEADER,
     REFUSAL_PATH,
@@ -32,7 +36,7 @@ from shim.cache.server import (
     TASK_ID_HEADER,
     TICKET_HEADER,
 )
-from shim.config import Settings, settings_from_mapping
+from shim.config import S3_API_TARGET, Settings, settings_from_mapping
 from shim.decide import Intercept, Refuse, Tunnel
 from shim.dfdaemon import DragonflyOptions
 from shim.logformat import REQUEST
@@ -40,6 +44,7 @@ from shim.redact import redact_url
 from shim.requestlog import RequestRecord, text_line
 from shim.takeover import BufferBudget, ClientConnection
 from tests.cache.entries import commit_entry
+from tests.support.relay import Relay
 
 BUCKET_HOST = "models.s3.us-east-1.amazonaws.com"
 CREDENTIALS = {"source": "static", "access_key_id": "AKIDADDONTEST", "secret_access_key": "k"}
@@ -735,6 +740,133 @@ def test_only_the_hottest_objects_have_series(addon: ShimAddon) -> None:
     assert metric(addon, "shim_object_requests_total", bucket="models", object="hot.mar") == 2
     sample = addon.metrics.registry.get_sample_value
     assert sample("shim_object_requests_total", {"bucket": "models", "object": "cold.mar"}) is None
+
+
+# -- the S3 API listener ---------------------------------------------------------------------------
+
+AZURE_BUCKET = {
+    "provider": "azure",
+    "account": "acct",
+    "container": "weights",
+    "endpoint": "http://127.0.0.1:9",  # never asked: start-after is refused before
+    "credentials": {"source": "static", "account_key": "a2V5"},
+}
+CLIENT_SECRET = "5ecre7519"  # what a client's own signature carries: never shim's business
+
+
+def s3_flow(target: str, method: str = "GET") -> http.HTTPFlow:
+    """A path-style request on the S3 API listener, signed by its client."""
+    flow = plain(flow_for("127.0.0.1", target, method=method, mode=f"reverse:{S3_API_TARGET}"))
+    flow.request.headers["Authorization"] = (
+        "AWS4-HMAC-SHA256 Credential=AKIDCLIENT/20250101/us-east-1/s3/aws4_request, "
+        f"SignedHeaders=host, Signature={CLIENT_SECRET}"
+    )
+    return flow
+
+
+@pytest.mark.parametrize(
+    "addon",
+    [
+        {
+            "buckets": [
+                {"provider": "s3", "bucket": "models", "credentials": CREDENTIALS},
+                AZURE_BUCKET,
+            ]
+        }
+    ],
+    indirect=True,
+)
+def test_s3_bucket_requests_are_recorded_logged_and_counted_as_requests(
+    addon: ShimAddon, caplog: pytest.LogCaptureFixture
+) -> None:
+    presigned = (
+        "&X-Amz-Credential=AKIDCLIENT%2F20250101%2Fus-east-1%2Fs3%2Faws4_request"
+        f"&X-Amz-Signature={CLIENT_SECRET}"
+    )
+    location, head = s3_flow(f"/models?location{presigned}"), s3_flow("/models", "HEAD")
+    refused = s3_flow("/weights?list-type=2&start-after=a")  # shim's own 501
+    with caplog.at_level(logging.INFO, logger="shim"):
+        for flow in (location, head, refused):
+            serve(addon, flow)
+            answered_by_mitmproxy(addon, flow)
+    records = addon.recent.snapshot()[::-1]
+    assert [(r.method, r.bucket, r.status, r.cache, r.route, r.task_id) for r in records] == [
+        ("GET", "models", 200, "-", "-", "-"),
+        ("HEAD", "models", 200, "-", "-", "-"),
+        ("GET", "weights", 501, "-", "-", "-"),
+    ]
+    assert (
+        location.response is not None
+        and records[0].bytes == len(location.response.content or b"") > 0
+    )
+    assert "X-Amz-Signature=REDACTED" in records[0].url and records[2].error == "request"
+    assert [r.getMessage() for r in caplog.records if r.name == "shim"] == [
+        text_line(record) for record in records
+    ]
+    assert [getattr(r, REQUEST) for r in caplog.records if r.name == "shim"] == records
+    # Neither the client's signature nor its key ID reached the log, its records or metrics.
+    exported = caplog.text + repr(records) + generate_latest(addon.metrics.registry).decode()
+    assert CLIENT_SECRET not in exported and "AKIDCLIENT" not in exported
+    assert metric(addon, "shim_requests_total", route="bucket") == 3
+    assert metric(addon, "shim_requests_total", route="error") == 0
+    assert metric(addon, "shim_bucket_response_bytes_total", bucket="models") == records[0].bytes
+    assert metric(addon, "shim_errors_total", kind="request") == 1
+    # Their failures are shim's own S3 XML, not told again as an object's.
+    assert refused.response is not None
+    error = ElementTree.fromstring(refused.response.content or b"")
+    assert (error.findtext("Code"), error.findtext("Resource"), error.findtext("Message")) == (
+        "NotImplemented",
+        "/weights",
+        "start-after is not supported on an Azure container",
+    )
+
+
+def test_a_small_object_cut_short_is_an_s3_error_as_soon_as_it_is_answered(
+    addon: ShimAddon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An origin that promises 1000 bytes and sends 10: no real server does so on demand.
+    with Relay("127.0.0.1", 9) as origin:
+        origin.answer = lambda head: (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n" + b"x" * 10
+        )
+        short = {"provider": "s3", "bucket": "short", "endpoint": origin.endpoint}
+        run(
+            addon.reconfigure(
+                reload_settings(tmp_path, buckets=[{**short, "credentials": CREDENTIALS}])
+            )
+        )
+        connected(addon, monkeypatch)
+        flow = serve(addon, s3_flow("/short/small.bin"))
+    # As read whole, before mitmproxy's response hook: in S3's XML already.
+    assert flow.response is not None
+    assert (flow.response.status_code, flow.response.headers["Content-Type"]) == (
+        502,
+        "application/xml",
+    )
+    assert flow.response.headers["X-Shim-Error"] == "origin"
+    error = ElementTree.fromstring(flow.response.content or b"")
+    assert (error.findtext("Code"), error.findtext("Resource")) == (
+        "InternalError",
+        "/short/small.bin",
+    )
+    assert metric(addon, "shim_errors_total", kind="truncated") == 1
+
+
+def test_a_failed_small_read_keeps_the_shim_headers_whatever_the_case_of_their_names(
+    addon: ShimAddon,
+) -> None:
+    key = cache_entry(addon, BODY)
+    assert addon._cache is not None
+    ticket = run(addon.object_ticket(f"https://{BUCKET_HOST}/model.mar"))
+    assert not isinstance(ticket, Refuse)
+    hit = run(addon._cache.respond(ticket, Preconditions.of(lambda name: [])))
+    assert hit.stream is not None and hit.headers[CACHE_STATUS_HEADER] == "HIT"
+    # The cache file lost its end since (a disk, an operator): the read cannot complete.
+    addon._cache.store.data_path(key).write_bytes(BODY[:100])
+    lowered = replace(hit, headers={name.lower(): value for name, value in hit.headers.items()})
+    failed = run(addon._read_small(lowered, hit.stream))
+    assert failed.status == 502
+    assert (failed.headers["x-shim-cache"], failed.headers["x-shim-task-id"]) == ("HIT", key)
 
 
 # -- the settings the addon runs with -------------------------------------------------------------

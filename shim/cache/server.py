@@ -63,6 +63,11 @@ ERROR_HEADER = "X-Shim-Error"
 REFUSAL_PATH = "/refused"
 
 
+def shim_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The X-Shim-* headers of ``headers``, whatever the case of their names."""
+    return {name: value for name, value in headers.items() if name.lower().startswith("x-shim-")}
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
     """What the proxy wants fetched. Only an unguessable id crosses the loopback hop, so no

@@ -99,9 +99,13 @@ _S3_CODES = frozenset(
 _CODE = re.compile(rb"<Code>([A-Za-z]{1,64})</Code>")
 
 
-def error_for_status(status: int, resource: str, origin_body: bytes = b"") -> S3Error:
+def error_for_status(
+    status: int, resource: str, origin_body: bytes = b"", kind: str = "request"
+) -> S3Error:
     """The S3 error for a failure answered with ``status``; ``origin_body``: the store's own
-    error body, whose code is kept when S3 knows it (or has a name for it)."""
+    error body, whose code is kept when S3 knows it (or has a name for it). ``kind``: who
+    failed, as shim tells it (its X-Shim-Error), which the body cannot say: the answer to a
+    HEAD has none."""
     found = _CODE.search(origin_body[:4096])
     origin_code = found.group(1).decode() if found else ""
     code = origin_code if origin_code in _S3_CODES else _FOREIGN_CODES.get(origin_code, "")
@@ -114,5 +118,4 @@ def error_for_status(status: int, resource: str, origin_body: bytes = b"") -> S3
         message = code
     if code == "NoSuchBucket":
         message = "The specified bucket does not exist"
-    kind = "origin_status" if origin_body else "request"
     return S3Error(status, code, message, resource, kind)

@@ -17,11 +17,10 @@ from shim._errors import RequestError
 from shim.config import split_authority
 from shim.providers import BucketConfig
 from shim.providers.s3 import SIGNATURE_PARAMS as S3_SIGNATURE_PARAMS
-from shim.recognize import ObjectRef, recognize_reverse
+from shim.recognize import READ_METHODS, ObjectRef, recognize_reverse
 from shim.s3api.errors import S3Error, access_denied, invalid_argument, not_implemented
 from shim.s3api.listing import LIST_PARAMS, ListRequest, parse_list
 
-READ_METHODS = ("GET", "HEAD")
 # Added by SDKs to name the operation (the AWS SDKs for Go, JavaScript, Java...): no meaning.
 _OPERATION_NAME = "x-id"
 # Sub-resources of an object or a bucket: other operations than a read, not served.
@@ -93,15 +92,16 @@ def operation(
     """The operation a request on the S3 API listener asks for."""
     path, _, query = target.partition("?")
     alias = _virtual_host_alias(host_header, domain)
+    by_host = alias is not None
     if alias is None:
         raw_alias, _, raw_key = path.removeprefix("/").partition("/")
         alias = unquote(raw_alias)
     else:
-        raw_key = path.removeprefix("/")
+        raw_key = path.removeprefix("/")  # as sent: the key's case is the key's
     resource = f"/{alias}/{unquote(raw_key)}" if alias else "/"
     if method not in READ_METHODS:
         return access_denied(resource, "shim's S3 API is read-only")
-    bucket = next((b for b in buckets if _alias_matches(b, alias)), None)
+    bucket = _bucket_named(alias, buckets, by_host=by_host)
     if bucket is None:
         # ListBuckets too: the aliases would map out the buckets for anyone asking.
         return access_denied(resource, kind="request")
@@ -173,5 +173,16 @@ def _virtual_host_alias(host_header: str | None, domain: str | None) -> str | No
     return host[: -len(suffix)] if host.endswith(suffix) and len(host) > len(suffix) else None
 
 
-def _alias_matches(bucket: BucketConfig, alias: str) -> bool:
-    return bool(alias) and bucket.reverse_alias == alias
+def _bucket_named(
+    alias: str, buckets: tuple[BucketConfig, ...], *, by_host: bool
+) -> BucketConfig | None:
+    """The bucket ``alias`` names: in a path, the alias as written; in a Host, which DNS
+    compares ignoring case (and ``alias`` is in lower case), the alias equal to it, else the
+    one alias equal to it but for case (several: the Host cannot say which)."""
+    if not alias:
+        return None
+    exact = next((b for b in buckets if b.reverse_alias == alias), None)
+    if exact is not None or not by_host:
+        return exact
+    folded = [b for b in buckets if b.reverse_alias.lower() == alias]
+    return folded[0] if len(folded) == 1 else None

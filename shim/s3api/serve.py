@@ -13,7 +13,7 @@ import aiohttp
 import yarl
 
 from shim._errors import SigningError
-from shim.cache.server import ERROR_HEADER, Reply
+from shim.cache.server import ERROR_HEADER, Reply, shim_headers
 from shim.decide import Refuse
 from shim.providers import Signer
 from shim.providers.azure import AzureBucket, AzureSigner
@@ -44,6 +44,8 @@ from shim.s3api.listing import (
 from shim.s3api.request import BucketRead
 
 log = logging.getLogger("shim.s3api")
+# The error kind of the store's own answer to a listing (as of an object fetch's).
+ORIGIN = "origin_status"
 
 
 def new_request_id() -> str:
@@ -62,7 +64,7 @@ def refusal(error: S3Error, method: str) -> Refuse:
     return Refuse(error.status, error.kind, error.message, tuple(headers.items()), body)
 
 
-def error_reply(error: S3Error, method: str, cache_headers: Mapping[str, str] = {}) -> Reply:
+def s3_error_reply(error: S3Error, method: str, cache_headers: Mapping[str, str] = {}) -> Reply:
     request_id = new_request_id()
     body = b"" if method == "HEAD" else error_xml(error, request_id)
     headers = {**cache_headers, **xml_headers(request_id), ERROR_HEADER: error.kind}
@@ -76,11 +78,15 @@ def object_reply(reply: Reply, method: str, resource: str) -> Reply:
         return reply
     if reply.stream is not None:
         reply.stream.close()
-    error = error_for_status(reply.status, resource, reply.body)
-    kept = {k: v for k, v in reply.headers.items() if k.lower().startswith("x-shim-")}
+    kept = shim_headers(reply.headers)
+    told = [kept.pop(name) for name in list(kept) if name.lower() == ERROR_HEADER.lower()]
+    # The kind the cache told (the origin's answer, a failed fetch...), else the request's own:
+    # a precondition, a range.
+    kind = told[0] if told else "request"
+    error = error_for_status(reply.status, resource, reply.body, kind)
     if "Content-Range" in reply.headers:  # a 416's, the object's size
         kept["Content-Range"] = reply.headers["Content-Range"]
-    return error_reply(error, method, kept)
+    return s3_error_reply(error, method, kept)
 
 
 class BucketRequests:
@@ -119,20 +125,21 @@ class BucketRequests:
                 return await self._list_azure(read.listing, signer, alias, extra_headers)
         except SigningError as error:
             log.warning("listing %s: %s", alias, error)
-            return error_reply(S3Error(502, "InternalError", str(error), resource), "GET")
+            failure = S3Error(502, "InternalError", str(error), resource, "signing")
+            return s3_error_reply(failure, "GET")
         except UnencodableKey:
             message = "a listed key cannot be written in XML: list with encoding-type=url"
-            return error_reply(invalid_argument(resource, message), "GET")
+            return s3_error_reply(invalid_argument(resource, message), "GET")
         except ListingError as error:
             log.warning("listing %s: %s", alias, error)
             message = f"the store's listing cannot be read: {error}"
-            return error_reply(S3Error(502, "InternalError", message, resource, "origin"), "GET")
+            return s3_error_reply(S3Error(502, "InternalError", message, resource, "origin"), "GET")
         except (aiohttp.ClientError, TimeoutError) as error:
             log.warning("listing %s: %s", alias, type(error).__name__)
             message = f"the store did not answer the listing ({type(error).__name__})"
-            return error_reply(S3Error(502, "InternalError", message, resource, "origin"), "GET")
+            return s3_error_reply(S3Error(502, "InternalError", message, resource, "origin"), "GET")
         message = f"shim's S3 API lists S3 and Azure buckets only, not {bucket.provider}"
-        return error_reply(not_implemented(resource, message), "GET")
+        return s3_error_reply(not_implemented(resource, message), "GET")
 
     async def _list_s3(
         self,
@@ -144,7 +151,7 @@ class BucketRequests:
         url = await asyncio.to_thread(signer.sign_listing, *s3_list_call(request))
         status, body = await self._get(url, extra_headers)
         if status != 200:
-            return error_reply(error_for_status(status, f"/{alias}", body), "GET")
+            return s3_error_reply(error_for_status(status, f"/{alias}", body, ORIGIN), "GET")
         return Reply(200, xml_headers(new_request_id()), rename_bucket(body, alias))
 
     async def _list_azure(
@@ -156,14 +163,14 @@ class BucketRequests:
     ) -> Reply:
         if request.start_after:
             message = "start-after is not supported on an Azure container"
-            return error_reply(not_implemented(f"/{alias}", message), "GET")
+            return s3_error_reply(not_implemented(f"/{alias}", message), "GET")
         if request.max_keys == 0:  # Azure wants at least 1
             page = Page((), (), None)
         else:
             url = await asyncio.to_thread(signer.sign_listing, azure_list_query(request))
             status, body = await self._get(url, extra_headers)
             if status != 200:
-                return error_reply(error_for_status(status, f"/{alias}", body), "GET")
+                return s3_error_reply(error_for_status(status, f"/{alias}", body, ORIGIN), "GET")
             page = parse_azure_listing(body)
         return Reply(200, xml_headers(new_request_id()), list_result_xml(request, alias, page))
 

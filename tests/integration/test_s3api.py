@@ -8,7 +8,8 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
+from xml.etree import ElementTree
 
 import boto3
 import pytest
@@ -107,6 +108,14 @@ def error_of(call: Any, *args: Any, **kwargs: Any) -> tuple[int, str]:
     return response["ResponseMetadata"]["HTTPStatusCode"], response["Error"]["Code"]
 
 
+def error_kind_of(call: Any, *args: Any, **kwargs: Any) -> tuple[int, str]:
+    """The status of a failed call and its kind as shim told it (X-Shim-Error)."""
+    with pytest.raises(ClientError) as caught:
+        call(*args, **kwargs)
+    metadata = caught.value.response["ResponseMetadata"]
+    return metadata["HTTPStatusCode"], metadata["HTTPHeaders"]["x-shim-error"]
+
+
 def cache_state(response: Any) -> str:
     return str(response["ResponseMetadata"]["HTTPHeaders"]["x-shim-cache"])
 
@@ -144,7 +153,9 @@ def test_get_head_range_and_conditions(
     part = s3.get_object(Bucket=ALIAS, Key=key, PartNumber=1)
     assert part["ResponseMetadata"]["HTTPHeaders"]["x-shim-task-id"] != whole_task
     assert error_of(s3.get_object, Bucket=ALIAS, Key=f"{key}.absent") == (404, "NoSuchKey")
-    assert error_of(s3.head_object, Bucket=ALIAS, Key=f"{key}.absent")[0] == 404
+    # The origin's answer, to a HEAD (no body) as to a GET.
+    for read in (s3.get_object, s3.head_object):
+        assert error_kind_of(read, Bucket=ALIAS, Key=f"{key}.absent") == (404, "origin_status")
 
 
 def test_awkward_keys_are_exactly_the_keys_fetched(shim: ShimProcess, s3rver: S3Server) -> None:
@@ -212,6 +223,53 @@ def test_listings_v2_and_v1_paginate_with_prefix_and_delimiter(
     location = s3.get_bucket_location(Bucket=ALIAS)
     assert location["LocationConstraint"] is None  # us-east-1
     assert s3.head_bucket(Bucket=ALIAS)["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+
+def test_listings_are_logged_and_counted_as_requests_without_the_clients_signature(
+    shim: ShimProcess, s3rver: S3Server
+) -> None:
+    put_object(s3_client(s3rver), BUCKET, "logged/a.bin", b"a")
+    requests = shim.metrics().get('shim_requests_total{route="bucket"}', 0)
+    s3 = client(shim, anonymous=False)  # its own signature, with a key shim never heard of
+    listed = s3.list_objects_v2(Bucket=ALIAS, Prefix="logged/")
+    assert [o["Key"] for o in listed["Contents"]] == ["logged/a.bin"]
+    presigned = s3.generate_presigned_url(
+        "list_objects_v2", Params={"Bucket": ALIAS, "Prefix": "logged/"}
+    )
+    sent = shim.metrics()['shim_bucket_response_bytes_total{bucket="models"}']
+    reply = direct(presigned)
+    assert reply.status == 200 and b"<Key>logged/a.bin</Key>" in reply.body
+    metrics = shim.metrics()
+    assert metrics['shim_requests_total{route="bucket"}'] == requests + 2
+    assert metrics['shim_bucket_response_bytes_total{bucket="models"}'] == sent + len(reply.body)
+    output = shim.output()
+    lines = [line for line in output.splitlines() if "prefix=logged" in line]
+    assert len(lines) == 2, output
+    assert all(" -> 200 - via - task=- bucket=models bytes=" in line for line in lines), lines
+    assert f"bytes={len(reply.body)} " in lines[1]
+    assert "X-Amz-Signature=REDACTED" in lines[1]
+    signature = parse_qs(urlsplit(presigned).query)["X-Amz-Signature"][0]
+    assert signature not in output and "AKIADUMMYCLIENTKEY" not in output
+
+
+def test_a_small_object_cut_mid_body_is_an_s3_error(
+    shim: ShimProcess, s3rver: S3Server, relay: Relay
+) -> None:
+    body = os.urandom(40_000)  # small: read whole before it is answered
+    put_object(s3_client(s3rver), BUCKET, "cut/small.bin", body)
+    relay.cut_after_bytes = 20_000  # the origin's answer stops partway
+    try:
+        reply = direct(f"{endpoint(shim)}/{ALIAS}/cut/small.bin")
+    finally:
+        relay.cut_after_bytes = None
+    assert (reply.status, reply.headers["Content-Type"]) == (502, "application/xml")
+    assert reply.headers["X-Shim-Error"] == "origin"  # a failed fetch, not the origin's answer
+    error = ElementTree.fromstring(reply.body)
+    assert (error.findtext("Code"), error.findtext("Resource")) == (
+        "InternalError",
+        f"/{ALIAS}/cut/small.bin",
+    )
+    assert "aborting a response mid-body" in shim.output()  # read whole, and failed there
 
 
 def test_every_write_is_access_denied_and_never_reaches_the_store(
@@ -292,6 +350,12 @@ def test_virtual_hosted_requests_name_the_bucket_in_host(
     assert status == 200 and b"<Key>vhost/k v.bin</Key>" in body
     status, body = _raw(shim, "/k", headers={"Host": f"other.{DOMAIN}:{port}"})
     assert status == 403 and b"AccessDenied" in body
+    # A Host in any case names the bucket; the key is fetched exactly as named.
+    for key in ("vhost/MiXeD.bin", "vhost/mixed.bin"):
+        put_object(s3_client(s3rver), BUCKET, key, key.encode())
+    for key in ("vhost/MiXeD.bin", "vhost/mixed.bin"):
+        host = f"{ALIAS.upper()}.{DOMAIN.upper()}:{port}"
+        assert _raw(shim, f"/{key}", headers={"Host": host}) == (200, key.encode())
 
 
 def test_concurrent_ranged_readers_of_a_cold_object_cost_one_origin_copy(
@@ -394,7 +458,10 @@ def test_answers_relayed_by_the_cache_server_are_s3_answers_too(
             416,
             "InvalidRange",
         )
-        assert error_of(s3.head_object, Bucket=ALIAS, Key="relayed/absent")[0] == 404
+        assert error_kind_of(s3.head_object, Bucket=ALIAS, Key="relayed/absent") == (
+            404,
+            "origin_status",
+        )
         # shim's XML, not the origin's relayed as it was.
         missing = direct(f"{endpoint(relayed)}/{ALIAS}/relayed/absent")
         assert b"<Resource>/models/relayed/absent</Resource>" in missing.body

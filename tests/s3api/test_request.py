@@ -179,6 +179,26 @@ def test_virtual_hosted_requests_name_the_bucket_in_host() -> None:
     assert isinstance(no_domain, S3Error) and no_domain.code == "AccessDenied"
 
 
+def test_a_host_names_its_bucket_whatever_the_case_and_the_key_keeps_its_own() -> None:
+    upper = {"provider": "s3", "bucket": "legacy", "alias": "Legacy", "credentials": CREDENTIALS}
+    twins = [{**upper, "alias": alias} for alias in ("Twin", "TWIN")]
+    buckets = settings_from_mapping({"buckets": [upper, *twins]}, env={}).buckets
+
+    def read(host: str, target: str) -> Any:
+        return operation("GET", host, target, False, buckets, DOMAIN)
+
+    # DNS names have no case, S3 keys do: the bucket found however the Host is written, the
+    # key fetched exactly as named.
+    for host in (f"legacy.{DOMAIN}", f"LEGACY.{DOMAIN.upper()}:8792", f"LeGaCy.{DOMAIN}."):
+        found = read(host, "/Dir/Model.BIN")
+        assert isinstance(found, ObjectRead), host
+        assert (found.ref.bucket.reverse_alias, found.ref.key) == ("Legacy", "Dir/Model.BIN")
+    # Two aliases a Host cannot tell apart name neither; a path names its alias as written.
+    assert isinstance(read(f"twin.{DOMAIN}", "/a.bin"), S3Error)
+    assert read("127.0.0.1", "/TWIN/a.bin").ref.bucket.reverse_alias == "TWIN"
+    assert isinstance(read("127.0.0.1", "/legacy/a.bin"), S3Error)
+
+
 # Keys as stores take them: no control characters, no dot segments (refused above).
 KEYS = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=60).filter(
     lambda key: not any(part in (".", "..") for part in key.split("/"))
@@ -192,3 +212,5 @@ def test_the_key_a_client_names_is_the_key_fetched(key: str, safe: str) -> None:
     assert isinstance(read, ObjectRead)
     assert read.ref.key == key
     assert read.ref == recognize_reverse(f"/models/{quote(key, safe='')}", SETTINGS.buckets)
+    # Virtual-hosted too, whatever the case of the Host.
+    assert ask(f"/{quote(key, safe=safe)}", host=f"MoDeLs.{DOMAIN.upper()}") == read

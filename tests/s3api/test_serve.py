@@ -83,6 +83,28 @@ def test_failures_of_object_reads_are_s3_errors_keeping_the_cache_headers(
     assert object_reply(Reply(status, {}, body), "HEAD", "/m/k").body == b""
 
 
+@pytest.mark.parametrize(
+    ("status", "told", "kind"),
+    [
+        (404, "origin_status", "origin_status"),  # the origin's answer, to a HEAD without body
+        (502, "origin", "origin"),  # a fetch that failed
+        (412, None, "request"),  # the request's own condition, whatever the body says
+        (416, None, "request"),
+    ],
+)
+def test_a_failure_is_told_as_the_kind_the_cache_told(
+    status: int, told: str | None, kind: str
+) -> None:
+    for method, body in (("GET", b"shim: some failure\n"), ("HEAD", b"")):
+        for name in (ERROR_HEADER, ERROR_HEADER.lower()):  # relayed, the name in any case
+            headers = {"X-Shim-Cache": "MISS", **({name: told} if told else {})}
+            reply = object_reply(Reply(status, headers, body), method, "/m/k")
+            errors = [
+                value for key, value in reply.headers.items() if key.lower() == "x-shim-error"
+            ]
+            assert errors == [kind], (method, name)
+
+
 def test_answers_that_are_no_failure_pass_unchanged() -> None:
     for status in (200, 206, 304):
         reply = Reply(status, {"ETag": '"e"'}, b"")
