@@ -385,10 +385,10 @@ class FillReader:
     ) -> FileSpan | bytes | memoryview:
         """The next bytes from ``position`` (up to ``stop``, None: the end) once readable, at
         most ``limit`` of them; b"" at the end of the object. ``part``: they are sent as part
-        of the object (a range), which never waits for the whole object's check. Where they are in the fill's
-        file, for a caller that sends (or reads, ``read_span``) them from there, rather than
-        the bytes themselves (which a fill streaming through memory still is). TransferAborted
-        when the body cannot be completed."""
+        of the object (a range), which never waits for the whole object's check. Where they
+        are in the fill's file, for a caller that sends (or reads, ``read_span``) them from
+        there, rather than the bytes themselves (which a fill streaming through memory still
+        is). TransferAborted when the body cannot be completed."""
         fill = self.fill
         if fill.in_memory:
             fill._move(self, position)
