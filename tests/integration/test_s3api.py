@@ -1,8 +1,11 @@
-"""The S3 API listener against real stores (strict s3rver, azurite) with boto3, the SDK the
-model servers' downloaders use: anonymous and with dummy credentials, which shim drops."""
+"""The S3 API listener against real stores (strict s3rver, azurite, the verifying GCS and OSS
+gateways) with boto3, the SDK the model servers' downloaders use: anonymous and with dummy
+credentials, which shim drops."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -24,6 +27,7 @@ from tests.support.procs import free_port
 from tests.support.relay import Relay
 from tests.support.servers import S3Server, put_object, s3_client
 from tests.support.shim_process import ShimProcess, s3_bucket_config, start_shim
+from tests.support.stores import ORIGINS, Origin
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -34,6 +38,9 @@ BUCKET = "s3api-origin"  # the store's name
 ALIAS = "models"  # the name clients use
 CONTAINER = "s3api-container"
 DOMAIN = "s3.shim.test"
+# Stores whose buckets the S3 API reads but does not list. Their gateways refuse an unsigned or
+# tampered request (test_proxy_gcs.py, test_proxy_oss.py): only shim's own signature reads.
+READ_ONLY_PROVIDERS = ("gcs", "oss")
 
 
 @pytest.fixture(scope="module")
@@ -470,3 +477,67 @@ def test_answers_relayed_by_the_cache_server_are_s3_answers_too(
             403,
             "AccessDenied",
         )
+
+
+@pytest.fixture(scope="module")
+def gcs_and_oss(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ShimProcess, dict[str, Origin]]]:
+    """A shim whose S3 API fronts a GCS and an OSS bucket, each store behind a counting relay."""
+    with contextlib.ExitStack() as stack:
+        origins = {
+            provider: stack.enter_context(ORIGINS[provider](tmp_path_factory.mktemp(provider)))
+            for provider in READ_ONLY_PROVIDERS
+        }
+        config = {
+            "s3_api": {"listen": f"127.0.0.1:{free_port()}"},
+            "buckets": [origin.buckets[0] for origin in origins.values()],
+        }
+        yield stack.enter_context(start_shim(tmp_path_factory.mktemp("shim"), config)), origins
+
+
+@pytest.mark.parametrize("provider", READ_ONLY_PROVIDERS)
+def test_a_gcs_or_oss_bucket_reads_through_the_s3_api_but_does_not_list(
+    gcs_and_oss: tuple[ShimProcess, dict[str, Origin]], provider: str
+) -> None:
+    shim, origins = gcs_and_oss
+    origin = origins[provider]
+    alias = origin.buckets[0]["alias"]
+    s3 = client(shim)
+    # An S3 key is the object's name, exactly: each name holds its own bytes.
+    for key in (*AWKWARD_KEYS, "unicode/ß∂ƒ/模型"):
+        body = f"{provider}/{key}".encode() * 1000
+        origin.put(f"awkward/{key}", body)
+        assert s3.get_object(Bucket=alias, Key=f"awkward/{key}")["Body"].read() == body
+    body = os.urandom(300_000)
+    origin.put("weights/model v1.bin", body)
+    ranged = s3.get_object(Bucket=alias, Key="weights/model v1.bin", Range="bytes=1000-1999")
+    assert ranged["ResponseMetadata"]["HTTPStatusCode"] == 206
+    assert ranged["ContentRange"] == f"bytes 1000-1999/{len(body)}"
+    assert ranged["Body"].read() == body[1000:2000]
+    got = s3.get_object(Bucket=alias, Key="weights/model v1.bin")
+    assert got["Body"].read() == body
+    head = s3.head_object(Bucket=alias, Key="weights/model v1.bin")
+    assert head["ContentLength"] == len(body)
+    # The store's ETag (both stores': the MD5; OSS's in capitals).
+    assert head["ETag"] == got["ETag"]
+    assert head["ETag"].strip('"').lower() == hashlib.md5(body).hexdigest()
+    assert error_of(s3.get_object, Bucket=alias, Key="weights/absent.bin") == (404, "NoSuchKey")
+    assert error_of(s3.head_object, Bucket=alias, Key="weights/absent.bin")[0] == 404
+    assert origin.signatures_seen()  # read with shim's signature, which the store checked
+    origin.relay.reset_counters()
+    assert error_of(s3.list_objects_v2, Bucket=alias, Prefix="weights/") == (
+        501,
+        "NotImplemented",
+    )
+    for anonymous in (True, False):
+        writer = client(shim, anonymous=anonymous)
+        assert error_of(
+            writer.put_object, Bucket=alias, Key="weights/new.bin", Body=b"x" * 100_000
+        ) == (403, "AccessDenied")
+        assert error_of(writer.delete_object, Bucket=alias, Key="weights/model v1.bin") == (
+            403,
+            "AccessDenied",
+        )
+    assert origin.relay.bytes_up == 0  # neither the listing nor a write reached the store
+    assert error_of(s3.get_object, Bucket=alias, Key="weights/new.bin") == (404, "NoSuchKey")
