@@ -144,6 +144,12 @@ class Metrics:
         self.origin_fetches = Counter(
             "shim_origin_fetches", "Fetches started towards origins.", registry=self.registry
         )
+        self.origin_range_requests = Counter(
+            "shim_origin_range_requests",
+            "Ranged requests fills sent beside their first one: for readers far ahead of the "
+            "body, and to go on after them (shim.cache.fetchplan).",
+            registry=self.registry,
+        )
         self.errors = Counter(
             "shim_errors",
             "Failures by kind (request, signing, origin, origin_status, truncated, transfer, "

@@ -708,6 +708,7 @@ class FillRunner:
     async def _open_range(self, fill: Fill, plan: FetchPlan, claim: Claim) -> UpstreamReply:
         """The origin's answer to a request for ``claim``'s bytes, checked to be those bytes
         of the same object: a changed object fails the fill rather than mix two versions."""
+        self._metrics.origin_range_requests.inc()
         reply = await self._upstream.open(
             "GET", fill.signed_url, fill.filtered, direct=True, headers={"Range": claim.ranged}
         )
