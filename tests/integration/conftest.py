@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.support.azurite import AzuriteServer, put_blob, start_azurite
 from tests.support.relay import Relay, RelayFactory
 from tests.support.servers import S3Server, s3_client, start_s3rver
 
@@ -52,3 +53,15 @@ def relay_factory() -> Iterator[RelayFactory]:
     yield make
     for relay in relays:
         relay.stop()
+
+
+@pytest.fixture(scope="module")
+def azurite(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[AzuriteServer]:
+    """azurite for a test module, with the module's ``CONTAINER`` made (a blob ``seed`` in it)."""
+    with start_azurite(tmp_path_factory.mktemp("azurite")) as server:
+        container = getattr(request.module, "CONTAINER", None)
+        if container is not None:
+            put_blob(server, container, "seed", b"seed")
+        yield server

@@ -38,7 +38,7 @@ import pytest
 from azure.storage.blob import BlobSasPermissions, ContentSettings, generate_blob_sas
 
 from tests.integration.test_proxy_azure import CONTAINER, azure_bucket_config, blob_url
-from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, AzuriteServer, put_blob, start_azurite
+from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, AzuriteServer
 from tests.support.http import Reply, direct, via_proxy
 from tests.support.nginx import NginxServer, start_nginx
 from tests.support.procs import free_port
@@ -320,13 +320,6 @@ class Setup:
         while fetch().headers["X-Shim-Cache"] != "HIT":
             assert time.monotonic() < deadline, "the fill never became an entry"
             time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
-    with start_azurite(tmp_path_factory.mktemp("azurite")) as server:
-        put_blob(server, CONTAINER, "seed", b"seed")
-        yield server
 
 
 @pytest.fixture(scope="module")

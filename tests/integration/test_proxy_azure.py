@@ -76,13 +76,6 @@ def wait_for_output(shim: ShimProcess, pattern: str, timeout: float = 40.0) -> s
 
 
 @pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
-    with start_azurite(tmp_path_factory.mktemp("azurite")) as server:
-        put_blob(server, CONTAINER, "seed", b"seed")
-        yield server
-
-
-@pytest.fixture(scope="module")
 def reverse_port() -> int:
     return free_port()
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, AzuriteServer, put_blob, start_azurite
+from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, AzuriteServer, put_blob
 from tests.support.relay import Relay
 from tests.support.s3_clients import (
     DUMMY_CREDENTIALS,
@@ -62,13 +62,6 @@ class Shim:
 
     def origin_fetches(self) -> float:
         return self.process.metrics()["shim_origin_fetches_total"]
-
-
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
-    with start_azurite(tmp_path_factory.mktemp("azurite")) as server:
-        put_blob(server, CONTAINER, "seed", b"seed")
-        yield server
 
 
 @pytest.fixture(scope="module")
