@@ -499,7 +499,8 @@ class ShimAddon:
             return Refuse(502, "signing", str(error))
         except RequestError as error:
             return Refuse(400, "request", str(error))
-        return Ticket(method, signed, identity, filtered, ref.bucket.freshness)
+        sign_again = functools.partial(signer.sign, ref, method)
+        return Ticket(method, signed, identity, filtered, ref.bucket.freshness, sign_again)
 
     def _object_ref(self, url: str) -> ObjectRef | Refuse:
         """The object of a configured bucket that ``url`` names, or why there is none."""

@@ -25,8 +25,6 @@ RUN = 64 << 20
 MAX_REQUESTS = 256
 # Of those, requests for bytes no reader waits for (the fill going on to the end).
 AHEAD_REQUESTS = 4
-# The end of an object of unknown length.
-UNBOUNDED = 1 << 62
 
 
 class Extents:
@@ -86,13 +84,14 @@ class Claim:
 
 
 class FetchPlan:
-    """The claims of one fill, over an object of ``size`` bytes (None: unknown, never split)."""
+    """The claims of one fill, over an object of ``size`` bytes; ``split``: whether readers
+    may get ranged requests (else the first request brings it all)."""
 
-    def __init__(self, size: int | None, *, split: bool) -> None:
-        self.size = UNBOUNDED if size is None else size
+    def __init__(self, size: int, *, split: bool) -> None:
+        self.size = size
         self.have = Extents()
         self.claims: list[Claim] = []
-        self._split = split and size is not None
+        self._split = split
 
     def first(self) -> Claim:
         """The claim of the request for the whole object."""
@@ -133,10 +132,6 @@ class FetchPlan:
         if start is None:
             return None
         return self._add(start, min(self._free_until(start), start + RUN))
-
-    def ended(self, claim: Claim) -> None:
-        """The body of unknown length ended at ``claim``'s position: that is its size."""
-        self.size = claim.end = claim.asked = claim.pos
 
     @property
     def complete(self) -> bool:

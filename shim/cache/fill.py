@@ -7,10 +7,10 @@ of its own beside it, each byte still fetched once (``shim.cache.fetchplan``). A
 to no client: a client that goes away does not cancel it. It becomes a cache entry only when
 every byte promised by Content-Length arrived and the body matches the strongest checksum the
 origin offered for it (``shim.cache.integrity``); the object's last byte waits for that check,
-so no client holds a complete-looking object that then fails it. A range that ends before
-the object's end is sent as its bytes arrive, each ranged answer checked to be of the same
-object (its ETag and length): a client that reads ranges cannot wait for a whole multi-GB
-object to be checked, and streamers time a silent range out within seconds.
+so no client holds a complete-looking object that then fails it. A range (short of all the
+object) is sent as its bytes arrive, each ranged answer checked to be of the same object (its
+ETag and length): a client that reads ranges cannot wait for a whole multi-GB object to be
+checked, and streamers time a silent range out within seconds.
 
 A fill that is not kept (behind a dfdaemon, an uncacheable answer, no room on disk) streams
 through memory instead: a bounded window of the body that the readers waiting for it share,
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shim._errors import ShimError, UpstreamError
-from shim.cache.fetchplan import UNBOUNDED, Claim, FetchPlan
+from shim.cache.fetchplan import Claim, FetchPlan
 from shim.cache.integrity import (
     Checksum,
     Mismatch,
@@ -67,6 +67,14 @@ MEMORY_WINDOW = 4 << 20
 # own (shim.cache.fetchplan): from a fast origin the bytes come first, and no request is cut
 # short for it (what a request cut short had on its way is lost: at loopback rates, megabytes).
 PATIENCE = 0.25
+# Ranged requests in flight beside fills' first ones, all fills together: well below the
+# origin connection pool's size, so that a fill's first request always finds a connection.
+RANGED_REQUESTS = 512
+# Sends of one ranged request that fails before its end (a 5xx or 429, a cut or a stall), from
+# where it got to, and the pause before the second (doubled for each next): a store throttling
+# many parallel reads of one object (S3's 503 SlowDown, Azure's ServerBusy) asks for just that.
+RANGE_ATTEMPTS = 3
+RANGE_BACKOFF = 0.5
 # Times a fill whose write found the disk full evicts entries and writes again.
 _DISK_FULL_RETRIES = 3
 # Origin headers that describe the object itself and are kept with the entry: validators first.
@@ -117,9 +125,11 @@ class Fill:
     def __init__(self, key: str, identity_url: str, temp: Path) -> None:
         self.key = key
         self.identity_url = identity_url
-        # What its ranged requests are sent with: the newest signature of a request for it
-        # (a fill may outlive the first one's), and the parameters it is filtered of.
+        # What its requests are sent with: the first's signed URL, the request signed again for
+        # later ranged ones (a fill may outlive the first signature; None: the first URL), and
+        # the parameters it is filtered of.
         self.signed_url = ""
+        self.sign_again: Callable[[], str] | None = None
         self.filtered: Sequence[str] = ()
         self.path = temp  # where the body is written; moved into the store on commit
         # Readers pread one descriptor, so a commit (rename) or a drop (unlink) of the file
@@ -242,16 +252,16 @@ class Fill:
             and self.error is None
         ):
             changed = self._changed
-            patience = impatient_at - time.monotonic()
             if self._on_want is None:
                 await changed.wait()
-            elif patience > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(patience):
-                        await changed.wait()
-            else:
+                continue
+            if time.monotonic() >= impatient_at:
+                # Asked again each PATIENCE while it waits (a request may end, room come).
                 self._on_want(offset, stop)
-                await changed.wait()
+                impatient_at = time.monotonic() + PATIENCE
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(impatient_at - time.monotonic()):
+                    await changed.wait()
 
     async def wait_changed(self) -> None:
         await self._changed.wait()
@@ -429,6 +439,7 @@ class FillRunner:
         self._running: set[Fill] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._verified = VerifiedBodies()
+        self._ranged = 0  # ranged requests in flight, all fills together
         # One worker keeps checksum updates in order, off the event loop (hashlib drops the
         # GIL; the CRCs take microseconds per MiB).
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shim-verify")
@@ -443,17 +454,17 @@ class FillRunner:
         policy: FreshnessPolicy | None = None,
         tag: str | None = None,
         opened: UpstreamReply | None = None,
+        sign_again: Callable[[], str] | None = None,
     ) -> Fill:
         """The fill of ``key``, started if none runs. ``opened``: the origin's answer to a
-        GET of ``signed_url`` to start from; closed when a fill already runs."""
+        GET of ``signed_url`` to start from; closed when a fill already runs. ``sign_again``:
+        that GET signed again (blocking), for the fill's later ranged requests."""
         fill = self._fills.get(key)
         if fill is not None and opened is not None:
             opened.close()
-        if fill is not None:
-            fill.signed_url = signed_url
         if fill is None:
             fill = Fill(key, identity_url, self._store.temp_path(key))
-            fill.signed_url, fill.filtered = signed_url, filtered
+            fill.signed_url, fill.filtered, fill.sign_again = signed_url, filtered, sign_again
             fill.policy, fill.tag, fill.opened = policy or fill.policy, tag, opened
             # The dfdaemon's task ID for that tag, until the dfdaemon reports its own.
             fill.task_id = rust_task_id(identity_url, tag=tag) if tag else key
@@ -531,6 +542,7 @@ class FillRunner:
                 keepable = whole and storable(cache_control, fill.policy)
                 self._find_room(fill, size, keepable=keepable)
             if fill.reservation is not None:
+                assert size is not None, "a body is kept only with a known length"
                 fill.plan = FetchPlan(size, split=splittable(reply, kept))
             fill.publish(size, kept, reply)
             # A part's checksums are the whole object's: nothing to check the part against.
@@ -641,20 +653,23 @@ class FillRunner:
         fd = self._store.create_temp(fill.path)
         requests = _Requests()
 
-        def fetch(claim: Claim, reply: UpstreamReply | None = None) -> None:
-            requests.start(self._fetch_claims(fill, plan, fd, claim, reply))
-
         def on_want(position: int, stop: int | None) -> None:
+            if requests.failed or self._ranged >= RANGED_REQUESTS:
+                return
             claim = plan.for_reader(position, stop)
             if claim is not None:
-                fetch(claim)
+                requests.start(self._fetch_claims(fill, plan, fd, claim, None))
 
         checking: asyncio.Task[None] | None = None
         try:
             fill.open_for_readers()
+            assert fill.fd is not None
+            # The check's own descriptor: a check still reading when the fill ends (cancelled)
+            # never reads one closed under it, or reused. Closed after it, in its thread.
+            check_fd = os.dup(fill.fd)
             fill._on_want = on_want
-            fetch(plan.first(), reply)
-            checking = asyncio.create_task(self._check_written(fill, plan, verifier))
+            requests.start(self._fetch_claims(fill, plan, fd, plan.first(), reply))
+            checking = asyncio.create_task(self._check_written(fill, plan, check_fd, verifier))
             await requests.wait()
             if not plan.complete:
                 raise UpstreamError(f"the fill ended with {plan.have.total} bytes of {plan.size}")
@@ -668,56 +683,87 @@ class FillRunner:
                 checking.cancel()
                 with contextlib.suppress(BaseException):
                     await checking
+            if checking is not None:
+                self._hasher.submit(os.close, check_fd)
             os.close(fd)
 
     async def _fetch_claims(
-        self,
-        fill: Fill,
-        plan: FetchPlan,
-        fd: int,
-        claim: Claim | None,
-        reply: UpstreamReply | None,
+        self, fill: Fill, plan: FetchPlan, fd: int, claim: Claim, reply: UpstreamReply | None
     ) -> None:
-        """Write ``claim``'s bytes (from ``reply``, else a ranged request), then its
-        successors', until the plan has none left for this request."""
+        """Write ``claim``'s bytes (from ``reply``, the first request's answer, else ranged
+        requests), then its successors', until the plan has none left for this request."""
+        if reply is not None:  # the first request's failure is the fill's, as ever
+            await self._write_claim(fill, plan, fd, claim, reply)
+            next_claim = plan.next_after(claim)
+        else:
+            next_claim = claim
+        while next_claim is not None:
+            await self._fetch_range(fill, plan, fd, next_claim)
+            next_claim = plan.next_after(next_claim)
+
+    async def _fetch_range(self, fill: Fill, plan: FetchPlan, fd: int, claim: Claim) -> None:
+        """``claim``'s bytes by a ranged request; one that fails before its end with a store's
+        transient answer or in the body is sent again from where it got to."""
+        self._ranged += 1
+        try:
+            for attempt in range(1, RANGE_ATTEMPTS + 1):
+                try:
+                    reply = await self._open_range(fill, plan, claim)
+                    await self._write_claim(fill, plan, fd, claim, reply)
+                    return
+                except _TransientRangeError as error:
+                    if attempt == RANGE_ATTEMPTS:
+                        raise UpstreamError(str(error)) from None
+                    self._metrics.origin_retries.labels(upstream="origin").inc()
+                    log.info("%s; sending it again (%d of %d)", error, attempt + 1, RANGE_ATTEMPTS)
+                    await asyncio.sleep(RANGE_BACKOFF * 2 ** (attempt - 1))
+        finally:
+            self._ranged -= 1
+
+    async def _write_claim(
+        self, fill: Fill, plan: FetchPlan, fd: int, claim: Claim, reply: UpstreamReply
+    ) -> None:
+        """Write ``reply``'s body at ``claim``'s position, up to the claim's end (a later
+        request may have taken the rest). _TransientRangeError when it fails short."""
         assert fill.reservation is not None
         received = self._metrics.received(fill.route)
-        while claim is not None:
-            if reply is None:
-                reply = await self._open_range(fill, plan, claim)
-            try:
-                async for chunk in reply.chunks():
-                    # A later request may have taken the rest: stop where it starts.
-                    count = min(len(chunk), claim.end - claim.pos)
-                    self._write(fd, claim.pos, memoryview(chunk)[:count], fill.reservation)
-                    fill.wrote(claim, count)
-                    received.inc(count)
-                    if claim.pos == claim.end:
-                        break
-            except UpstreamError as error:
-                raise UpstreamError(f"{error} after {fill.written} bytes") from None
-            finally:
-                reply.close()
-            reply = None
-            if claim.pos < claim.end:
-                if plan.size != UNBOUNDED:
-                    raise UpstreamError(f"{fill.route} sent {fill.written} of {plan.size} bytes")
-                plan.ended(claim)  # a body of unknown length is whole at its end
-            claim = plan.next_after(claim)
+        try:
+            async for chunk in reply.chunks():
+                count = min(len(chunk), claim.end - claim.pos)
+                self._write(fd, claim.pos, memoryview(chunk)[:count], fill.reservation)
+                fill.wrote(claim, count)
+                received.inc(count)
+                if claim.pos == claim.end:
+                    break
+        except UpstreamError as error:
+            raise _TransientRangeError(f"{error} after {fill.written} bytes") from None
+        finally:
+            reply.close()
+        if claim.pos < claim.end:
+            raise _TransientRangeError(f"{fill.route} sent {fill.written} of {plan.size} bytes")
 
     async def _open_range(self, fill: Fill, plan: FetchPlan, claim: Claim) -> UpstreamReply:
         """The origin's answer to a request for ``claim``'s bytes, checked to be those bytes
-        of the same object: a changed object fails the fill rather than mix two versions."""
+        of the same object: a changed object fails the fill rather than mix two versions.
+        _TransientRangeError for an answer that another try may not meet."""
         self._metrics.origin_range_requests.inc()
-        reply = await self._upstream.open(
-            "GET", fill.signed_url, fill.filtered, direct=True, headers={"Range": claim.ranged}
-        )
+        signed_url = fill.signed_url
+        if fill.sign_again is not None:
+            signed_url = await asyncio.to_thread(fill.sign_again)
+        try:
+            reply = await self._upstream.open(
+                "GET", signed_url, fill.filtered, direct=True, headers={"Range": claim.ranged}
+            )
+        except UpstreamError as error:
+            raise _TransientRangeError(str(error)) from None
         wanted = f"bytes {claim.pos}-{claim.asked - 1}/{plan.size}"
         answered = reply.headers.get("Content-Range")
         etag = reply.headers.get("ETag")
         if reply.status == 206 and answered == wanted and etag == fill.headers.get("ETag"):
             return reply
         reply.close()
+        if reply.status == 429 or reply.status >= 500:
+            raise _TransientRangeError(f"origin answered {reply.status} to a range of the object")
         if reply.status != 206:
             raise UpstreamError(f"origin answered {reply.status} to a range of the object")
         raise UpstreamError(
@@ -725,13 +771,13 @@ class FillRunner:
             f"{(answered or '')[:80]!r}, ETag {(etag or '')[:80]!r}): it changed during the fill"
         )
 
-    async def _check_written(self, fill: Fill, plan: FetchPlan, verifier: Verifier) -> None:
-        """Check the body in order, from the file (the readers' descriptor), as far as it is
+    async def _check_written(
+        self, fill: Fill, plan: FetchPlan, fd: int, verifier: Verifier
+    ) -> None:
+        """Check the body in order, reading it from the file (``fd``) as far as it is
         written."""
         if not verifier.hashing:
             return
-        fd = fill.fd
-        assert fd is not None
         loop = asyncio.get_running_loop()
         checked = 0
         while not (plan.complete and checked == plan.size):
@@ -799,8 +845,13 @@ def splittable(reply: UpstreamReply, kept: Mapping[str, str]) -> bool:
     )
 
 
+class _TransientRangeError(UpstreamError):
+    """A ranged request failed before its end in a way another try may not meet."""
+
+
 class _Requests:
-    """The origin requests of one fill in flight: the first to fail ends the others."""
+    """The origin requests of one fill in flight: the first to fail ends the others, and no
+    more start."""
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
@@ -808,7 +859,14 @@ class _Requests:
         self._idle.set()
         self._error: BaseException | None = None
 
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
     def start(self, request: Coroutine[None, None, None]) -> None:
+        if self.failed:
+            request.close()
+            return
         task = asyncio.create_task(request)
         self._tasks.add(task)
         self._idle.clear()

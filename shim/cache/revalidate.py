@@ -66,6 +66,8 @@ class Request(Protocol):
     def filtered(self) -> tuple[str, ...]: ...
     @property
     def policy(self) -> FreshnessPolicy: ...
+    @property
+    def sign_again(self) -> Callable[[], str] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +177,7 @@ class Revalidator:
                 request.filtered,
                 policy=request.policy,
                 opened=reply,
+                sign_again=request.sign_again,
             )
         else:
             reply.close()

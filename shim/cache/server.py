@@ -78,6 +78,9 @@ class Ticket:
     identity: TaskIdentity
     filtered: tuple[str, ...]  # the signature parameters, for the dfdaemon's filter headers
     policy: FreshnessPolicy = DEFAULT_POLICY  # the bucket's (shim.freshness)
+    # The same request signed again (blocking; a URL fit to hand out, from the signer's cache
+    # or new): for the ranged requests a fill sends long after the first (shim.cache.fill).
+    sign_again: Callable[[], str] | None = None
 
 
 def object_headers(
@@ -397,6 +400,7 @@ class CacheServer:
             ticket.filtered,
             policy=ticket.policy,
             tag=tag,
+            sign_again=ticket.sign_again,
         )
         reader = fill.reader()
         try:
@@ -491,7 +495,9 @@ class CacheServer:
             self.store.unpin(fill.key)
             self._update_gauges()
 
-        stream = BodyStream(reader, start, stop, finished, part=byte_range is not None)
+        # A range of all of it (bytes=0-) is the whole object: its last byte waits for the check.
+        part = byte_range is not None and (start, stop) != (0, fill.size)
+        stream = BodyStream(reader, start, stop, finished, part=part)
         return Reply(answer.status, {**answer.headers, **cache}, stream=stream)
 
     async def _stream(self, request: web.Request, reply: Reply) -> web.StreamResponse:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -92,12 +92,17 @@ async def running_cache(
 
 
 async def get(
-    session: aiohttp.ClientSession, server: CacheServer, ticket: Ticket
+    session: aiohttp.ClientSession,
+    server: CacheServer,
+    ticket: Ticket,
+    headers: Mapping[str, str] | None = None,
 ) -> aiohttp.ClientResponse:
-    """Send the cache server a request for ``ticket``; the response, headers read."""
+    """Send the cache server a request for ``ticket`` (with the client's ``headers``); the
+    response, headers read."""
     host, port = server.address
     return await session.get(
-        f"http://{host}:{port}/", headers={TICKET_HEADER: server.issue_ticket(ticket)}
+        f"http://{host}:{port}/",
+        headers={**(headers or {}), TICKET_HEADER: server.issue_ticket(ticket)},
     )
 
 

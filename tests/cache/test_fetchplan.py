@@ -13,7 +13,6 @@ from shim.cache.fetchplan import (
     LEAD,
     MAX_REQUESTS,
     RUN,
-    UNBOUNDED,
     Claim,
     Extents,
     FetchPlan,
@@ -86,7 +85,7 @@ def test_a_reader_far_ahead_gets_its_range_and_the_request_stops_there() -> None
 
 
 def test_no_more_requests_than_the_bound() -> None:
-    plan = FetchPlan(UNBOUNDED - 1, split=True)
+    plan = FetchPlan(1 << 50, split=True)
     plan.first()
     for index in range(1, MAX_REQUESTS):
         assert plan.for_reader(index * 2 * LEAD + 2 * LEAD, None) is not None
@@ -94,20 +93,10 @@ def test_no_more_requests_than_the_bound() -> None:
     assert plan.for_reader((MAX_REQUESTS + 5) * 2 * LEAD, None) is None
 
 
-def test_an_object_of_unknown_length_or_that_may_not_be_split_has_one_request() -> None:
-    for plan in (FetchPlan(None, split=True), FetchPlan(100 * MiB, split=False)):
-        plan.first()
-        assert plan.for_reader(50 * MiB, None) is None
-
-
-def test_a_body_of_unknown_length_is_whole_where_it_ends() -> None:
-    plan = FetchPlan(None, split=True)
-    first = plan.first()
-    plan.wrote(first, 12345)
-    assert not plan.complete
-    plan.ended(first)
-    assert plan.complete and plan.size == 12345
-    assert plan.next_after(first) is None
+def test_an_object_that_may_not_be_split_has_one_request() -> None:
+    plan = FetchPlan(100 * MiB, split=False)
+    plan.first()
+    assert plan.for_reader(50 * MiB, None) is None
 
 
 def test_a_request_that_ends_goes_on_after_itself_then_from_the_start() -> None:

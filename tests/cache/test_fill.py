@@ -32,6 +32,7 @@ from shim.cache.store import CacheStore
 from shim.metrics import Metrics
 from shim.upstream import Upstream
 from tests.cache.origin import Origin, sample, until
+from tests.support.relay import raw_response
 
 pytestmark = pytest.mark.origin
 
@@ -69,9 +70,11 @@ async def fill_runner(
             await runner.close()
 
 
-def start(runner: FillRunner, ticket: Ticket) -> Fill:
+def start(runner: FillRunner, ticket: Ticket, sign_again: Callable[[], str] | None = None) -> Fill:
     identity = ticket.identity
-    return runner.get_or_start(identity.task_id, identity.url, ticket.signed_url, ticket.filtered)
+    return runner.get_or_start(
+        identity.task_id, identity.url, ticket.signed_url, ticket.filtered, sign_again=sign_again
+    )
 
 
 async def next_bytes(reader: FillReader, position: int, stop: int | None) -> bytes | memoryview:
@@ -398,7 +401,13 @@ def test_a_range_far_ahead_of_the_fill_gets_a_request_of_its_own(
         # Every response stalls after its first MiB: the whole-object one, the ranged ones.
         origin.relay.stall_after_bytes = await origin.head_length(KEY) + MiB
         origin.relay.reset_counters()
-        fill = start(runner, origin.ticket(KEY))
+        signatures = []
+
+        def sign_again() -> str:  # ranged requests are signed anew, not with the first URL
+            signatures.append(origin.ticket(KEY).signed_url)
+            return signatures[-1]
+
+        fill = start(runner, origin.ticket(KEY), sign_again)
         with fill.reader() as whole, fill.reader() as ranged:
             while fill.written < MiB:
                 await fill.wait_changed()
@@ -419,6 +428,7 @@ def test_a_range_far_ahead_of_the_fill_gets_a_request_of_its_own(
         assert sample(metrics, "shim_origin_fetches_total") == 1
         # (The relay sees the first request of each connection only: a kept-alive one is reused.)
         assert sample(metrics, "shim_origin_range_requests_total") >= len(ranges) >= 1
+        assert len(signatures) == sample(metrics, "shim_origin_range_requests_total")
 
     run(store, scenario)
 
@@ -444,5 +454,35 @@ def test_an_object_that_changes_during_a_fill_fails_it(origin: Origin, tmp_path:
                 await read(whole)
         assert len(store) == 0
         assert sample(metrics, "shim_errors_total", kind="origin") == 1
+
+    run(store, scenario)
+
+
+def test_a_range_the_store_answers_503_is_sent_again(origin: Origin, tmp_path: Path) -> None:
+    """A store throttling parallel reads (S3's 503 SlowDown) fails one ranged request: it is
+    sent again after a pause, and the fill goes on."""
+    body = os.urandom(8 * MiB)
+    origin.put(KEY, body)
+    store = CacheStore(tmp_path, 100 * MiB)
+    wanted = (4 * MiB, 4 * MiB + MiB // 2)
+
+    def slow_down_once(head: bytes) -> bytes:
+        origin.relay.answer = None  # the next connection reaches the store again
+        return raw_response(503, {"Content-Type": "application/xml"}, b"<Error>SlowDown</Error>")
+
+    async def scenario(runner: FillRunner, metrics: Metrics) -> None:
+        origin.relay.stall_after_bytes = await origin.head_length(KEY) + MiB
+        fill = start(runner, origin.ticket(KEY))
+        with fill.reader() as whole, fill.reader() as ranged:
+            while fill.written < MiB:
+                await fill.wait_changed()
+            origin.relay.answer = slow_down_once
+            assert await read(ranged, *wanted) == body[slice(*wanted)]
+            origin.relay.resume()
+            assert await read(whole) == body
+        asked = f"Range: bytes={wanted[0]}-{wanted[1] - 1}".encode()
+        assert sum(asked in head for head in origin.relay.request_heads) == 2
+        assert sample(metrics, "shim_origin_retries_total", upstream="origin") == 1
+        assert store.lookup(fill.key) is not None
 
     run(store, scenario)
