@@ -100,15 +100,17 @@ def test_only_a_fresh_ticket_for_the_same_method_is_served(origin: Origin, tmp_p
     async def scenario(
         server: CacheServer, metrics: Metrics, session: aiohttp.ClientSession
     ) -> None:
-        for ticket, kwargs in [
-            (None, {}),  # no ticket at all
-            (None, {"ticket_id": "guessed"}),
-            (origin.ticket(KEY), {"method": "HEAD"}),  # a GET's ticket used for a HEAD
-            (head_ticket(origin, KEY), {}),  # a HEAD's ticket used for a GET
+        for ticket, method, ticket_id in [
+            (None, "GET", None),  # no ticket at all
+            (None, "GET", "guessed"),
+            (origin.ticket(KEY), "HEAD", None),  # a GET's ticket used for a HEAD
+            (head_ticket(origin, KEY), "GET", None),  # a HEAD's ticket used for a GET
         ]:
-            status, headers, body = await send(session, server, ticket, **kwargs)
+            status, headers, body = await send(
+                session, server, ticket, method=method, ticket_id=ticket_id
+            )
             assert (status, headers[ERROR_HEADER]) == (403, "forbidden")
-            if kwargs.get("method") != "HEAD":
+            if method != "HEAD":
                 assert body == b"shim: this port serves the shim proxy only\n"
         assert origin.relay.request_heads == []  # nothing reached the origin
 
