@@ -67,9 +67,9 @@ class Extents:
 
 @dataclass(eq=False)
 class Claim:
-    """Bytes [pos, end) one origin request is to write, ``pos`` moving on as it writes. The
+    """Bytes [pos, end) one origin request is to write, ``pos`` moving on as it writes. Its
     request asked for [pos, asked) when it was sent: ``end`` comes before ``asked`` once a
-    later request took the bytes after it."""
+    later request took the bytes after it (the fill then stops reading there)."""
 
     pos: int
     end: int

@@ -661,6 +661,7 @@ class FillRunner:
                 requests.start(self._fetch_claims(fill, plan, fd, claim, None))
 
         checking: asyncio.Task[None] | None = None
+        check_fd: int | None = None
         try:
             fill.open_for_readers()
             assert fill.fd is not None
@@ -683,7 +684,7 @@ class FillRunner:
                 checking.cancel()
                 with contextlib.suppress(BaseException):
                     await checking
-            if checking is not None:
+            if check_fd is not None:
                 self._hasher.submit(os.close, check_fd)
             os.close(fd)
 
@@ -750,6 +751,7 @@ class FillRunner:
         signed_url = fill.signed_url
         if fill.sign_again is not None:
             signed_url = await asyncio.to_thread(fill.sign_again)
+        claim.asked = claim.end  # a later request may have taken the end of it since it began
         try:
             reply = await self._upstream.open(
                 "GET", signed_url, fill.filtered, direct=True, headers={"Range": claim.ranged}
