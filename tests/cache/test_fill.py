@@ -386,6 +386,22 @@ def test_a_fills_progress_never_shows_a_signature(tmp_path: Path) -> None:
     assert (progress.seconds, progress.rate, progress.answered) == (2, 0, False)
 
 
+@contextlib.asynccontextmanager
+async def stalled_at_a_mib(
+    origin: Origin, runner: FillRunner, sign_again: Callable[[], str] | None = None
+) -> AsyncIterator[tuple[Fill, FillReader, FillReader]]:
+    """A fill of KEY whose every origin answer (the whole object's, the ranged ones) stalls
+    after its first MiB until ``resume()``, and two readers of it (one for all of it, one for
+    a range), once that MiB arrived. The relay's counters start with the fill."""
+    origin.relay.stall_after_bytes = await origin.head_length(KEY) + MiB
+    origin.relay.reset_counters()
+    fill = start(runner, origin.ticket(KEY), sign_again)
+    with fill.reader() as whole, fill.reader() as ranged:
+        while fill.written < MiB:
+            await fill.wait_changed()
+        yield fill, whole, ranged
+
+
 def test_a_range_far_ahead_of_the_fill_gets_a_request_of_its_own(
     origin: Origin, tmp_path: Path
 ) -> None:
@@ -398,19 +414,13 @@ def test_a_range_far_ahead_of_the_fill_gets_a_request_of_its_own(
     wanted = (4 * MiB, 4 * MiB + MiB // 2)
 
     async def scenario(runner: FillRunner, metrics: Metrics) -> None:
-        # Every response stalls after its first MiB: the whole-object one, the ranged ones.
-        origin.relay.stall_after_bytes = await origin.head_length(KEY) + MiB
-        origin.relay.reset_counters()
         signatures = []
 
         def sign_again() -> str:  # ranged requests are signed anew, not with the first URL
             signatures.append(origin.ticket(KEY).signed_url)
             return signatures[-1]
 
-        fill = start(runner, origin.ticket(KEY), sign_again)
-        with fill.reader() as whole, fill.reader() as ranged:
-            while fill.written < MiB:
-                await fill.wait_changed()
+        async with stalled_at_a_mib(origin, runner, sign_again) as (fill, whole, ranged):
             assert await read(ranged, *wanted) == body[slice(*wanted)]
             assert not fill.finished and fill.written < 3 * MiB
             # At an origin's pace (not loopback's), so that the first request, cut short where
@@ -441,11 +451,7 @@ def test_an_object_that_changes_during_a_fill_fails_it(origin: Origin, tmp_path:
     store = CacheStore(tmp_path, 100 * MiB)
 
     async def scenario(runner: FillRunner, metrics: Metrics) -> None:
-        origin.relay.stall_after_bytes = await origin.head_length(KEY) + MiB
-        fill = start(runner, origin.ticket(KEY))
-        with fill.reader() as whole, fill.reader() as ranged:
-            while fill.written < MiB:
-                await fill.wait_changed()
+        async with stalled_at_a_mib(origin, runner) as (_, whole, ranged):
             await asyncio.to_thread(origin.put, KEY, os.urandom(8 * MiB))
             with pytest.raises(TransferAborted, match="changed during the fill"):
                 await read(ranged, 6 * MiB, 7 * MiB)
@@ -471,11 +477,7 @@ def test_a_range_the_store_answers_503_is_sent_again(origin: Origin, tmp_path: P
         return raw_response(503, {"Content-Type": "application/xml"}, b"<Error>SlowDown</Error>")
 
     async def scenario(runner: FillRunner, metrics: Metrics) -> None:
-        origin.relay.stall_after_bytes = await origin.head_length(KEY) + MiB
-        fill = start(runner, origin.ticket(KEY))
-        with fill.reader() as whole, fill.reader() as ranged:
-            while fill.written < MiB:
-                await fill.wait_changed()
+        async with stalled_at_a_mib(origin, runner) as (fill, whole, ranged):
             origin.relay.answer = slow_down_once
             assert await read(ranged, *wanted) == body[slice(*wanted)]
             origin.relay.resume()
