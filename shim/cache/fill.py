@@ -67,9 +67,14 @@ MEMORY_WINDOW = 4 << 20
 # own (shim.cache.fetchplan): from a fast origin the bytes come first, and no request is cut
 # short for it (what a request cut short had on its way is lost: at loopback rates, megabytes).
 PATIENCE = 0.25
-# Ranged requests in flight beside fills' first ones, all fills together: well below the
-# origin connection pool's size, so that a fill's first request always finds a connection.
-RANGED_REQUESTS = 512
+# Connections open to origins at once, all fills together (the pool shim.cache.server makes):
+# a cold object read at many places at once (a model streamer's hundreds of ranges) gets a
+# request for each, as it would reading the origin directly; aiohttp's default of 100 would
+# hold the rest back.
+ORIGIN_CONNECTIONS = 1024
+# Ranged requests in flight beside fills' first ones, all fills together: half the pool, so
+# that a fill's first request always finds a connection.
+RANGED_REQUESTS = ORIGIN_CONNECTIONS // 2
 # Sends of one ranged request that fails before its end (a 5xx or 429, a cut or a stall), from
 # where it got to, and the pause before the second (doubled for each next): a store throttling
 # many parallel reads of one object (S3's 503 SlowDown, Azure's ServerBusy) asks for just that.

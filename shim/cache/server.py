@@ -31,6 +31,7 @@ from shim.cache.conditional import (
     range_applies,
 )
 from shim.cache.fill import (
+    ORIGIN_CONNECTIONS,
     READ_SIZE,
     FileSpan,
     Fill,
@@ -136,10 +137,6 @@ class Answer:
 
 
 PRECONDITION_FAILED_BODY = b"shim: precondition failed\n"
-# Connections open to origins at once, all fills together: a cold object read at many places
-# at once (a model streamer's hundreds of ranges) gets a request for each (shim.cache.fetchplan),
-# as it would reading the origin directly; aiohttp's default of 100 would hold the rest back.
-ORIGIN_CONNECTIONS = 1024
 
 
 def plan_answer(

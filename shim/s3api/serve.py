@@ -44,8 +44,9 @@ from shim.s3api.listing import (
 from shim.s3api.request import BucketRead
 
 log = logging.getLogger("shim.s3api")
-# The error kind of the store's own answer to a listing (as of an object fetch's).
-ORIGIN = "origin_status"
+# The error kind of the store's own answer to a listing (as of an object fetch's); "origin" is
+# a store that did not answer, or not readably.
+ORIGIN_STATUS = "origin_status"
 
 
 def new_request_id() -> str:
@@ -151,7 +152,7 @@ class BucketRequests:
         url = await asyncio.to_thread(signer.sign_listing, *s3_list_call(request))
         status, body = await self._get(url, extra_headers)
         if status != 200:
-            return s3_error_reply(error_for_status(status, f"/{alias}", body, ORIGIN), "GET")
+            return s3_error_reply(error_for_status(status, f"/{alias}", body, ORIGIN_STATUS), "GET")
         return Reply(200, xml_headers(new_request_id()), rename_bucket(body, alias))
 
     async def _list_azure(
@@ -170,7 +171,9 @@ class BucketRequests:
             url = await asyncio.to_thread(signer.sign_listing, azure_list_query(request))
             status, body = await self._get(url, extra_headers)
             if status != 200:
-                return s3_error_reply(error_for_status(status, f"/{alias}", body, ORIGIN), "GET")
+                return s3_error_reply(
+                    error_for_status(status, f"/{alias}", body, ORIGIN_STATUS), "GET"
+                )
             page = parse_azure_listing(body)
         return Reply(200, xml_headers(new_request_id()), list_result_xml(request, alias, page))
 
